@@ -1,0 +1,1 @@
+"""Internal helpers shared by the public layers: element resolution, physical scale, input checks."""

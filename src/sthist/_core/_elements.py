@@ -1,0 +1,148 @@
+"""Resolve which image, spots (shapes) and table of a SpatialData object a function works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM
+
+if TYPE_CHECKING:
+    import anndata as ad
+    import geopandas as gpd
+    from spatialdata import SpatialData
+
+
+@dataclass(frozen=True)
+class SpotElements:
+    """Names of the elements that make one section: H&E image, spots and the table annotating them."""
+
+    image_key: str | None
+    shapes_key: str
+    table_key: str
+    coordinate_system: str
+
+
+def _one_of(kind: str, available: list[str], requested: str | None, argument: str) -> str:
+    if requested is not None:
+        if requested not in available:
+            raise KeyError(f"No {kind} named {requested!r}; available {kind}s: {sorted(available)}.")
+        return requested
+    if len(available) == 0:
+        raise ValueError(f"The SpatialData object has no {kind}.")
+    if len(available) > 1:
+        raise ValueError(f"Several {kind}s are present ({sorted(available)}); choose one with `{argument}=`.")
+    return available[0]
+
+
+def table_region(table: ad.AnnData) -> tuple[list[str], str, str]:
+    """Return (regions, region_key, instance_key) of a SpatialData table."""
+    attrs = table.uns.get("spatialdata_attrs")
+    if not attrs or "region" not in attrs:
+        raise ValueError(
+            "The table does not annotate any element (no `uns['spatialdata_attrs']`); "
+            "parse it with `spatialdata.models.TableModel.parse(adata, region=..., region_key=..., "
+            "instance_key=...)`."
+        )
+    region = attrs["region"]
+    regions = [region] if isinstance(region, str) else list(region)
+    return regions, attrs["region_key"], attrs["instance_key"]
+
+
+def resolve_elements(
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    shapes_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+    require_image: bool = True,
+) -> SpotElements:
+    """Find the image, spots and table to use, with clear errors when missing or ambiguous.
+
+    The table must annotate the spots (``spatialdata_attrs['region']``) and every annotated instance must
+    exist among the spots. Image and spots must both be placed in ``coordinate_system``.
+    """
+    from spatialdata.transformations import get_transformation
+
+    table_key = _one_of("table", list(sdata.tables.keys()), table_key, "table_key")
+    table = sdata.tables[table_key]
+    regions, region_key, instance_key = table_region(table)
+    annotated_shapes = [r for r in regions if r in sdata.shapes]
+    if not annotated_shapes:
+        raise ValueError(
+            f"Table {table_key!r} annotates {regions}, but none of these is a shapes element of spots "
+            f"(shapes present: {sorted(sdata.shapes.keys())})."
+        )
+    if shapes_key is None:
+        shapes_key = _one_of("annotated shapes element", annotated_shapes, None, "shapes_key")
+    elif shapes_key not in annotated_shapes:
+        raise KeyError(
+            f"Table {table_key!r} does not annotate shapes {shapes_key!r}; it annotates {regions}. "
+            f"Shapes present: {sorted(sdata.shapes.keys())}."
+        )
+    shapes = sdata.shapes[shapes_key]
+    in_region = np.asarray(table.obs[region_key] == shapes_key)
+    instances = table.obs[instance_key].to_numpy()[in_region]
+    if in_region.sum() == 0:
+        raise ValueError(f"Table {table_key!r} has no row for shapes {shapes_key!r}: the section is empty.")
+    missing = ~np.isin(instances, shapes.index.to_numpy())
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} of {len(instances)} rows of table {table_key!r} name spots that shapes "
+            f"{shapes_key!r} does not contain (e.g. {instances[missing][:3].tolist()}); the table does not "
+            "annotate these spots."
+        )
+    if coordinate_system not in get_transformation(shapes, get_all=True):
+        raise ValueError(
+            f"Shapes {shapes_key!r} are not placed in coordinate system {coordinate_system!r}; "
+            f"available: {sorted(get_transformation(shapes, get_all=True))}."
+        )
+
+    if require_image:
+        image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
+        image_systems = get_transformation(_scale0(sdata.images[image_key]), get_all=True)
+        if coordinate_system not in image_systems:
+            raise ValueError(
+                f"Image {image_key!r} is not placed in coordinate system {coordinate_system!r}; "
+                f"available: {sorted(image_systems)}."
+            )
+    elif image_key is not None and image_key not in sdata.images:
+        raise KeyError(f"No image named {image_key!r}; available images: {sorted(sdata.images.keys())}.")
+    return SpotElements(image_key, shapes_key, table_key, coordinate_system)
+
+
+def _scale0(image):
+    """The full-resolution DataArray of a single- or multi-scale image."""
+    if hasattr(image, "children") and "scale0" in getattr(image, "children", {}):
+        return image["scale0"]["image"]
+    return image
+
+
+def spot_table(sdata: SpatialData, elements: SpotElements) -> ad.AnnData:
+    """Rows of the table that annotate the resolved spots (a view when the table annotates several regions)."""
+    table = sdata.tables[elements.table_key]
+    _, region_key, _ = table_region(table)
+    in_region = np.asarray(table.obs[region_key] == elements.shapes_key)
+    return table if in_region.all() else table[in_region]
+
+
+def spot_centres(sdata: SpatialData, elements: SpotElements, table: ad.AnnData) -> np.ndarray:
+    """Centres (x, y) of the spots annotated by ``table``, in the coordinate system, in table row order."""
+    from spatialdata.transformations import get_transformation
+
+    shapes: gpd.GeoDataFrame = sdata.shapes[elements.shapes_key]
+    _, _, instance_key = table_region(table)
+    geometry = shapes.geometry.loc[table.obs[instance_key].to_numpy()]
+    if not (geometry.geom_type == "Point").all():
+        raise ValueError(
+            f"Shapes {elements.shapes_key!r} must be circles (points with a radius); found "
+            f"{sorted(set(geometry.geom_type))}."
+        )
+    xy = np.c_[geometry.x.to_numpy(), geometry.y.to_numpy(), np.ones(len(geometry))]
+    affine = get_transformation(shapes, to_coordinate_system=elements.coordinate_system).to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y")
+    )
+    return (xy @ affine.T)[:, :2]

@@ -1,0 +1,100 @@
+"""Pyramid levels of an H&E image and their placement in a coordinate system."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+@dataclass(frozen=True)
+class ImageLevel:
+    """One pyramid level: its pixels and the map from coordinate-system units to its pixel coordinates.
+
+    Pixel ``(row i, column j)`` covers ``[j, j + 1) × [i, i + 1)`` in level pixel coordinates.
+    """
+
+    index: int
+    data: xr.DataArray
+    #: 3 × 3 affine matrix mapping coordinate-system (x, y) to level pixel (x, y).
+    to_pixels: np.ndarray
+    #: Coordinate-system units per level pixel (x, y).
+    pixel_size: tuple[float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.data.sizes["y"]), int(self.data.sizes["x"])
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod([self.data.sizes[d] for d in self.data.dims])) * self.data.dtype.itemsize
+
+
+def check_rgb(data: xr.DataArray, image_key: str) -> None:
+    """Refuse images that are not 8-bit RGB (H&E)."""
+    if tuple(data.dims) != ("c", "y", "x"):
+        raise ValueError(f"Image {image_key!r} must have dims ('c', 'y', 'x'); got {tuple(data.dims)}.")
+    if data.sizes["c"] != 3:
+        raise ValueError(
+            f"Image {image_key!r} has {data.sizes['c']} channels; an RGB H&E image with 3 channels is expected "
+            "(drop an alpha channel or select the RGB channels first)."
+        )
+    if data.dtype != np.uint8:
+        raise ValueError(
+            f"Image {image_key!r} has dtype {data.dtype}; 8-bit RGB (uint8) is expected. Rescale to 0-255 and "
+            "cast to uint8 first."
+        )
+
+
+def image_levels(image, *, coordinate_system: str, image_key: str) -> list[ImageLevel]:
+    """All pyramid levels of a single- or multi-scale image, finest first."""
+    from spatialdata.transformations import get_transformation
+
+    if hasattr(image, "children") and len(image.children) > 0:
+        arrays = [
+            image[name]["image"]
+            for name in sorted(image.children, key=lambda n: int(n.removeprefix("scale")))
+        ]
+    else:
+        arrays = [image]
+    check_rgb(arrays[0], image_key)
+    levels = []
+    for index, data in enumerate(arrays):
+        systems = get_transformation(data, get_all=True)
+        if coordinate_system not in systems:
+            raise ValueError(
+                f"Image {image_key!r} is not placed in coordinate system {coordinate_system!r}; "
+                f"available: {sorted(systems)}."
+            )
+        to_system = systems[coordinate_system].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+        if abs(to_system[0, 1]) > 1e-9 * abs(to_system[0, 0]) or abs(to_system[1, 0]) > 1e-9 * abs(
+            to_system[1, 1]
+        ):
+            raise ValueError(
+                f"Image {image_key!r} is rotated or sheared in {coordinate_system!r}; spot patches need an "
+                "axis-aligned image (scale and translation only). Resample the image first."
+            )
+        if to_system[0, 0] <= 0 or to_system[1, 1] <= 0:
+            raise ValueError(
+                f"Image {image_key!r} is flipped in {coordinate_system!r}; this is not supported."
+            )
+        levels.append(
+            ImageLevel(
+                index=index,
+                data=data,
+                to_pixels=np.linalg.inv(to_system),
+                pixel_size=(float(to_system[0, 0]), float(to_system[1, 1])),
+            )
+        )
+    return levels
+
+
+def to_pixels(level: ImageLevel, xy: np.ndarray) -> np.ndarray:
+    """Map coordinate-system points (n, 2) to level pixel coordinates (n, 2)."""
+    homogeneous = np.c_[xy, np.ones(len(xy))]
+    return (homogeneous @ level.to_pixels.T)[:, :2]

@@ -1,0 +1,56 @@
+"""Settings that apply across sthist: data cache, seed, workers, progress bars, memory budget."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["Settings", "settings"]
+
+
+def _default_data_dir() -> Path:
+    env = os.environ.get("STHIST_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("sthist"))
+
+
+@dataclass
+class Settings:
+    """Global settings of sthist (``sthist.settings``).
+
+    Attributes
+    ----------
+    data_dir
+        Folder that holds one subfolder per dataset (``her2st/``, ...), laid out as the source repositories.
+        Defaults to the environment variable ``STHIST_DATA_DIR`` or the user cache folder.
+    seed
+        Default random seed.
+    num_workers
+        Worker processes for data loading (0: load in the main process).
+    progress
+        Show progress bars for long operations.
+    in_memory_bytes
+        Largest pyramid level (bytes) that patch extraction materialises in memory; larger levels are
+        read lazily by chunks.
+    """
+
+    data_dir: Path = field(default_factory=_default_data_dir)
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    in_memory_bytes: int = 2 * 1024**3
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "data_dir":
+            value = Path(value).expanduser()
+        elif name in ("seed", "num_workers", "in_memory_bytes"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"settings.{name} must be a non-negative integer, got {value!r}.")
+        object.__setattr__(self, name, value)
+
+
+settings = Settings()

@@ -1,0 +1,265 @@
+"""Spot-centred H&E patches paired with expression, as a torch dataset over one or many sections."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from scipy import sparse
+
+from sthist._constants import ATTRS_KEY, DEFAULT_COORDINATE_SYSTEM, NORMALIZED_LAYER, QC_PASS
+from sthist._core._elements import resolve_elements, spot_table
+from sthist._settings import settings
+from sthist.data._readers import InMemoryLevel, LazyLevel
+from sthist.pp._geometry import DEFAULT_PATCH_SIZE_PX, DEFAULT_PATCH_SIZE_UM, PatchGeometry, patch_geometry
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+
+def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
+    """One of the 8 symmetries of the square: ``transform % 4`` quarter turns, then a flip if ``transform >= 4``."""
+    if not 0 <= transform < 8:
+        raise ValueError(f"transform must be in 0..7, got {transform}.")
+    out = np.rot90(patch, k=transform % 4, axes=(0, 1))
+    if transform >= 4:
+        out = out[:, ::-1]
+    return out
+
+
+def as_sections(sdatas) -> dict[str, SpatialData]:
+    """Normalise one SpatialData, a list or a dict of them into a dict keyed by section name."""
+    if isinstance(sdatas, Mapping):
+        sections = dict(sdatas)
+    elif hasattr(sdatas, "tables"):
+        sections = {sdatas.attrs.get(ATTRS_KEY, {}).get("section", "section0"): sdatas}
+    elif isinstance(sdatas, Sequence) and not isinstance(sdatas, str):
+        sections = {}
+        for index, sdata in enumerate(sdatas):
+            name = sdata.attrs.get(ATTRS_KEY, {}).get("section", f"section{index}")
+            if name in sections:
+                name = f"{name}_{index}"
+            sections[name] = sdata
+    else:
+        raise TypeError(f"Expected a SpatialData object, or a list or dict of them; got {type(sdatas)}.")
+    if not sections:
+        raise ValueError("No sections given.")
+    return sections
+
+
+class _Section:
+    """One section's geometry, pixel reader and expression."""
+
+    def __init__(
+        self, name, geometry: PatchGeometry, reader, expression: np.ndarray | None, rows: np.ndarray
+    ):
+        self.name = name
+        self.geometry = geometry
+        self.reader = reader
+        self.expression = expression
+        self.rows = rows
+        half = np.asarray(geometry.crop_size) / 2
+        boxes = np.c_[geometry.centres[rows] - half, geometry.centres[rows] + half]
+        self.boxes = boxes
+        # Integer read windows with one pixel of context for interpolation, clipped to the image.
+        height, width = geometry.level.shape
+        self.windows = np.c_[
+            np.clip(np.floor(boxes[:, 1]) - 1, 0, height),
+            np.clip(np.ceil(boxes[:, 3]) + 1, 0, height),
+            np.clip(np.floor(boxes[:, 0]) - 1, 0, width),
+            np.clip(np.ceil(boxes[:, 2]) + 1, 0, width),
+        ].astype(np.int64)
+
+
+class SpotPatchDataset(torch.utils.data.Dataset):
+    """Spot-centred H&E patches of a fixed physical size, paired with the spots' expression.
+
+    For each spot the square of ``patch_size_um`` µm centred on it is read from the best pyramid level
+    (the coarsest level at least as fine as ``patch_size_um / patch_size_px`` µm/px) and resampled
+    (bilinear, antialiased when shrinking) to ``patch_size_px`` pixels, so patches cover the same tissue
+    area whatever each section's µm/px. Levels up to ``settings.in_memory_bytes`` are materialised and
+    sliced with numpy; larger ones are read lazily by cached tiles.
+
+    Items are dicts: ``image`` (uint8 tensor, 3 × px × px), ``expression`` (float32 tensor over ``genes``,
+    from ``layer``; absent when ``genes`` is ``None``), ``section`` and ``spot`` (integer positions; see
+    :attr:`spots` for names).
+
+    Parameters
+    ----------
+    sdatas
+        One section, a list, or a dict of section name → SpatialData.
+    genes
+        Gene panel; each must be in every section's table. ``None`` yields images only.
+    layer
+        Layer of the table with the expression to pair (``None`` for ``X``).
+    patch_size_um
+        Side of the patch in µm.
+    patch_size_px
+        Side of the resampled patch in pixels.
+    augment
+        Apply a random one of the 8 dihedral transforms (rotations by 90°, flips) to each item.
+    qc_column
+        Boolean ``obs`` column selecting the spots to use (e.g. ``'sthist_pass_qc'`` from
+        :func:`sthist.pp.qc_spots`); all spots by default.
+    in_memory
+        Force the in-memory (``True``) or lazy (``False``) path; by default chosen by level size.
+    image_key, shapes_key, table_key, coordinate_system
+        Element names and coordinate system (resolved per section when unambiguous).
+    """
+
+    def __init__(
+        self,
+        sdatas,
+        *,
+        genes: Sequence[str] | None = None,
+        layer: str | None = NORMALIZED_LAYER,
+        patch_size_um: float = DEFAULT_PATCH_SIZE_UM,
+        patch_size_px: int = DEFAULT_PATCH_SIZE_PX,
+        augment: bool = False,
+        qc_column: str | None = None,
+        in_memory: bool | None = None,
+        image_key: str | None = None,
+        shapes_key: str | None = None,
+        table_key: str | None = None,
+        coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+    ):
+        self.patch_size_px = int(patch_size_px)
+        self.patch_size_um = float(patch_size_um)
+        self.augment = bool(augment)
+        self.genes = None if genes is None else list(genes)
+        self._sections: list[_Section] = []
+        spot_frames = []
+        for name, sdata in as_sections(sdatas).items():
+            elements = resolve_elements(
+                sdata,
+                image_key=image_key,
+                shapes_key=shapes_key,
+                table_key=table_key,
+                coordinate_system=coordinate_system,
+            )
+            geometry = patch_geometry(
+                sdata,
+                patch_size_um=patch_size_um,
+                patch_size_px=patch_size_px,
+                image_key=elements.image_key,
+                shapes_key=elements.shapes_key,
+                table_key=elements.table_key,
+                coordinate_system=coordinate_system,
+            )
+            table = spot_table(sdata, elements)
+            selected = np.ones(table.n_obs, dtype=bool)
+            if qc_column is not None:
+                if qc_column not in table.obs:
+                    raise KeyError(
+                        f"Section {name!r} has no obs column {qc_column!r}"
+                        + (" (run `sthist.pp.qc_spots(sdata)` first)." if qc_column == QC_PASS else ".")
+                    )
+                selected = table.obs[qc_column].to_numpy(dtype=bool)
+            outside = selected & ~geometry.inside
+            if outside.any():
+                raise ValueError(
+                    f"Section {name!r}: the {patch_size_um:g} µm patches of {int(outside.sum())} spots leave the "
+                    f"image (e.g. {table.obs_names[outside][:3].tolist()}). Flag them with "
+                    "`sthist.pp.qc_spots(sdata)` and pass qc_column='sthist_pass_qc', or use a smaller patch."
+                )
+            rows = np.flatnonzero(selected)
+            if len(rows) == 0:
+                raise ValueError(
+                    f"Section {name!r} has no spot to use (empty section or all spots filtered out)."
+                )
+            # Spatial order (rows of tiles) so that lazy reads hit each tile once when iterated in order.
+            order = np.lexsort((geometry.centres[rows, 0], geometry.centres[rows, 1] // 1024))
+            rows = rows[order]
+            expression = None
+            if self.genes is not None:
+                expression = _expression(table, self.genes, layer, name)[rows]
+            level = geometry.level
+            materialise = in_memory if in_memory is not None else level.nbytes <= settings.in_memory_bytes
+            margin = int(np.ceil(max(geometry.crop_size) / 2)) + 2
+            reader = InMemoryLevel(level) if materialise else LazyLevel(level, margin=margin)
+            self._sections.append(_Section(name, geometry, reader, expression, rows))
+            spot_frames.append(
+                pd.DataFrame(
+                    {
+                        "section": name,
+                        "obs_name": table.obs_names[rows],
+                        "row": rows,
+                        "spot": np.arange(len(rows)),
+                    }
+                )
+            )
+        self.spots = pd.concat(spot_frames, ignore_index=True)
+        self.spots["section"] = pd.Categorical(
+            self.spots["section"], categories=[s.name for s in self._sections]
+        )
+        self._offsets = np.cumsum([0] + [len(s.rows) for s in self._sections])
+
+    @property
+    def sections(self) -> list[str]:
+        return [section.name for section in self._sections]
+
+    def geometry(self, section: str) -> PatchGeometry:
+        """Patch geometry of one section."""
+        return self._sections[self.sections.index(section)].geometry
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} spots")
+        index = index % len(self)
+        section = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return section, index - int(self._offsets[section])
+
+    def patch(self, index: int, transform: int = 0) -> np.ndarray:
+        """The resampled patch of item ``index`` (px × px × 3, uint8), after dihedral ``transform`` (0-7)."""
+        section_index, spot = self._locate(index)
+        section = self._sections[section_index]
+        y0, y1, x0, x1 = section.windows[spot]
+        crop = section.reader.read(y0, y1, x0, x1)
+        bx0, by0, bx1, by1 = section.boxes[spot]
+        size = self.patch_size_px
+        resized = Image.fromarray(crop).resize(
+            (size, size), Image.Resampling.BILINEAR, box=(bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
+        )
+        patch = np.array(resized)  # writable, so torch can wrap it
+        return np.ascontiguousarray(dihedral(patch, transform)) if transform else patch
+
+    def __getitem__(self, index: int) -> dict:
+        section_index, spot = self._locate(index)
+        transform = int(torch.randint(8, (1,)).item()) if self.augment else 0
+        item = {
+            "image": torch.from_numpy(self.patch(index, transform)).permute(2, 0, 1),
+            "section": section_index,
+            "spot": spot,
+        }
+        expression = self._sections[section_index].expression
+        if expression is not None:
+            item["expression"] = torch.from_numpy(expression[spot])
+        return item
+
+
+def _expression(table, genes: list[str], layer: str | None, name: str) -> np.ndarray:
+    missing = [g for g in genes if g not in table.var_names]
+    if missing:
+        raise KeyError(
+            f"Section {name!r} lacks {len(missing)} of the requested genes: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}. Choose the panel with `sthist.pp.select_genes` over all sections."
+        )
+    if layer is not None and layer not in table.layers:
+        raise KeyError(
+            f"Section {name!r} has no layer {layer!r}"
+            + (" (run `sthist.pp.normalize(table)` first)." if layer == NORMALIZED_LAYER else ".")
+        )
+    matrix = table.X if layer is None else table.layers[layer]
+    matrix = matrix[:, table.var_names.get_indexer(genes)]
+    dense = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+    dense = dense.astype(np.float32)
+    if not np.isfinite(dense).all():
+        raise ValueError(f"Section {name!r}: the expression in layer {layer!r} has NaN or infinite values.")
+    return dense

@@ -1,0 +1,161 @@
+"""Gene panels across sections: intersection, detection filter, HEG / HVG / explicit list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from sthist._constants import NORMALIZED_LAYER
+from sthist._logging import logger
+
+if TYPE_CHECKING:
+    import anndata as ad
+    from spatialdata import SpatialData
+
+
+def _tables(sections) -> dict[str, ad.AnnData]:
+    import anndata as ad
+
+    if isinstance(sections, Mapping):
+        items = list(sections.items())
+    elif isinstance(sections, ad.AnnData) or hasattr(sections, "tables"):
+        items = [("section 0", sections)]
+    elif isinstance(sections, Sequence):
+        items = [(f"section {i}", s) for i, s in enumerate(sections)]
+    else:
+        raise TypeError(
+            f"Expected AnnData or SpatialData objects (or a list/dict of them), got {type(sections)}."
+        )
+    if not items:
+        raise ValueError("No sections given.")
+    tables = {}
+    for name, item in items:
+        if isinstance(item, ad.AnnData):
+            tables[name] = item
+        elif hasattr(item, "tables"):
+            if len(item.tables) != 1:
+                raise ValueError(
+                    f"{name} has {len(item.tables)} tables ({sorted(item.tables)}); pass the tables themselves."
+                )
+            tables[name] = next(iter(item.tables.values()))
+        else:
+            raise TypeError(f"{name} is neither AnnData nor SpatialData ({type(item)}).")
+        if tables[name].n_obs == 0:
+            raise ValueError(f"{name} has no spots.")
+    return tables
+
+
+def _column_stats(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-gene mean, variance and detection fraction (> 0) of a spots × genes matrix."""
+    n = matrix.shape[0]
+    if sparse.issparse(matrix):
+        matrix = sparse.csr_matrix(matrix)
+        mean = np.asarray(matrix.mean(axis=0)).ravel()
+        mean_sq = np.asarray(matrix.multiply(matrix).mean(axis=0)).ravel()
+        detected = np.asarray((matrix > 0).sum(axis=0)).ravel() / n
+    else:
+        matrix = np.asarray(matrix, dtype=np.float64)
+        mean, mean_sq = matrix.mean(axis=0), (matrix**2).mean(axis=0)
+        detected = (matrix > 0).mean(axis=0)
+    variance = np.maximum(mean_sq - mean**2, 0) * n / max(n - 1, 1)
+    return mean, variance, detected
+
+
+def select_genes(
+    sections: SpatialData | ad.AnnData | Sequence | Mapping,
+    *,
+    flavor: Literal["heg", "hvg"] = "heg",
+    n_top: int | None = 250,
+    genes: Sequence[str] | None = None,
+    min_detection: float = 0.1,
+    layer: str = NORMALIZED_LAYER,
+) -> list[str]:
+    """Choose a gene panel shared by several sections.
+
+    Only genes measured in every section are considered (their intersection). A gene is kept when it is
+    detected (count > 0) in at least ``min_detection`` of the spots of every section. Genes are then ranked
+    by their mean over sections of the per-section mean (``"heg"``, highly expressed genes) or variance
+    (``"hvg"``, highly variable genes) of the log-normalised expression; averaging per section keeps
+    differences in sequencing depth between sections from counting as variability.
+
+    Parameters
+    ----------
+    sections
+        One or several sections: AnnData tables, SpatialData objects with one table, or a dict of them.
+    flavor
+        ``"heg"`` (top by mean expression) or ``"hvg"`` (top by variance).
+    n_top
+        Number of genes; ``None`` keeps all genes that pass the filters.
+    genes
+        An explicit panel instead of a ranking: every gene must be present in every section.
+    min_detection
+        Minimum fraction of spots (0-1) in which a gene is detected, in every section.
+    layer
+        Layer of log-normalised expression (written by :func:`sthist.pp.normalize`).
+
+    Returns
+    -------
+    Gene names, best first (or in the given order for an explicit list).
+    """
+    tables = _tables(sections)
+    if genes is not None:
+        genes = list(genes)
+        if not genes:
+            raise ValueError("The explicit gene list is empty.")
+        if len(set(genes)) != len(genes):
+            raise ValueError("The explicit gene list has duplicates.")
+        for name, table in tables.items():
+            missing = [g for g in genes if g not in table.var_names]
+            if missing:
+                raise KeyError(
+                    f"{len(missing)} requested genes are not measured in {name}: {missing[:10]}"
+                    f"{' ...' if len(missing) > 10 else ''}."
+                )
+        return genes
+    if flavor not in ("heg", "hvg"):
+        raise ValueError(f"flavor must be 'heg' or 'hvg', got {flavor!r}.")
+    if n_top is not None and (int(n_top) != n_top or n_top < 1):
+        raise ValueError(f"n_top must be a positive integer or None, got {n_top!r}.")
+    if not 0 <= min_detection <= 1:
+        raise ValueError(f"min_detection must lie in [0, 1], got {min_detection!r}.")
+    shared = None
+    for table in tables.values():
+        if not table.var_names.is_unique:
+            raise ValueError(
+                "Gene names (var_names) must be unique; call `adata.var_names_make_unique()` first."
+            )
+        shared = table.var_names if shared is None else shared.intersection(table.var_names, sort=False)
+    if len(shared) == 0:
+        raise ValueError("The sections share no gene.")
+    scores, passes = [], np.ones(len(shared), dtype=bool)
+    for name, table in tables.items():
+        if layer not in table.layers:
+            raise KeyError(
+                f"{name} has no layer {layer!r}; run `sthist.pp.normalize(adata)` first or pass layer=."
+            )
+        columns = table.var_names.get_indexer(shared)
+        mean, variance, detected = _column_stats(table.layers[layer][:, columns])
+        passes &= detected >= min_detection
+        scores.append(mean if flavor == "heg" else variance)
+    score = pd.Series(np.mean(scores, axis=0), index=shared)[passes]
+    if score.empty:
+        raise ValueError(
+            f"No gene is detected in at least {min_detection:.0%} of the spots of every section."
+        )
+    ranked = score.sort_values(ascending=False, kind="stable")
+    if n_top is not None:
+        if len(ranked) < n_top:
+            logger.warning("only %d genes pass the filters; fewer than n_top=%d", len(ranked), n_top)
+        ranked = ranked.iloc[:n_top]
+    logger.info(
+        "gene panel: %d %s genes from %d shared genes over %d sections",
+        len(ranked),
+        flavor.upper(),
+        len(shared),
+        len(tables),
+    )
+    return ranked.index.tolist()

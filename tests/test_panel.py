@@ -1,0 +1,60 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import sthist
+
+
+def _section(values, genes):
+    adata = ad.AnnData(X=np.asarray(values, dtype=np.int64), var=pd.DataFrame(index=genes))
+    adata.layers["sthist_log1p"] = np.asarray(values, dtype=np.float32)
+    return adata
+
+
+def test_heg_hvg_rank_over_shared_genes():
+    one = _section([[5, 1, 0, 2, 9], [5, 3, 1, 2, 9], [5, 5, 0, 2, 9]], ["a", "b", "c", "d", "only_one"])
+    two = _section([[4, 0, 1, 1], [4, 6, 1, 3], [4, 0, 0, 2]], ["d", "b", "c", "a"])
+    heg = sthist.pp.select_genes([one, two], flavor="heg", n_top=3, min_detection=0.0)
+    # means per section: a 5|2, b 3|2, c 1/3|2/3, d 2|4 → a 3.5, d 3, b 2.5
+    assert heg == ["a", "d", "b"]
+    hvg = sthist.pp.select_genes([one, two], flavor="hvg", n_top=2, min_detection=0.0)
+    assert hvg[0] == "b"  # variance 4 and 12 per section
+    assert "only_one" not in sthist.pp.select_genes([one, two], n_top=None, min_detection=0.0)
+
+
+def test_detection_filter_applies_in_every_section():
+    one = _section([[1, 0], [1, 0], [1, 1]], ["a", "b"])
+    two = _section([[1, 9], [1, 9], [1, 9]], ["a", "b"])
+    assert sthist.pp.select_genes([one, two], n_top=None, min_detection=0.5) == ["a"]
+    with pytest.raises(ValueError, match="No gene is detected in at least 100%"):
+        sthist.pp.select_genes([one, _section([[0, 9], [1, 0]], ["a", "b"])], n_top=None, min_detection=1.0)
+
+
+def test_explicit_list_and_missing_genes():
+    one = _section([[1, 2]], ["a", "b"])
+    two = _section([[1, 2]], ["a", "c"])
+    assert sthist.pp.select_genes([one, two], genes=["a"]) == ["a"]
+    with pytest.raises(KeyError, match=r"not measured in section 1: \['b'\]"):
+        sthist.pp.select_genes([one, two], genes=["a", "b"])
+    with pytest.raises(ValueError, match="duplicates"):
+        sthist.pp.select_genes([one], genes=["a", "a"])
+
+
+def test_missing_layer_and_empty_sections():
+    bare = ad.AnnData(X=np.ones((2, 2)), var=pd.DataFrame(index=["a", "b"]))
+    with pytest.raises(KeyError, match=r"no layer 'sthist_log1p'.*sthist.pp.normalize"):
+        sthist.pp.select_genes([bare])
+    with pytest.raises(ValueError, match="has no spots"):
+        sthist.pp.select_genes([ad.AnnData(X=np.ones((0, 2)))])
+    with pytest.raises(ValueError, match="No sections"):
+        sthist.pp.select_genes([])
+    with pytest.raises(ValueError, match="share no gene"):
+        sthist.pp.select_genes([_section([[1]], ["a"]), _section([[1]], ["b"])])
+
+
+def test_accepts_spatialdata_dict(toy):
+    for sdata in toy.values():
+        sthist.pp.normalize(sdata.tables["table"])
+    panel = sthist.pp.select_genes(toy, n_top=5)
+    assert len(panel) == 5 and len(set(panel)) == 5

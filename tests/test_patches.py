@@ -1,0 +1,139 @@
+"""Patch geometry and the spot patch dataset: centring, physical size, pyramid levels, lazy reads, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+import sthist
+from sthist.data import SpotPatchDataset, dihedral
+
+from .conftest import marked_section
+
+
+def _red_fraction(patch):
+    return ((patch[..., 0] > 200) & (patch[..., 1] < 60)).mean()
+
+
+@pytest.mark.parametrize("microns_per_pixel", [0.5, 1.0, 2.0])
+def test_patches_centred_and_of_physical_size(microns_per_pixel):
+    # A 56 µm red square centred on each spot: a 112 µm patch must show it centred, covering a quarter.
+    centres = np.array([[150.3, 170.8], [260.6, 220.2]]) / microns_per_pixel
+    sdata = marked_section(
+        microns_per_pixel=microns_per_pixel, size_px=int(500 / microns_per_pixel), centres_px=centres
+    )
+    dataset = SpotPatchDataset(sdata, patch_size_um=112, patch_size_px=64)
+    for index in range(len(dataset)):
+        patch = dataset.patch(index)
+        assert patch.shape == (64, 64, 3) and patch.dtype == np.uint8
+        assert _red_fraction(patch) == pytest.approx(0.25, abs=0.04)
+        red = (patch[..., 0] > 200) & (patch[..., 1] < 60)
+        rows, cols = np.nonzero(red)
+        # The square's centre is the patch centre (31.5 in pixel-centre coordinates) within a pixel.
+        assert rows.mean() == pytest.approx(31.5, abs=1.0)
+        assert cols.mean() == pytest.approx(31.5, abs=1.0)
+        assert red[16:48, 16:48].mean() > 0.9 and not red[:8].any() and not red[:, :8].any()
+
+
+def test_same_physical_area_across_scales_and_downsampled_images():
+    # Same tissue at 0.5 µm/px and at a 4x downsampled image placed by a scale transformation.
+    centres = np.array([[300.0, 340.0], [520.0, 440.0]])
+    fine = marked_section(microns_per_pixel=0.5, size_px=1000, centres_px=centres)
+    coarse = marked_section(microns_per_pixel=0.5, size_px=1000, centres_px=centres, image_scale=4.0)
+    fine_patches = SpotPatchDataset(fine, patch_size_um=112, patch_size_px=56)
+    coarse_patches = SpotPatchDataset(coarse, patch_size_um=112, patch_size_px=56)
+    assert coarse_patches.geometry("section0").level_microns_per_pixel == (2.0, 2.0)
+    for index in range(2):
+        a, b = fine_patches.patch(index), coarse_patches.patch(index)
+        assert _red_fraction(a) == pytest.approx(_red_fraction(b), abs=0.05)
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 25
+
+
+def test_pyramid_level_choice(toy):
+    sdata = toy["toy0"]  # 1 µm/px, levels at 1, 2, 4 µm/px
+    assert sthist.pp.patch_geometry(sdata, patch_size_um=112, patch_size_px=224).level.index == 0
+    assert sthist.pp.patch_geometry(sdata, patch_size_um=112, patch_size_px=56).level.index == 1
+    assert sthist.pp.patch_geometry(sdata, patch_size_um=112, patch_size_px=28).level.index == 2
+    geometry = sthist.pp.patch_geometry(sdata, patch_size_um=112, patch_size_px=28)
+    assert geometry.crop_size == pytest.approx((28.0, 28.0), rel=0.01)
+    with pytest.raises(ValueError, match="level must be between 0 and 2"):
+        sthist.pp.patch_geometry(sdata, level=5)
+
+
+def test_in_memory_and_lazy_paths_agree(toy):
+    for sdata in toy.values():
+        sthist.pp.normalize(sdata.tables["table"])
+    genes = list(toy["toy0"].tables["table"].var_names[:4])
+    eager = SpotPatchDataset(toy, genes=genes, patch_size_um=100, patch_size_px=48, in_memory=True)
+    lazy = SpotPatchDataset(toy, genes=genes, patch_size_um=100, patch_size_px=48, in_memory=False)
+    lazy._sections[0].reader.tile_size = 256  # several tiles over the small toy image
+    assert len(eager) == len(lazy) == 72
+    for index in [0, 5, 40, 71, 3]:
+        np.testing.assert_array_equal(eager.patch(index), lazy.patch(index))
+    item = eager[40]
+    assert item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.uint8
+    assert item["expression"].shape == (4,) and item["expression"].dtype == torch.float32
+    row = eager.spots.iloc[40]
+    table = toy[row["section"]].tables["table"]
+    np.testing.assert_allclose(
+        item["expression"].numpy(), table[row["obs_name"], genes].layers["sthist_log1p"].toarray()[0]
+    )
+
+
+def test_dataloader_batches_and_augmentation(toy):
+    sthist.pp.normalize(toy["toy0"].tables["table"])
+    dataset = SpotPatchDataset(
+        toy["toy0"], genes=["gene000"], patch_size_um=100, patch_size_px=32, augment=True
+    )
+    torch.manual_seed(0)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True)))
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["expression"].shape == (8, 1)
+    plain = dataset.patch(0)
+    views = {dihedral(plain, t).tobytes() for t in range(8)}
+    torch.manual_seed(1)
+    seen = {dataset[0]["image"].permute(1, 2, 0).numpy().tobytes() for _ in range(40)}
+    assert seen <= views and len(seen) > 3
+
+
+def test_dihedral_group():
+    patch = np.arange(2 * 3 * 3).reshape(3, 3, 2)
+    outputs = [dihedral(patch, t) for t in range(8)]
+    assert len({o.tobytes() for o in outputs}) == 8
+    with pytest.raises(ValueError):
+        dihedral(patch, 8)
+
+
+def test_spots_outside_image_are_refused_or_filtered():
+    sdata = marked_section(centres_px=[[150.0, 170.0], [20.0, 200.0]])
+    with pytest.raises(ValueError, match=r"patches of 1 spots leave the image .*qc_spots"):
+        SpotPatchDataset(sdata, patch_size_um=112, patch_size_px=32)
+    sthist.pp.qc_spots(sdata, patch_size_um=112, patch_size_px=32, min_tissue_fraction=0.0)
+    assert sdata.tables["table"].obs["sthist_in_image"].tolist() == [True, False]
+    dataset = SpotPatchDataset(sdata, patch_size_um=112, patch_size_px=32, qc_column="sthist_pass_qc")
+    assert len(dataset) == 1 and dataset.spots["obs_name"].tolist() == ["s0"]
+
+
+def test_dataset_input_errors(toy):
+    sdata = toy["toy0"]
+    with pytest.raises(KeyError, match=r"no layer 'sthist_log1p' \(run `sthist.pp.normalize"):
+        SpotPatchDataset(sdata, genes=["gene000"])
+    sthist.pp.normalize(sdata.tables["table"])
+    with pytest.raises(KeyError, match=r"lacks 1 of the requested genes: \['MISSING'\]"):
+        SpotPatchDataset(sdata, genes=["gene000", "MISSING"])
+    with pytest.raises(KeyError, match="no obs column 'sthist_pass_qc'.*qc_spots"):
+        SpotPatchDataset(sdata, qc_column="sthist_pass_qc")
+    sdata.tables["table"].obs["none"] = False
+    with pytest.raises(ValueError, match="has no spot to use"):
+        SpotPatchDataset(sdata, qc_column="none")
+    with pytest.raises(ValueError, match="patch_size_um must be a positive"):
+        SpotPatchDataset(sdata, patch_size_um=-1)
+    with pytest.raises(TypeError, match="Expected a SpatialData"):
+        SpotPatchDataset("toy0")
+
+
+def test_dataset_leaves_sdata_unchanged(toy):
+    sdata = toy["toy1"]
+    before_obs = sdata.tables["table"].obs.copy()
+    radius = sdata.shapes["spots"]["radius"].copy()
+    SpotPatchDataset(sdata, patch_size_um=100, patch_size_px=32)
+    assert sdata.tables["table"].obs.equals(before_obs)
+    assert sdata.shapes["spots"]["radius"].equals(radius)
