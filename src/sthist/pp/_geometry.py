@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM
-from sthist._core._elements import resolve_elements, spot_centres, spot_table
-from sthist._core._image import ImageLevel, image_levels, to_pixels
-from sthist._core._scale import get_microns_per_pixel
+from sthist._core._elements import spot_centres, spot_table
+from sthist._core._image import ImageLevel, resolve_section_image, to_pixels
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -120,19 +119,15 @@ def patch_geometry(
         raise ValueError(f"patch_size_um must be a positive number of µm, got {patch_size_um!r}.")
     if int(patch_size_px) != patch_size_px or patch_size_px < 8:
         raise ValueError(f"patch_size_px must be an integer of at least 8 pixels, got {patch_size_px!r}.")
-    elements = resolve_elements(
+    section = resolve_section_image(
         sdata,
         image_key=image_key,
         shapes_key=shapes_key,
         table_key=table_key,
         coordinate_system=coordinate_system,
+        microns_per_pixel=microns_per_pixel,
     )
-    scale = get_microns_per_pixel(
-        sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
-    )
-    levels = image_levels(
-        sdata.images[elements.image_key], coordinate_system=coordinate_system, image_key=elements.image_key
-    )
+    elements, scale, levels = section.elements, section.microns_per_pixel, section.levels
     if level is None:
         chosen = choose_level(levels, scale, patch_size_um / patch_size_px)
     elif not 0 <= level < len(levels):

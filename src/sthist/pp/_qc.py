@@ -16,8 +16,7 @@ from sthist._constants import (
     QC_UNS_KEY,
 )
 from sthist._core._elements import resolve_elements, spot_centres, spot_table, table_region
-from sthist._core._image import ImageLevel, image_levels, to_pixels
-from sthist._core._scale import get_microns_per_pixel
+from sthist._core._image import ImageLevel, resolve_section_image, to_pixels
 from sthist._logging import logger
 from sthist.pp._geometry import DEFAULT_PATCH_SIZE_PX, DEFAULT_PATCH_SIZE_UM, patch_geometry
 
@@ -85,19 +84,15 @@ def spot_tissue_fraction(
 
     The disc is the spot's own radius (from the shapes) unless ``spot_diameter_um`` is given.
     """
-    elements = resolve_elements(
+    section = resolve_section_image(
         sdata,
         image_key=image_key,
         shapes_key=shapes_key,
         table_key=table_key,
         coordinate_system=coordinate_system,
+        microns_per_pixel=microns_per_pixel,
     )
-    scale = get_microns_per_pixel(
-        sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
-    )
-    levels = image_levels(
-        sdata.images[elements.image_key], coordinate_system=coordinate_system, image_key=elements.image_key
-    )
+    elements, scale, levels = section.elements, section.microns_per_pixel, section.levels
     level = _mask_level(levels, scale)
     rgb = np.asarray(level.data.transpose("y", "x", "c").data)
     mask = tissue_mask(rgb)
