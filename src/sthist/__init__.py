@@ -12,7 +12,7 @@ from importlib.metadata import version
 from sthist._settings import settings
 
 __version__ = version("sthist")
-_SUBMODULES = ("pp", "datasets", "data")
+_SUBMODULES = ("pp", "tl", "datasets", "data", "models")
 __all__ = ["settings", *_SUBMODULES]
 
 

@@ -38,3 +38,6 @@ OBS_LABEL = "label"
 #: Instance and region columns of the tables that sthist's loaders build.
 INSTANCE_KEY = "spot_id"
 REGION_KEY = "region"
+
+#: ``table.obsm`` / ``table.uns`` key written by :func:`sthist.tl.predict` (``_uncertainty`` appended for the spread).
+PREDICTION_KEY = "sthist_pred"

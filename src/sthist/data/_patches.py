@@ -202,6 +202,13 @@ class SpotPatchDataset(torch.utils.data.Dataset):
     def sections(self) -> list[str]:
         return [section.name for section in self._sections]
 
+    @property
+    def expression(self) -> np.ndarray | None:
+        """Expression of all items in dataset order (items × genes), or ``None`` without a gene panel."""
+        if self.genes is None:
+            return None
+        return np.concatenate([section.expression for section in self._sections])
+
     def geometry(self, section: str) -> PatchGeometry:
         """Patch geometry of one section."""
         return self._sections[self.sections.index(section)].geometry

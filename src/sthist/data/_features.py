@@ -1,0 +1,71 @@
+"""Encoder tokens of every spot patch (and dihedral view), computed once and reused across epochs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sthist._logging import logger
+from sthist._settings import settings
+from sthist.data._patches import SpotPatchDataset
+
+
+@torch.inference_mode()
+def encode_patches(
+    dataset: SpotPatchDataset,
+    encoder: torch.nn.Module,
+    *,
+    views: int = 1,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float16,
+    description: str = "encoding patches",
+) -> torch.Tensor:
+    """Tokens of each spot's patch under the first ``views`` dihedral transforms: (spots, views, tokens, channels).
+
+    View 0 is the patch as it is; views 1-3 are quarter turns, 4-7 the same flipped. Batches keep one shape
+    (the last one is padded) so the allocator reuses its buffers.
+    """
+    if not 1 <= views <= 8:
+        raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {views}.")
+    encoder = encoder.to(device).eval()
+    n = len(dataset)
+    jobs = [(index, view) for index in range(n) for view in range(views)]
+    size = dataset.patch_size_px
+    batch = torch.empty((batch_size, 3, size, size), dtype=torch.uint8)
+    output = None
+    for start in tqdm(
+        range(0, len(jobs), batch_size), desc=description, disable=not settings.progress, unit="batch"
+    ):
+        chunk = jobs[start : start + batch_size]
+        for slot, (index, view) in enumerate(chunk):
+            batch[slot] = torch.from_numpy(dataset.patch(index, view)).permute(2, 0, 1)
+        tokens = encoder(batch.to(device, non_blocking=True))[: len(chunk)]
+        if output is None:
+            output = torch.empty((n, views, *tokens.shape[1:]), dtype=dtype)
+            logger.info(
+                "token cache: %d spots × %d views × %d tokens × %d channels (%s) = %.0f MiB",
+                n, views, tokens.shape[1], tokens.shape[2], dtype, output.numel() * output.element_size() / 2**20,
+            )  # fmt: skip
+        rows = np.array([index for index, _ in chunk])
+        columns = np.array([view for _, view in chunk])
+        output[rows, columns] = tokens.to("cpu", dtype)
+    return output
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Cached tokens paired with expression; a random cached view per item when ``augment``."""
+
+    def __init__(self, tokens: torch.Tensor, expression: torch.Tensor, *, augment: bool = True):
+        if len(tokens) != len(expression):
+            raise ValueError("tokens and expression must have one row per spot.")
+        self.tokens, self.expression, self.augment = tokens, expression, augment
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> dict:
+        views = self.tokens.shape[1]
+        view = int(torch.randint(views, (1,)).item()) if self.augment and views > 1 else 0
+        return {"tokens": self.tokens[index, view], "expression": self.expression[index]}

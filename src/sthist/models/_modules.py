@@ -1,0 +1,212 @@
+"""CMRCNet's torch modules: projection heads, gene tokens, cross-modal mask reconstruction, losses.
+
+Implemented from the description in Liu et al., "Spatial Transcriptomics Expression Prediction from
+Histopathology Based on Cross-Modal Mask Reconstruction and Contrastive Learning" (Medical Image Analysis
+108, 103889, 2025) and BLEEP (Xie et al., NeurIPS 2023).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """Linear projection, GELU, linear, dropout, residual to the projection, LayerNorm (as in BLEEP)."""
+
+    def __init__(self, in_features: int, out_features: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.projection = nn.Linear(in_features, out_features)
+        self.fc = nn.Linear(out_features, out_features)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(x)
+        return self.norm(self.dropout(self.fc(F.gelu(projected))) + projected)
+
+
+class GeneTokenizer(nn.Module):
+    """Self-normalising network turning an expression vector into ``n_tokens`` gene tokens of ``dim``."""
+
+    def __init__(self, n_genes: int, n_tokens: int = 8, dim: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.n_tokens, self.dim = n_tokens, dim
+        self.network = nn.Sequential(nn.Linear(n_genes, n_tokens * dim), nn.ELU(), nn.AlphaDropout(dropout))
+
+    def forward(self, expression: torch.Tensor) -> torch.Tensor:
+        return self.network(expression).view(-1, self.n_tokens, self.dim)
+
+
+class FusionBlock(nn.Module):
+    """Self-attention over image tokens, then co-attention to gene tokens, each with a residual, then an MLP."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1):
+        super().__init__()
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.co_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(3)])
+
+    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor) -> torch.Tensor:
+        x = self.norms[0](
+            image_tokens
+            + self.self_attention(image_tokens, image_tokens, image_tokens, need_weights=False)[0]
+        )
+        x = self.norms[1](x + self.co_attention(x, gene_tokens, gene_tokens, need_weights=False)[0])
+        return self.norms[2](x + self.mlp(x))
+
+
+class MaskReconstruction(nn.Module):
+    """Training-only branch: masked image tokens attend to gene tokens and reconstruct the global image embedding.
+
+    About ``mask_ratio`` of the entries of the projected image tokens are zeroed; the masked tokens query the
+    gene tokens (cross-attention, residual), pass ``blocks`` fusion blocks, are mean-pooled and projected to the
+    embedding space.
+    """
+
+    def __init__(
+        self, dim: int = 256, heads: int = 8, blocks: int = 1, mask_ratio: float = 0.5, dropout: float = 0.1
+    ):
+        super().__init__()
+        if not 0 <= mask_ratio < 1:
+            raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}.")
+        self.mask_ratio = mask_ratio
+        self.cross_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList([FusionBlock(dim, heads, dropout) for _ in range(blocks)])
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor) -> torch.Tensor:
+        keep = (torch.rand_like(image_tokens) >= self.mask_ratio).to(image_tokens.dtype)
+        masked = image_tokens * keep
+        x = self.norm(masked + self.cross_attention(masked, gene_tokens, gene_tokens, need_weights=False)[0])
+        for block in self.blocks:
+            x = block(x, gene_tokens)
+        return self.head(x.mean(dim=1))
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along the batch whose backward returns each process the gradient summed over processes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.batch, ctx.rank = x.shape[0], dist.get_rank()
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+        if len({int(size) for size in sizes}) != 1:
+            raise ValueError("Every process must contribute the same batch size (use drop_last=True).")
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all processes along the batch, keeping gradients (identity without DDP).
+
+    Every process then computes the loss over the global batch; with DDP's gradient averaging the update
+    equals that of one process holding the whole batch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def bleep_loss(
+    image_embeddings: torch.Tensor, spot_embeddings: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """BLEEP's soft-target contrastive loss over a batch (symmetric cross-entropy).
+
+    Logits are spot·imageᵀ/τ; the targets are the softmax of the mean of the image–image and spot–spot
+    similarity matrices times τ.
+    """
+    logits = spot_embeddings @ image_embeddings.T / temperature
+    image_similarity = image_embeddings @ image_embeddings.T
+    spot_similarity = spot_embeddings @ spot_embeddings.T
+    targets = F.softmax((image_similarity + spot_similarity) / 2 * temperature, dim=-1)
+    spots_loss = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=1)
+    images_loss = -(targets.T * F.log_softmax(logits.T, dim=-1)).sum(dim=1)
+    return ((spots_loss + images_loss) / 2).mean()
+
+
+class ExpressionModel(nn.Module):
+    """The trainable part shared by CMRCNet, BLEEP and direct regression, on top of image tokens.
+
+    ``method`` is ``'cmrcnet'`` (contrastive + mask reconstruction), ``'bleep'`` (contrastive only) or
+    ``'regression'`` (MLP head on pooled tokens, MSE).
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        token_dim: int,
+        n_genes: int,
+        dim: int = 256,
+        gene_tokens: int = 8,
+        heads: int = 8,
+        fusion_blocks: int = 1,
+        mask_ratio: float = 0.5,
+        temperature: float = 1.0,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if method not in ("cmrcnet", "bleep", "regression"):
+            raise ValueError(f"method must be 'cmrcnet', 'bleep' or 'regression', got {method!r}.")
+        self.method = method
+        self.temperature = temperature
+        self.token_projection = nn.Linear(token_dim, dim)
+        if method == "regression":
+            self.regression_head = nn.Sequential(
+                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, n_genes)
+            )
+            return
+        self.image_head = ProjectionHead(dim, dim, dropout)
+        self.spot_head = ProjectionHead(n_genes, dim, dropout)
+        if method == "cmrcnet":
+            self.gene_tokenizer = GeneTokenizer(n_genes, gene_tokens, dim, dropout)
+            self.reconstruction = MaskReconstruction(dim, heads, fusion_blocks, mask_ratio, dropout)
+
+    def image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.token_projection(tokens.float())
+
+    def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embedding of patches from their encoder tokens (B, N, C) → (B, dim)."""
+        return self.image_head(self.image_tokens(tokens).mean(dim=1))
+
+    def spot_embedding(self, expression: torch.Tensor) -> torch.Tensor:
+        return self.spot_head(expression)
+
+    def regress(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.regression_head(self.image_tokens(tokens).mean(dim=1))
+
+    def losses(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses of a batch; under DDP the contrastive loss sees the global batch."""
+        if self.method == "regression":
+            loss = F.mse_loss(self.regress(tokens), expression)
+            return {"loss": loss, "mse": loss.detach()}
+        projected = self.image_tokens(tokens)
+        image = self.image_head(projected.mean(dim=1))
+        spot = self.spot_head(expression)
+        contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
+        if self.method == "bleep":
+            return {"loss": contrastive, "contrastive": contrastive.detach()}
+        reconstructed = self.reconstruction(projected, self.gene_tokenizer(expression))
+        reconstruction = F.mse_loss(reconstructed, image)
+        loss = torch.log1p(contrastive) + torch.log1p(reconstruction)
+        return {"loss": loss, "contrastive": contrastive.detach(), "reconstruction": reconstruction.detach()}

@@ -1,0 +1,150 @@
+"""``sthist.tl.predict``: expression of every spot of a section from its H&E patches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, NORMALIZATION_UNS_KEY, PREDICTION_KEY
+from sthist._core._elements import resolve_elements
+from sthist._logging import logger
+
+
+def predict(
+    sdata,
+    model,
+    *,
+    key_added: str = PREDICTION_KEY,
+    genes: Sequence[str] | None = None,
+    k: int | None = None,
+    patch_size_um: float | None = None,
+    qc_column: str | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    image_key: str | None = None,
+    shapes_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+    inplace: bool = True,
+    overwrite: bool = False,
+):
+    """Predict expression at the spots of a section from its H&E image.
+
+    Parameters
+    ----------
+    sdata
+        Section with image, spots and a table annotating them (expression need not be measured); its
+        physical scale must be known.
+    model
+        A fitted :class:`sthist.models.SthistModel`.
+    key_added
+        Predictions go to ``table.obsm[key_added]`` (DataFrame, spots × genes, log1p of counts per
+        ``target_sum`` as in training), the retrieval spread to ``table.obsm[key_added + '_uncertainty']``
+        (standard deviation over the ``k`` neighbours, same units; NaN for regression/ridge) and provenance to
+        ``table.uns[key_added]``.
+    genes
+        Subset of the model's genes to write; all by default.
+    k
+        Neighbours averaged at retrieval (model's ``k`` by default).
+    patch_size_um
+        Must equal the model's patch size if given (a check, not a setting).
+    qc_column
+        Boolean ``obs`` column selecting spots; others get NaN.
+    inplace
+        Write into the table and return ``None``; otherwise return ``(prediction, uncertainty)`` DataFrames.
+    overwrite
+        Replace existing results under ``key_added`` (refused otherwise).
+    """
+    import torch
+
+    from sthist.data import SpotPatchDataset, encode_patches
+    from sthist.models import SthistModel
+
+    if not isinstance(model, SthistModel):
+        raise TypeError(
+            f"model must be a fitted SthistModel (from sthist.tl.fit or sthist.models.load), got {type(model)}."
+        )
+    contract = model.config
+    if patch_size_um is not None and not np.isclose(patch_size_um, contract["patch"]["size_um"]):
+        raise ValueError(
+            f"The model was trained on {contract['patch']['size_um']:g} µm patches; predicting with "
+            f"{patch_size_um:g} µm patches would show it a different tissue scale."
+        )
+    if genes is not None:
+        unknown = [g for g in genes if g not in model.genes]
+        if unknown:
+            raise KeyError(
+                f"The model was not trained with genes {unknown[:10]}; its panel has {len(model.genes)} genes."
+            )
+    chosen = list(genes) if genes is not None else model.genes
+    if k is not None and model.method in ("cmrcnet", "bleep") and k > contract["reference_spots"]:
+        raise ValueError(f"k={k} exceeds the {contract['reference_spots']} spots of the reference bank.")
+    elements = resolve_elements(
+        sdata,
+        image_key=image_key,
+        shapes_key=shapes_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+    )
+    table = sdata.tables[elements.table_key]
+    uncertainty_key = f"{key_added}_uncertainty"
+    if inplace and not overwrite:
+        existing = [key for key in (key_added, uncertainty_key) if key in table.obsm] + (
+            [f"uns[{key_added!r}]"] if key_added in table.uns else []
+        )
+        if existing:
+            raise ValueError(
+                f"Table {elements.table_key!r} already has {existing}; pass overwrite=True or another key_added."
+            )
+    normalisation = contract["normalization"]
+    recorded = table.uns.get(NORMALIZATION_UNS_KEY, {}).get(normalisation["layer"])
+    if recorded is not None and recorded.get("target_sum") != normalisation.get("target_sum"):
+        raise ValueError(
+            f"The section's layer {normalisation['layer']!r} is log1p of counts per {recorded.get('target_sum')}, "
+            f"but the model predicts log1p of counts per {normalisation.get('target_sum')}; renormalise the section "
+            "with the model's target_sum so that predictions and observations compare."
+        )
+    dataset = SpotPatchDataset(
+        sdata,
+        patch_size_um=contract["patch"]["size_um"],
+        patch_size_px=contract["patch"]["size_px"],
+        qc_column=qc_column,
+        image_key=elements.image_key,
+        shapes_key=elements.shapes_key,
+        table_key=elements.table_key,
+        coordinate_system=coordinate_system,
+    )
+    tokens = encode_patches(dataset, model.encoder, views=1, batch_size=batch_size, device=device)[:, 0]
+    means, spreads = [], []
+    for chunk in tokens.split(256):
+        mean, spread = model.predict_tokens(chunk, k=k)
+        means.append(mean)
+        spreads.append(spread)
+    columns = [model.genes.index(g) for g in chosen]
+    mean = torch.cat(means)[:, columns].numpy()
+    spread = torch.cat(spreads)[:, columns].numpy()
+    index = pd.Index(dataset.spots["obs_name"].to_numpy())
+    prediction = pd.DataFrame(mean, index=index, columns=chosen).reindex(table.obs_names)
+    uncertainty = pd.DataFrame(spread, index=index, columns=chosen).reindex(table.obs_names)
+    if not inplace:
+        return prediction, uncertainty
+    table.obsm[key_added] = prediction
+    table.obsm[uncertainty_key] = uncertainty
+    table.uns[key_added] = {
+        "method": model.method,
+        "backbone": contract["backbone"]["name"],
+        "weights_identity": contract["backbone"]["weights_identity"],
+        "units": normalisation.get("units", "log1p normalised counts"),
+        "genes": chosen,
+        "k": int(k if k is not None else model.k) if model.method in ("cmrcnet", "bleep") else None,
+        "patch_size_um": contract["patch"]["size_um"],
+        "training_sections": list(contract["training_sections"]),
+        "spots_predicted": int(len(dataset)),
+        "sthist_version": contract["versions"]["sthist"],
+    }
+    logger.info(
+        "added table.obsm[%r], table.obsm[%r] and table.uns[%r]", key_added, uncertainty_key, key_added
+    )
+    return None

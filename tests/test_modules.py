@@ -1,0 +1,92 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sthist.models import ExpressionModel, bleep_loss
+from sthist.models._modules import MaskReconstruction
+
+
+def test_bleep_loss_by_hand():
+    rng = np.random.default_rng(0)
+    image, spot = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    tau = 0.7
+    logits = spot @ image.T / tau
+    mixed = (image @ image.T + spot @ spot.T) / 2 * tau
+    targets = np.exp(mixed) / np.exp(mixed).sum(1, keepdims=True)
+
+    def log_softmax(x):
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    spots_loss = -(targets * log_softmax(logits)).sum(1)
+    images_loss = -(targets.T * log_softmax(logits.T)).sum(1)
+    expected = ((spots_loss + images_loss) / 2).mean()
+    value = bleep_loss(torch.tensor(image), torch.tensor(spot), tau)
+    assert float(value) == pytest.approx(expected, rel=1e-10)
+
+
+def test_mask_ratio():
+    torch.manual_seed(0)
+    branch = MaskReconstruction(dim=16, heads=2, mask_ratio=0.5)
+    tokens = torch.ones(8, 10, 16)
+    kept = (torch.rand_like(tokens) >= 0.5).float().mean()
+    assert 0.45 < float(kept) < 0.55
+    assert branch(tokens, torch.ones(8, 3, 16)).shape == (8, 16)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MaskReconstruction(mask_ratio=1.0)
+
+
+def _model(seed: int) -> ExpressionModel:
+    torch.manual_seed(seed)
+    return ExpressionModel(method="bleep", token_dim=6, n_genes=5, dim=8, dropout=0.0)
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 6, generator=generator), torch.rand(8, 5, generator=generator)
+
+
+def _worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _model(0)
+    tokens, expression = _batch()
+    local = slice(rank * 4, (rank + 1) * 4)
+    loss = model.losses(tokens[local], expression[local])["loss"]
+    loss.backward()
+    for parameter in model.parameters():  # what DDP does: average gradients over processes
+        dist.all_reduce(parameter.grad)
+        parameter.grad /= world
+    if rank == 0:
+        queue.put((float(loss.detach()), {n: p.grad.numpy().copy() for n, p in model.named_parameters()}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_contrastive_loss_under_ddp_sees_the_global_batch():
+    # Two CPU processes with 4 spots each give the loss and gradients of one process with all 8.
+    model = _model(0)
+    tokens, expression = _batch()
+    loss = model.losses(tokens, expression)["loss"]
+    loss.backward()
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = [context.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    ddp_loss, ddp_grads = queue.get(timeout=120)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert ddp_loss == pytest.approx(float(loss), rel=1e-5)
+    for name, parameter in model.named_parameters():
+        np.testing.assert_allclose(ddp_grads[name], parameter.grad.numpy(), rtol=1e-4, atol=1e-6)
