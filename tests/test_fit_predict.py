@@ -210,3 +210,21 @@ def test_load_refuses_bad_folders(fitted, tmp_path):
     (folder / "config.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="lacks 'genes'"):
         sthist.models.load(folder)
+
+
+def test_fine_tuning_trains_the_encoder(sections):
+    train = {"toy0": sections["toy0"]}
+    model = sthist.tl.fit(train, fine_tune=True, **{**FAST, "max_epochs": 2})
+    assert model.config["backbone"]["fine_tuned"] is True
+    # Same seed, same initial encoder: the fast path keeps it frozen, fine-tuning moves its weights.
+    frozen = sthist.tl.fit(train, fine_tune=False, **{**FAST, "max_epochs": 1})
+    changed = [
+        name
+        for name, tensor in model.encoder.model.named_parameters()
+        if not torch.equal(tensor, dict(frozen.encoder.model.named_parameters())[name])
+    ]
+    assert len(changed) == len(list(model.encoder.model.parameters()))
+    prediction, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
+    assert np.isfinite(prediction.to_numpy()).all()
+    with pytest.raises(ValueError, match="ridge baseline uses frozen features"):
+        sthist.tl.fit(train, method="ridge", fine_tune=True, backbone="tiny")
