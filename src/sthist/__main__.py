@@ -107,10 +107,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _markdown(rows: list[dict]) -> str:
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
-    return "\n".join(lines)
+    from sthist._core._report import markdown_table
+
+    return markdown_table(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ def encode_patches(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float16,
+    indices=None,
     description: str = "encoding patches",
 ) -> torch.Tensor:
     """Tokens of each spot's patch under the first ``views`` dihedral transforms: (spots, views, tokens, channels).
@@ -30,8 +31,9 @@ def encode_patches(
     if not 1 <= views <= 8:
         raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {views}.")
     encoder = encoder.to(device).eval()
-    n = len(dataset)
-    jobs = [(index, view) for index in range(n) for view in range(views)]
+    items = range(len(dataset)) if indices is None else [int(i) for i in indices]
+    n = len(items)
+    jobs = [(row, index, view) for row, index in enumerate(items) for view in range(views)]
     size = dataset.patch_size_px
     batch = torch.empty((batch_size, 3, size, size), dtype=torch.uint8)
     output = None
@@ -39,7 +41,7 @@ def encode_patches(
         range(0, len(jobs), batch_size), desc=description, disable=not settings.progress, unit="batch"
     ):
         chunk = jobs[start : start + batch_size]
-        for slot, (index, view) in enumerate(chunk):
+        for slot, (_, index, view) in enumerate(chunk):
             batch[slot] = torch.from_numpy(dataset.patch(index, view)).permute(2, 0, 1)
         tokens = encoder(batch.to(device, non_blocking=True))[: len(chunk)]
         if output is None:
@@ -48,8 +50,8 @@ def encode_patches(
                 "token cache: %d spots × %d views × %d tokens × %d channels (%s) = %.0f MiB",
                 n, views, tokens.shape[1], tokens.shape[2], dtype, output.numel() * output.element_size() / 2**20,
             )  # fmt: skip
-        rows = np.array([index for index, _ in chunk])
-        columns = np.array([view for _, view in chunk])
+        rows = np.array([row for row, _, _ in chunk])
+        columns = np.array([view for _, _, view in chunk])
         output[rows, columns] = tokens.to("cpu", dtype)
     return output
 
@@ -69,3 +71,41 @@ class TokenDataset(torch.utils.data.Dataset):
         views = self.tokens.shape[1]
         view = int(torch.randint(views, (1,)).item()) if self.augment and views > 1 else 0
         return {"tokens": self.tokens[index, view], "expression": self.expression[index]}
+
+
+class TokenCache:
+    """Encoder tokens per section, reused across fits that share encoder, patch geometry and spots.
+
+    Cross-validation and benchmarks fit many models on overlapping sections with the same frozen encoder;
+    with a cache each section is encoded once. Keys hold the section name, its spots, the encoder's weights
+    identity, the patch geometry and the number of views, so a cached entry is used only where it is valid.
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._entries.values())
+
+    def tokens(
+        self, dataset: SpotPatchDataset, encoder, *, identity: str, views: int, device="cpu"
+    ) -> torch.Tensor:
+        """Tokens of all items of ``dataset`` (items, views, tokens, channels), encoding only missing sections."""
+        parts = []
+        for position, name in enumerate(dataset.sections):
+            start, stop = int(dataset._offsets[position]), int(dataset._offsets[position + 1])
+            spots = tuple(dataset.spots["obs_name"].iloc[start:stop])
+            key = (name, spots, identity, dataset.patch_size_um, dataset.patch_size_px)
+            cached = self._entries.get(key)
+            if cached is None or cached.shape[1] < views:
+                cached = encode_patches(
+                    dataset, encoder, views=views, device=device, indices=range(start, stop),
+                    description=f"encoding {name}",
+                )  # fmt: skip
+                self._entries[key] = cached
+            parts.append(cached[:, :views])
+        return torch.cat(parts)

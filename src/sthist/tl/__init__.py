@@ -1,6 +1,9 @@
-"""Tools: fit a model on measured sections, predict expression at spots."""
+"""Tools: fit a model on measured sections, predict expression at spots, evaluate and cross-validate."""
 
+from sthist.tl._cross_validate import cross_validate
+from sthist.tl._evaluate import evaluate, gene_gene_fidelity
 from sthist.tl._fit import fit
+from sthist.tl._localisation import auroc, localisation
 from sthist.tl._predict import predict
 
-__all__ = ["fit", "predict"]
+__all__ = ["auroc", "cross_validate", "evaluate", "fit", "gene_gene_fidelity", "localisation", "predict"]

@@ -95,6 +95,7 @@ def fit(
     precision: str | None = None,
     checkpoint_dir: str | None = None,
     resume_from: str | None = None,
+    token_cache=None,
 ):
     """Train a model that predicts expression from H&E patches.
 
@@ -143,6 +144,8 @@ def fit(
         Folder for Lightning checkpoints (``last.ckpt`` each epoch).
     resume_from
         Checkpoint to resume an interrupted run from.
+    token_cache
+        A :class:`sthist.data.TokenCache` shared between fits (fast path), so that sections are encoded once.
 
     Returns
     -------
@@ -150,7 +153,7 @@ def fit(
     """
     import lightning as L
 
-    from sthist.data import SpotPatchDataset, TokenDataset, encode_patches
+    from sthist.data import SpotPatchDataset, TokenDataset
     from sthist.data._patches import as_sections
     from sthist.models import ExpressionModel, SthistModel, create_encoder
     from sthist.models._backbones import _efficientnet_lite0_file, file_sha256
@@ -185,7 +188,7 @@ def fit(
     elif isinstance(pretrained, str):
         weights_identity = f"sha256:{file_sha256(pretrained)}"
     else:
-        weights_identity = weights if pretrained else "random initialisation"
+        weights_identity = weights if pretrained else f"random initialisation, seed {random_state}"
     dataset = SpotPatchDataset(
         sections,
         genes=genes,
@@ -218,9 +221,7 @@ def fit(
     }
     model, tensors, history = None, {}, []
     if method == "ridge":
-        tokens = encode_patches(
-            dataset, encoder, views=1, device=device, description="encoding patches (ridge)"
-        )
+        tokens = _tokens(dataset, encoder, weights_identity, 1, device, token_cache)
         tensors = fit_ridge(tokens[:, 0].float().mean(dim=1), expression)
     else:
         model = ExpressionModel(method=method, **architecture)
@@ -232,7 +233,7 @@ def fit(
             )  # fmt: skip
             train_data = dataset
         else:
-            tokens = encode_patches(dataset, encoder, views=views, device=device)
+            tokens = _tokens(dataset, encoder, weights_identity, views, device, token_cache)
             module = TrainingModule(
                 model, None, learning_rate=learning_rate, weight_decay=weight_decay,
                 min_learning_rate=min_learning_rate, max_epochs=max_epochs,
@@ -316,3 +317,15 @@ def fit(
     }
     logger.info("fitted %s on %d spots from %d sections", method, len(dataset), len(sections))
     return SthistModel(config, encoder, model, tensors, history)
+
+
+def _tokens(dataset, encoder, identity: str, views: int, device: str, cache):
+    from sthist.data import TokenCache, encode_patches
+
+    if cache is None:
+        return encode_patches(dataset, encoder, views=views, device=device)
+    if not isinstance(cache, TokenCache):
+        raise TypeError(f"token_cache must be a sthist.data.TokenCache, got {type(cache)}.")
+    return cache.tokens(
+        dataset, encoder, identity=f"{encoder.config.name}|{identity}", views=views, device=device
+    )

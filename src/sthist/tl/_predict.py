@@ -29,6 +29,7 @@ def predict(
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     inplace: bool = True,
     overwrite: bool = False,
+    token_cache=None,
 ):
     """Predict expression at the spots of a section from its H&E image.
 
@@ -56,6 +57,8 @@ def predict(
         Write into the table and return ``None``; otherwise return ``(prediction, uncertainty)`` DataFrames.
     overwrite
         Replace existing results under ``key_added`` (refused otherwise).
+    token_cache
+        A :class:`sthist.data.TokenCache` to reuse tokens computed by the same frozen encoder.
     """
     import torch
 
@@ -116,7 +119,12 @@ def predict(
         table_key=elements.table_key,
         coordinate_system=coordinate_system,
     )
-    tokens = encode_patches(dataset, model.encoder, views=1, batch_size=batch_size, device=device)[:, 0]
+    backbone = contract["backbone"]
+    if token_cache is not None and not backbone["fine_tuned"]:
+        identity = f"{backbone['name']}|{backbone['weights_identity']}"
+        tokens = token_cache.tokens(dataset, model.encoder, identity=identity, views=1, device=device)[:, 0]
+    else:
+        tokens = encode_patches(dataset, model.encoder, views=1, batch_size=batch_size, device=device)[:, 0]
     means, spreads = [], []
     for chunk in tokens.split(256):
         mean, spread = model.predict_tokens(chunk, k=k)

@@ -1,0 +1,144 @@
+"""``sthist.tl.cross_validate``: leave-one-group-out over patients or sections, every method on the same folds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sthist._constants import ATTRS_KEY, OBS_PATIENT
+from sthist._core._elements import resolve_elements
+from sthist._logging import logger
+from sthist.tl._evaluate import evaluation_frames
+
+
+def section_group(name: str, sdata, groups: str) -> str:
+    """Group of a section: its name (``'section'``) or its patient (from attrs or the table's ``obs``)."""
+    if groups == "section":
+        return name
+    if groups != "patient":
+        raise ValueError(f"groups must be 'patient' or 'section', got {groups!r}.")
+    patient = sdata.attrs.get(ATTRS_KEY, {}).get("patient")
+    if patient is None:
+        table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
+        if OBS_PATIENT not in table.obs:
+            raise ValueError(
+                f"Section {name!r} has no patient (attrs['sthist']['patient'] or obs['patient'])."
+            )
+        values = table.obs[OBS_PATIENT].unique()
+        if len(values) != 1:
+            raise ValueError(f"Section {name!r} mixes patients {list(values)}.")
+        patient = values[0]
+    return str(patient)
+
+
+def observed_expression(sdata, genes: list[str], target_sum: float) -> pd.DataFrame:
+    """Log-normalised expression of ``genes`` (from raw counts), without writing into ``sdata``."""
+    from sthist.pp import normalize
+
+    table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
+    normalised = normalize(table, target_sum=target_sum, inplace=False)
+    columns = table.var_names.get_indexer(genes)
+    if (columns < 0).any():
+        missing = [g for g, c in zip(genes, columns, strict=True) if c < 0]
+        raise KeyError(f"Genes {missing[:10]} of the panel are not measured in the held-out section.")
+    values = normalised[:, columns]
+    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
+    return pd.DataFrame(values, index=table.obs_names, columns=genes)
+
+
+def cross_validate(
+    sections: Mapping,
+    *,
+    groups: str = "patient",
+    methods: Sequence[str] = ("cmrcnet", "bleep", "regression", "ridge"),
+    n_top: int = 50,
+    marker_genes: Sequence[str] | None = None,
+    fit_options: Mapping | None = None,
+    token_cache=None,
+    return_models: bool = False,
+):
+    """Leave-one-group-out cross-validation: every method trained and evaluated on identical folds.
+
+    For each group (patient or section) the models are fitted on the other groups' sections only; the gene
+    panel is chosen inside each fit from those training sections (unless ``fit_options`` names ``genes``),
+    so the held-out sections influence neither the panel nor the model. Each held-out section is then
+    predicted and evaluated on its own.
+
+    Parameters
+    ----------
+    sections
+        Dict of section name → SpatialData (images, spots, raw counts).
+    groups
+        ``'patient'`` or ``'section'``.
+    methods
+        Methods to compare (see :func:`sthist.tl.fit`).
+    n_top
+        Size of the HEG/HVG sets of each evaluated section.
+    marker_genes
+        Marker genes (MG) to summarise.
+    fit_options
+        Further keyword arguments of :func:`sthist.tl.fit`, the same for every method and fold.
+    token_cache
+        A :class:`sthist.data.TokenCache`; by default one is made so that each section is encoded once.
+    return_models
+        Also return the fitted models, ``{(held-out group, method): model}``.
+
+    Returns
+    -------
+    A tidy DataFrame: one row per fold, held-out section, method and gene set (HEG@n, HVG@n, MG, all), with
+    ``pearson_mean``, ``pearson_median``, ``spearman_mean``, ``mse_mean``, ``n_genes``, ``n_nan`` and
+    ``gene_gene_fidelity``.
+    """
+    from sthist.data import TokenCache
+    from sthist.tl._fit import fit
+    from sthist.tl._predict import predict
+
+    if not isinstance(sections, Mapping):
+        raise TypeError("sections must be a dict of section name → SpatialData.")
+    membership = {name: section_group(name, sdata, groups) for name, sdata in sections.items()}
+    distinct = sorted(set(membership.values()))
+    if len(distinct) < 2:
+        raise ValueError(
+            f"Cross-validation needs at least two {groups}s; all sections belong to {distinct}. "
+            "Use groups='section' or add sections."
+        )
+    options = dict(fit_options or {})
+    for reserved in ("method", "token_cache", "sdata"):
+        if reserved in options:
+            raise ValueError(f"fit_options must not set {reserved!r}.")
+    cache = token_cache if token_cache is not None else TokenCache()
+    rows, models = [], {}
+    for fold, held_out in enumerate(distinct):
+        train = {name: sdata for name, sdata in sections.items() if membership[name] != held_out}
+        test = {name: sdata for name, sdata in sections.items() if membership[name] == held_out}
+        for method in methods:
+            logger.info("fold %d (%s held out): fitting %s on %s", fold, held_out, method, list(train))
+            model = fit(train, method=method, token_cache=cache, **options)
+            if return_models:
+                models[(held_out, method)] = model
+            target_sum = model.config["normalization"]["target_sum"]
+            for name, sdata in test.items():
+                predicted, _ = predict(
+                    sdata, model, inplace=False, token_cache=cache, qc_column=options.get("qc_column")
+                )
+                predicted = predicted.dropna()
+                observed = observed_expression(sdata, model.genes, target_sum).loc[predicted.index]
+                result = evaluation_frames(observed, predicted, n_top=n_top, marker_genes=marker_genes)
+                for gene_set, summary in result["summary"].iterrows():
+                    rows.append(
+                        {
+                            "fold": fold,
+                            "held_out": held_out,
+                            "section": name,
+                            "method": method,
+                            "gene_set": gene_set,
+                            **summary.to_dict(),
+                            "gene_gene_fidelity": result["gene_gene_fidelity"],
+                            "training_spots": sum(model.config["training_sections"].values()),
+                            "panel_size": len(model.genes),
+                        }
+                    )
+    table = pd.DataFrame(rows)
+    return (table, models) if return_models else table

@@ -1,0 +1,192 @@
+"""``sthist.tl.evaluate``: agreement of predicted and observed expression, per gene and over gene sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, stats
+
+from sthist._constants import NORMALIZED_LAYER, PREDICTION_KEY
+from sthist._logging import logger
+from sthist.tl._metrics import gene_pearson, top_genes
+
+
+def evaluation_frames(
+    observed: pd.DataFrame,
+    predicted: pd.DataFrame,
+    *,
+    n_top: int = 50,
+    marker_genes: Sequence[str] | None = None,
+) -> dict:
+    """Metrics from aligned observed and predicted DataFrames (spots × genes, same index and columns).
+
+    Returns ``{'genes': per-gene table, 'summary': per-gene-set table, 'gene_gene_fidelity': float}``.
+    Genes constant in either observed or predicted values have NaN correlations; they are counted
+    (``n_nan``) and left out of the means, not hidden.
+    """
+    if not observed.index.equals(predicted.index) or list(observed.columns) != list(predicted.columns):
+        raise ValueError("observed and predicted must have the same spots and genes in the same order.")
+    if len(observed) < 3:
+        raise ValueError(f"At least 3 spots are needed to evaluate correlations; got {len(observed)}.")
+    pearson = gene_pearson(observed, predicted)
+    spearman = gene_pearson(observed.rank(), predicted.rank()).rename("spearman")
+    mse = ((observed - predicted) ** 2).mean().rename("mse")
+    genes = pd.DataFrame(
+        {
+            "pearson": pearson,
+            "spearman": spearman,
+            "mse": mse,
+            "mean_observed": observed.mean(),
+            "variance_observed": observed.var(),
+        }
+    )
+    sets = {
+        f"HEG@{n_top}": top_genes(observed, n_top, "heg"),
+        f"HVG@{n_top}": top_genes(observed, n_top, "hvg"),
+    }
+    if marker_genes is not None:
+        markers = [g for g in marker_genes if g in observed.columns]
+        if not markers:
+            raise ValueError(
+                f"None of the {len(list(marker_genes))} marker genes is in the evaluated panel; "
+                "choose markers among the model's genes."
+            )
+        if len(markers) < len(list(marker_genes)):
+            logger.info("%d of %d marker genes are in the panel", len(markers), len(list(marker_genes)))
+        sets["MG"] = markers
+    sets["all"] = list(observed.columns)
+    for name, members in sets.items():
+        if name != "all":
+            genes[f"in_{name}"] = genes.index.isin(members)
+    rows = []
+    for name, members in sets.items():
+        subset = genes.loc[members]
+        rows.append(
+            {
+                "gene_set": name,
+                "n_genes": len(members),
+                "n_nan": int(subset["pearson"].isna().sum()),
+                "pearson_mean": float(subset["pearson"].mean()),
+                "pearson_median": float(subset["pearson"].median()),
+                "spearman_mean": float(subset["spearman"].mean()),
+                "mse_mean": float(subset["mse"].mean()),
+            }
+        )
+    summary = pd.DataFrame(rows).set_index("gene_set")
+    return {"genes": genes, "summary": summary, "gene_gene_fidelity": gene_gene_fidelity(observed, predicted)}
+
+
+def gene_gene_fidelity(observed: pd.DataFrame, predicted: pd.DataFrame) -> float:
+    """Pearson r between the upper triangles of observed and predicted gene–gene correlation matrices.
+
+    Gene pairs involving a gene that is constant on either side are left out.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed_corr = np.corrcoef(observed.to_numpy(dtype=float), rowvar=False)
+        predicted_corr = np.corrcoef(predicted.to_numpy(dtype=float), rowvar=False)
+    upper = np.triu_indices_from(observed_corr, k=1)
+    a, b = observed_corr[upper], predicted_corr[upper]
+    finite = np.isfinite(a) & np.isfinite(b)
+    if finite.sum() < 3:
+        return float("nan")
+    return float(stats.pearsonr(a[finite], b[finite])[0])
+
+
+def evaluate(
+    sdata,
+    *,
+    key: str = PREDICTION_KEY,
+    layer: str | None = NORMALIZED_LAYER,
+    n_top: int = 50,
+    marker_genes: Sequence[str] | None = None,
+    table_key: str | None = None,
+    key_added: str | None = None,
+    inplace: bool = True,
+    overwrite: bool = False,
+):
+    """Compare predictions in ``table.obsm[key]`` with the observed expression of the same spots.
+
+    Per gene: Pearson and Spearman correlation across spots, MSE, and membership in HEG@n (top ``n_top``
+    genes by mean observed expression in this section), HVG@n (top by variance), the marker genes and all
+    genes. Per gene set: mean and median Pearson, mean Spearman, mean MSE and the number of NaN correlations
+    (constant genes). Plus gene–gene correlation fidelity. Spots without a prediction (NaN) are left out.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with one table, or the AnnData table itself.
+    key
+        ``obsm`` key of the predictions (DataFrame, spots × genes).
+    layer
+        Layer with observed expression in the prediction's units (``None``: ``X``).
+    n_top
+        Size of the HEG and HVG sets.
+    marker_genes
+        Marker genes (MG); e.g. :data:`sthist.datasets.her2st_marker_genes`.
+    key_added
+        ``uns`` key for the results (default ``f'{key}_evaluation'``).
+    inplace
+        Write results to ``table.uns[key_added]`` (and return them as well).
+
+    Returns
+    -------
+    Dict with ``'genes'`` (tidy per-gene DataFrame), ``'summary'`` (per gene set) and
+    ``'gene_gene_fidelity'``.
+    """
+    import anndata as ad
+
+    if isinstance(sdata, ad.AnnData):
+        table = sdata
+    else:
+        keys = list(sdata.tables) if table_key is None else [table_key]
+        if len(keys) != 1:
+            raise ValueError(f"Several tables ({keys}); choose one with table_key=.")
+        if keys[0] not in sdata.tables:
+            raise KeyError(f"No table named {keys[0]!r}; available: {sorted(sdata.tables)}.")
+        table = sdata.tables[keys[0]]
+    if key not in table.obsm:
+        raise KeyError(f"No predictions under table.obsm[{key!r}]; available: {sorted(table.obsm.keys())}.")
+    predicted = table.obsm[key]
+    if not isinstance(predicted, pd.DataFrame):
+        raise TypeError(
+            f"table.obsm[{key!r}] must be a DataFrame with gene names as columns (as sthist.tl.predict writes)."
+        )
+    if not predicted.index.equals(table.obs_names):
+        raise ValueError(f"table.obsm[{key!r}] is indexed by other spots than the table's obs_names.")
+    unknown = [g for g in predicted.columns if g not in table.var_names]
+    if unknown:
+        raise KeyError(
+            f"Predicted genes {unknown[:10]} are not measured in this table; they cannot be evaluated."
+        )
+    if layer is not None and layer not in table.layers:
+        raise KeyError(
+            f"No layer {layer!r} with observed expression; run `sthist.pp.normalize` or pass layer=."
+        )
+    matrix = table.X if layer is None else table.layers[layer]
+    matrix = matrix[:, table.var_names.get_indexer(predicted.columns)]
+    dense = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+    observed = pd.DataFrame(dense, index=table.obs_names, columns=predicted.columns)
+    predicted_rows = predicted.notna().all(axis=1).to_numpy()
+    if predicted_rows.sum() < len(predicted_rows):
+        logger.info("%d spots without prediction are left out", int((~predicted_rows).sum()))
+    results = evaluation_frames(
+        observed[predicted_rows], predicted[predicted_rows], n_top=n_top, marker_genes=marker_genes
+    )
+    results["spots"] = int(predicted_rows.sum())
+    if inplace:
+        key_added = key_added or f"{key}_evaluation"
+        if key_added in table.uns and not overwrite:
+            raise ValueError(
+                f"table.uns[{key_added!r}] exists already; pass overwrite=True or another key_added."
+            )
+        table.uns[key_added] = {
+            "genes": results["genes"],
+            "summary": results["summary"].reset_index(),
+            "gene_gene_fidelity": results["gene_gene_fidelity"],
+            "spots": results["spots"],
+            "n_top": int(n_top),
+        }
+        logger.info("added table.uns[%r]", key_added)
+    return results
