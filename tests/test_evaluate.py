@@ -50,7 +50,9 @@ def test_gene_gene_fidelity_by_hand():
 
 def _table():
     observed, predicted = _frames()
-    adata = ad.AnnData(X=np.zeros((5, 3)), obs=pd.DataFrame(index=observed.index), var=pd.DataFrame(index=["a", "b", "c"]))
+    adata = ad.AnnData(
+        X=np.zeros((5, 3)), obs=pd.DataFrame(index=observed.index), var=pd.DataFrame(index=["a", "b", "c"])
+    )
     adata.layers["sthist_log1p"] = observed.to_numpy()
     adata.obsm["sthist_pred"] = predicted
     return adata
@@ -102,14 +104,18 @@ OPTIONS = {"backbone": "tiny", "max_epochs": 3, "batch_size": 16, "k": 5, "views
 
 
 def test_cross_validation_folds_and_table(toy_sections):
-    table = sthist.tl.cross_validate(toy_sections, groups="section", methods=["bleep", "ridge"], fit_options=OPTIONS, n_top=5)
+    table = sthist.tl.cross_validate(
+        toy_sections, groups="section", methods=["bleep", "ridge"], fit_options=OPTIONS, n_top=5
+    )
     assert set(table["held_out"]) == {"toy0", "toy1", "toy2"}
     assert set(table["method"]) == {"bleep", "ridge"}
     assert set(table["gene_set"]) == {"HEG@5", "HVG@5", "all"}
     assert len(table) == 3 * 2 * 3
     assert table["pearson_mean"].notna().all()
     with pytest.raises(ValueError, match="at least two patients"):
-        sthist.tl.cross_validate({"toy0": toy_sections["toy0"], "toy2": toy_sections["toy2"]}, groups="patient")
+        sthist.tl.cross_validate(
+            {"toy0": toy_sections["toy0"], "toy2": toy_sections["toy2"]}, groups="patient"
+        )
 
 
 def test_held_out_section_influences_neither_panel_nor_model(toy_sections):
@@ -134,7 +140,8 @@ def test_held_out_section_influences_neither_panel_nor_model(toy_sections):
     # ... while folds that train on toy2 do see the change.
     c, d = first_models[("toy0", "cmrcnet")], second_models[("toy0", "cmrcnet")]
     assert c.genes != d.genes or not all(
-        np.array_equal(x.numpy(), y.numpy()) for x, y in zip(c.model.state_dict().values(), d.model.state_dict().values(), strict=True)
+        np.array_equal(x.numpy(), y.numpy())
+        for x, y in zip(c.model.state_dict().values(), d.model.state_dict().values(), strict=True)
     )
     held = first[first["held_out"] == "toy2"]["pearson_mean"].to_numpy()
     assert not np.allclose(held, second[second["held_out"] == "toy2"]["pearson_mean"].to_numpy())

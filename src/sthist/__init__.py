@@ -12,7 +12,7 @@ from importlib.metadata import version
 from sthist._settings import settings
 
 __version__ = version("sthist")
-_SUBMODULES = ("pp", "tl", "pl", "datasets", "data", "models")
+_SUBMODULES = ("pp", "tl", "pl", "io", "datasets", "data", "models")
 __all__ = ["settings", *_SUBMODULES]
 
 

@@ -41,3 +41,5 @@ REGION_KEY = "region"
 
 #: ``table.obsm`` / ``table.uns`` key written by :func:`sthist.tl.predict` (``_uncertainty`` appended for the spread).
 PREDICTION_KEY = "sthist_pred"
+#: Shapes and table written by :func:`sthist.tl.predict_tiles`.
+TILES_KEY = "sthist_tiles"

@@ -10,11 +10,22 @@ from sthist._core._image import ImageLevel
 
 
 class InMemoryLevel:
-    """The whole level as one (height, width, 3) uint8 array; patches are numpy slices of it."""
+    """The whole level as one (height, width, 3) uint8 array; patches are numpy slices of it.
+
+    The level is materialised on the first read, so a dataset whose patches are never cut (tokens already
+    cached) costs no memory.
+    """
 
     def __init__(self, level: ImageLevel):
         self.shape = level.shape
-        self.pixels = np.ascontiguousarray(np.asarray(level.data.data.compute()).transpose(1, 2, 0))
+        self._data = level.data.data
+        self._pixels: np.ndarray | None = None
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = np.ascontiguousarray(np.asarray(self._data.compute()).transpose(1, 2, 0))
+        return self._pixels
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self.pixels[y0:y1, x0:x1]

@@ -52,6 +52,15 @@ class SthistModel:
         return list(self.config["genes"])
 
     @property
+    def unreliable_genes(self) -> list[str]:
+        """Genes whose cross-validated Pearson r is below the recorded threshold (empty if never assessed)."""
+        reliability = self.config.get("gene_reliability")
+        if not reliability:
+            return []
+        threshold = self.config.get("reliability_threshold", 0.1)
+        return [g for g in self.genes if reliability.get(g) is None or reliability[g] < threshold]
+
+    @property
     def k(self) -> int:
         return int(self.config["hyperparameters"]["k"])
 
@@ -106,7 +115,7 @@ class SthistModel:
         return folder
 
 
-def retrieve(query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk: int = 4096) -> torch.Tensor:
+def retrieve(query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk: int = 1024) -> torch.Tensor:
     """Indices (queries × k) of the ``k`` most similar bank rows by dot product (cosine for unit vectors)."""
     if k > len(bank):
         raise ValueError(f"k={k} exceeds the {len(bank)} spots of the reference bank; choose a smaller k.")

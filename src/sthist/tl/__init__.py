@@ -5,5 +5,18 @@ from sthist.tl._evaluate import evaluate, gene_gene_fidelity
 from sthist.tl._fit import fit
 from sthist.tl._localisation import auroc, localisation
 from sthist.tl._predict import predict
+from sthist.tl._reliability import gene_reliability
+from sthist.tl._tiles import predict_tiles, tile_grid
 
-__all__ = ["auroc", "cross_validate", "evaluate", "fit", "gene_gene_fidelity", "localisation", "predict"]
+__all__ = [
+    "auroc",
+    "cross_validate",
+    "evaluate",
+    "fit",
+    "gene_gene_fidelity",
+    "gene_reliability",
+    "localisation",
+    "predict",
+    "predict_tiles",
+    "tile_grid",
+]

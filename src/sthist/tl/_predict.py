@@ -150,6 +150,7 @@ def predict(
         "patch_size_um": contract["patch"]["size_um"],
         "training_sections": list(contract["training_sections"]),
         "spots_predicted": int(len(dataset)),
+        "unreliable_genes": [g for g in model.unreliable_genes if g in chosen],
         "sthist_version": contract["versions"]["sthist"],
     }
     logger.info(

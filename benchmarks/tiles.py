@@ -1,0 +1,137 @@
+"""Whole-slide prediction with bounded memory: peak RSS and tiles/s on synthetic slides of two sizes.
+
+Each synthetic RGB slide (0.5 µm/px, a disc of textured "tissue" on glass, 5-level pyramid) is written
+lazily to a zarr store by dask, block by block, never held in memory. A separate process then reads it
+back and runs ``sthist.tl.predict_tiles`` with a CMRCNet model (EfficientNet-Lite0) and reports its own peak
+resident memory and throughput; the two sizes run in one invocation so their memory can be compared.
+
+    python benchmarks/tiles.py [--sizes 20000 40000] [--stride-um 448]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+MICRONS_PER_PIXEL = 0.5
+
+
+def _texture(block_info=None):
+    import numpy as np
+
+    (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+    size = block_info[None]["shape"][1]
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    centre = size / 2
+    tissue = (xs - centre) ** 2 + (ys - centre) ** 2 < (0.3 * size) ** 2
+    pattern = ((xs * 7 + ys * 13) % 61).astype(np.uint8)
+    out = np.full((3, y1 - y0, x1 - x0), 242, dtype=np.uint8)
+    out[0][tissue] = 190 - pattern[tissue]
+    out[1][tissue] = 110 + pattern[tissue] // 2
+    out[2][tissue] = 175 - pattern[tissue] // 3
+    return out
+
+
+def write_slide(size: int, store: Path) -> None:
+    import dask.array as da
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+
+    import sthist
+
+    side = (2048,) * (size // 2048) + ((size % 2048,) if size % 2048 else ())
+    pixels = da.map_blocks(_texture, dtype="uint8", chunks=((3,), side, side))
+    image = Image2DModel.parse(
+        pixels, dims=("c", "y", "x"), scale_factors=[2, 2, 2, 2, 2], chunks=(3, 2048, 2048)
+    )
+    sdata = SpatialData(images={"he": image})
+    sthist.pp.set_microns_per_pixel(sdata, MICRONS_PER_PIXEL, source="synthetic slide")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdata.write(store)
+
+
+def worker(store: str, model_folder: str, stride_um: float) -> None:
+    import spatialdata as sd
+
+    import sthist
+
+    sthist.settings.progress = False
+    sdata = sd.read_zarr(store)
+    model = sthist.models.load(model_folder)
+    tick = time.perf_counter()
+    sthist.tl.predict_tiles(sdata, model, stride_um=stride_um)
+    seconds = time.perf_counter() - tick
+    tiles = sdata.tables["sthist_tiles_table"].n_obs
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"tiles": tiles, "seconds": seconds, "peak_rss_gib": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 40000])
+    parser.add_argument("--stride-um", type=float, default=448.0)
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], args.worker[1], float(args.worker[2]))
+        return
+
+    import sthist
+    from sthist._core._report import markdown_table
+
+    sthist.settings.progress = False
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        toy = sthist.datasets.toy(1, grid=8, n_genes=20, seed=0)
+        model = sthist.tl.fit(toy, method="cmrcnet", max_epochs=2, batch_size=32, k=10, views=1)
+        model.save(folder / "model")
+        for size in args.sizes:
+            store = folder / f"slide{size}.zarr"
+            tick = time.perf_counter()
+            _write_in_subprocess(size, store)
+            written = time.perf_counter() - tick
+            disk = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", str(store), str(folder / "model"), str(args.stride_um)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "slide (px)": f"{size:,} × {size:,}",
+                    "raw RGB size (GiB)": round(3 * size * size / 2**30, 2),
+                    "zarr on disk (MiB)": round(disk, 1),
+                    "write (s)": round(written),
+                    "tiles": result["tiles"],
+                    "tiles/s": round(result["tiles"] / result["seconds"], 1),
+                    "peak RSS (GiB)": round(result["peak_rss_gib"], 2),
+                }
+            )
+    print(
+        f"predict_tiles with CMRCNet (EfficientNet-Lite0), 112 µm tiles every {args.stride_um:g} µm, "
+        f"{MICRONS_PER_PIXEL} µm/px, 2048 px chunks; peak RSS of the predicting process "
+        f"(MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}):\n"
+    )
+    print(markdown_table(rows))
+
+
+def _write_in_subprocess(size: int, store: Path) -> None:
+    folder = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {folder!r}); import tiles, pathlib; tiles.write_slide({size}, pathlib.Path({str(store)!r}))"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+if __name__ == "__main__":
+    main()
