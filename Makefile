@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: setup demo test test-all docs lint benchmark clean
+.PHONY: setup demo test test-all docs lint benchmark benchmark-accuracy clean
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-benchmark: setup
+benchmark: setup  ## patch extraction, speed and whole-slide memory (about 15 minutes)
 	$(PY) benchmarks/patches.py
+	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/tiles.py
+
+benchmark-accuracy: setup  ## HER2ST cross-validation of all methods (about 35 minutes)
+	$(PY) benchmarks/accuracy.py
 
 clean:
 	rm -rf $(VENV) docs/_build docs/generated output

@@ -52,3 +52,34 @@ def test_cli_help_explains_units(capsys):
     text = capsys.readouterr().out
     assert "µm" in text and "held-out" in text
     assert build_parser().parse_args(["demo"]).test_section == "C6"
+
+
+def test_cli_fit_predict_evaluate_on_stores(tmp_path, capsys):
+    import spatialdata as sd
+
+    sections = sthist.datasets.toy(2, grid=6, n_genes=8, seed=3)
+    stores = []
+    for name, sdata in sections.items():
+        sdata.write(tmp_path / f"{name}.zarr")
+        stores.append(str(tmp_path / f"{name}.zarr"))
+    model_dir = str(tmp_path / "model")
+    options = ["--backbone", "tiny", "--epochs", "2", "--batch-size", "16", "--k", "5"]
+    assert main(["fit", stores[0], "--output", model_dir, *options]) == 0
+    assert (tmp_path / "model" / "config.json").exists()
+    with pytest.raises(FileExistsError):
+        main(["fit", stores[0], "--output", model_dir, *options])
+    before = sd.read_zarr(stores[1])
+    assert main(["predict", stores[1], "--model", model_dir]) == 0
+    after = sd.read_zarr(stores[1])
+    assert set(after.images) == set(before.images) and set(after.shapes) == set(before.shapes)
+    table = after.tables["table"]
+    assert "sthist_pred" in table.obsm and table.n_obs == before.tables["table"].n_obs
+    np.testing.assert_array_equal(table.X.toarray(), before.tables["table"].X.toarray())
+    with pytest.raises(ValueError, match="overwrite=True"):
+        main(["predict", stores[1], "--model", model_dir])
+    assert main(["evaluate", stores[1]]) == 0
+    assert "HEG@50" in capsys.readouterr().out
+    assert main(["predict", stores[1], "--model", model_dir, "--tiles", "--key", "tiles"]) == 0
+    assert "tiles_table" in sd.read_zarr(stores[1]).tables
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["predict", str(tmp_path / "missing.zarr"), "--model", model_dir])

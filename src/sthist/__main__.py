@@ -112,6 +112,83 @@ def _markdown(rows: list[dict]) -> str:
     return markdown_table(rows)
 
 
+def _read_store(path: str, microns_per_pixel: float | None):
+    import spatialdata as sd
+
+    import sthist
+
+    store = Path(path)
+    if not store.exists():
+        raise SystemExit(f"error: {store} does not exist (expected a SpatialData zarr store)")
+    sdata = sd.read_zarr(store)
+    if microns_per_pixel is not None:
+        sthist.pp.set_microns_per_pixel(sdata, microns_per_pixel, source="given on the command line")
+    return sdata
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import sthist
+
+    sections = {Path(p).stem: _read_store(p, args.microns_per_pixel) for p in args.stores}
+    genes = Path(args.genes).read_text().split() if args.genes else None
+    model = sthist.tl.fit(
+        sections,
+        genes=genes,
+        method=args.method,
+        backbone=args.backbone,
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        k=args.k,
+        patch_size_um=args.patch_size_um,
+        qc_column=args.qc_column,
+        random_state=args.seed,
+        accelerator=args.accelerator,
+        devices=args.devices,
+    )
+    model.save(args.output, overwrite=args.overwrite)
+    print(f"fitted {model!r}; saved to {args.output}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import sthist
+    from sthist._core._elements import resolve_elements
+    from sthist.io import write_elements
+
+    sdata = _read_store(args.store, args.microns_per_pixel)
+    model = sthist.models.load(args.model)
+    if args.tiles:
+        sthist.tl.predict_tiles(
+            sdata, model, stride_um=args.stride_um, key_added=args.key, overwrite=args.overwrite
+        )
+        print(f"wrote shapes[{args.key!r}] and tables[{args.key + '_table'!r}] into {args.store}")
+        return 0
+    table_key = resolve_elements(sdata).table_key
+    sthist.tl.predict(sdata, model, key_added=args.key, overwrite=args.overwrite, qc_column=args.qc_column)
+    # The table keeps everything it had and gains the predictions; it is rewritten atomically.
+    write_elements(sdata, [("tables", table_key)], overwrite=True)
+    print(f"wrote tables[{table_key!r}].obsm[{args.key!r}] into {args.store}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import sthist
+    from sthist._core._elements import resolve_elements
+    from sthist._core._report import markdown_table
+
+    sdata = _read_store(args.store, None)
+    table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
+    if args.layer not in table.layers:
+        sthist.pp.normalize(table, key_added=args.layer)
+    markers = sthist.datasets.her2st_marker_genes if args.her2st_markers else None
+    result = sthist.tl.evaluate(
+        table, key=args.key, layer=args.layer, n_top=args.n_top, marker_genes=markers, inplace=False
+    )
+    print(markdown_table(result["summary"]))
+    print(f"gene–gene correlation fidelity: {result['gene_gene_fidelity']:.3f} over {result['spots']} spots")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sthist",
@@ -135,6 +212,71 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the ridge baseline")
     demo.add_argument("--patch-size-um", type=float, default=112.0, help="patch side in µm (default: 112)")
     demo.set_defaults(run=_demo)
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a model on SpatialData zarr stores",
+        description="Fit CMRCNet (or a baseline) on sections stored as SpatialData zarr stores (image, spots, "
+        "table with raw counts; µm/px recorded in attrs or given). Writes config.json + model.safetensors.",
+    )
+    fit.add_argument("stores", nargs="+", help="training sections (.zarr)")
+    fit.add_argument("--output", required=True, help="folder for the fitted model")
+    fit.add_argument("--method", default="cmrcnet", choices=["cmrcnet", "bleep", "regression", "ridge"])
+    fit.add_argument("--backbone", default=None, help="encoder name (default: efficientnet_lite0)")
+    fit.add_argument(
+        "--genes", default=None, help="file with the gene panel, one name per line (default: HEG ∪ HVG)"
+    )
+    fit.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
+    fit.add_argument("--batch-size", type=int, default=64, help="spots per batch (default: 64)")
+    fit.add_argument("--k", type=int, default=50, help="neighbours averaged at retrieval (default: 50)")
+    fit.add_argument("--patch-size-um", type=float, default=112.0, help="patch side in µm (default: 112)")
+    fit.add_argument("--qc-column", default=None, help="boolean obs column selecting training spots")
+    fit.add_argument(
+        "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
+    )
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
+    fit.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
+    fit.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    fit.set_defaults(run=_fit)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict expression into a SpatialData zarr store",
+        description="Predict expression at the spots of a store (table.obsm[KEY], log1p units) or, with "
+        "--tiles, over a grid of tiles on the tissue (new shapes + table). Existing elements are kept; "
+        "results are written atomically; an existing KEY is replaced only with --overwrite.",
+    )
+    predict.add_argument("store", help="section (.zarr)")
+    predict.add_argument("--model", required=True, help="folder of a fitted model")
+    predict.add_argument("--key", default="sthist_pred", help="obsm key (spots) or shapes name (tiles)")
+    predict.add_argument(
+        "--tiles", action="store_true", help="dense prediction over the tissue instead of spots"
+    )
+    predict.add_argument(
+        "--stride-um", type=float, default=None, help="tile spacing in µm (default: patch size)"
+    )
+    predict.add_argument("--qc-column", default=None, help="boolean obs column selecting spots")
+    predict.add_argument(
+        "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
+    )
+    predict.add_argument("--overwrite", action="store_true")
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compare predictions with measured expression",
+        description="Pearson/Spearman/MSE per gene and over HEG@n, HVG@n, markers and all genes, plus gene–gene "
+        "correlation fidelity, for predictions stored in a zarr store.",
+    )
+    evaluate.add_argument("store", help="section (.zarr) with predictions and measured counts")
+    evaluate.add_argument("--key", default="sthist_pred")
+    evaluate.add_argument("--layer", default="sthist_log1p", help="observed log1p layer (computed if absent)")
+    evaluate.add_argument("--n-top", type=int, default=50)
+    evaluate.add_argument(
+        "--her2st-markers", action="store_true", help="summarise the HER2ST marker genes (MG)"
+    )
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
