@@ -25,6 +25,18 @@ METHODS = ["cmrcnet", "bleep", "regression", "ridge"]
 SECTIONS = ["A1", "B4", "C2", "C3", "C4", "C5", "C6"]
 
 
+def load_sections() -> dict:
+    """The benchmark's HER2ST sections, spots QC'd (``obs['sthist_pass_qc']``)."""
+    import sthist
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sections = sthist.datasets.her2st(SECTIONS)
+    for sdata in sections.values():
+        sthist.pp.qc_spots(sdata)
+    return sections
+
+
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """One row per method: mean over held-out sections of HEG@50, HVG@50, MG, all-gene Pearson, fidelity, MSE."""
     wide = table.pivot_table(index=["method", "section"], columns="gene_set", values="pearson_mean")
@@ -50,11 +62,7 @@ def main() -> None:
 
     sthist.settings.progress = False
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sections = sthist.datasets.her2st(SECTIONS)
-    for sdata in sections.values():
-        sthist.pp.qc_spots(sdata)
+    sections = load_sections()
     options = {
         "max_epochs": args.epochs,
         "views": args.views,

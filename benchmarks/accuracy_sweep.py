@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
-
-SECTIONS = ["A1", "B4", "C2", "C3", "C4", "C5", "C6"]
+from accuracy import load_sections  # the same sections and QC as benchmarks/accuracy.py
 
 
 def main() -> None:
@@ -35,11 +33,7 @@ def main() -> None:
 
     sthist.settings.progress = False
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sections = sthist.datasets.her2st(SECTIONS)
-    for sdata in sections.values():
-        sthist.pp.qc_spots(sdata)
+    sections = load_sections()
     cache = TokenCache()
     rows = []
     for epochs in args.epochs:

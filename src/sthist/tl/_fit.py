@@ -227,18 +227,14 @@ def fit(
         model = ExpressionModel(method=method, **architecture)
         generator = torch.Generator().manual_seed(random_state)
         if fine_tune:
-            module = TrainingModule(
-                model, encoder, learning_rate=learning_rate, weight_decay=weight_decay,
-                min_learning_rate=min_learning_rate, max_epochs=max_epochs,
-            )  # fmt: skip
             train_data = dataset
         else:
             tokens = _tokens(dataset, encoder, weights_identity, views, device, token_cache)
-            module = TrainingModule(
-                model, None, learning_rate=learning_rate, weight_decay=weight_decay,
-                min_learning_rate=min_learning_rate, max_epochs=max_epochs,
-            )  # fmt: skip
             train_data = TokenDataset(tokens, expression, augment=True)
+        module = TrainingModule(
+            model, encoder if fine_tune else None, learning_rate=learning_rate, weight_decay=weight_decay,
+            min_learning_rate=min_learning_rate, max_epochs=max_epochs,
+        )  # fmt: skip
         loader = torch.utils.data.DataLoader(
             train_data,
             batch_size=batch_size,
