@@ -1,16 +1,15 @@
-"""Expression on tissue: spots coloured by observed and predicted expression over the H&E image."""
+"""Expression on tissue: spots coloured by observed, predicted and uncertain expression over the H&E image."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, NORMALIZED_LAYER, PREDICTION_KEY
-from sthist._core._elements import resolve_elements, spot_centres, spot_table, table_region
-from sthist._core._image import image_levels, to_pixels
+from sthist.pl._tissue import draw_spots, prediction_frame, robust_limits, save_figure, tissue_view
 
 
 def expression(
@@ -31,49 +30,34 @@ def expression(
 
     Each gene gets a row: observed (from ``observed_layer``; left out when ``None``) and predicted
     (``table.obsm[key]``) share one colour scale (2nd-98th percentile of both) and one colour bar. Titles
-    carry the gene and the Pearson r across spots. The image is drawn from the pyramid level whose longer
-    side is closest to ``max_image_pixels``.
+    carry the gene and the Pearson r across spots. Spots are drawn at their true size; spots without a
+    prediction (failed QC) are left uncoloured. The image is drawn from the pyramid level whose longer side
+    is closest to ``max_image_pixels``; a scale bar gives the physical size when the section's scale is known.
 
     Returns
     -------
     The matplotlib Figure.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.collections import EllipseCollection
 
     from sthist.tl._metrics import gene_pearson
 
-    elements = resolve_elements(
-        sdata, image_key=image_key, table_key=table_key, coordinate_system=coordinate_system
+    genes = _gene_list(genes)
+    view = tissue_view(
+        sdata,
+        max_image_pixels=max_image_pixels,
+        image_key=image_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
     )
-    table = spot_table(sdata, elements)
-    if key not in table.obsm:
-        raise KeyError(
-            f"No predictions under table.obsm[{key!r}]; run `sthist.tl.predict(sdata, model)` first."
-        )
-    predicted = table.obsm[key]
-    genes = list(genes)
-    missing = [g for g in genes if g not in predicted.columns]
-    if missing:
-        raise KeyError(f"Genes {missing} are not among the predictions in table.obsm[{key!r}].")
+    table = view.table
+    predicted = prediction_frame(table, key, genes)
     observed = None
     if observed_layer is not None:
         if observed_layer not in table.layers:
             raise KeyError(f"No layer {observed_layer!r} with observed expression; pass observed_layer=None.")
         observed = table[:, genes].to_df(layer=observed_layer)
-    levels = image_levels(
-        sdata.images[elements.image_key], coordinate_system=coordinate_system, image_key=elements.image_key
-    )
-    level = min(levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
-    rgb = np.asarray(level.data.transpose("y", "x", "c").data)
-    xy = to_pixels(level, spot_centres(sdata, elements, table))
-    shapes = sdata.shapes[elements.shapes_key]
-    _, _, instance_key = table_region(table)
-    radius_units = shapes["radius"].loc[table.obs[instance_key].to_numpy()].to_numpy(dtype=float)
-    diameters = 2 * radius_units / np.mean(level.pixel_size)
-    margin = diameters.max() * 2
-    extent = (max(xy[:, 0].min() - margin, 0), min(xy[:, 0].max() + margin, rgb.shape[1]))
-    extent_y = (min(xy[:, 1].max() + margin, rgb.shape[0]), max(xy[:, 1].min() - margin, 0))
+    units = _provenance(table, key).get("units", "log1p normalised")
     columns = 1 if observed is None else 2
     figure, axes = plt.subplots(
         len(genes), columns, figsize=(4.6 * columns, 4.2 * len(genes)), squeeze=False, layout="constrained"
@@ -82,8 +66,7 @@ def expression(
         values = {"predicted": predicted[gene].to_numpy(dtype=float)}
         if observed is not None:
             values = {"observed": observed[gene].to_numpy(dtype=float), **values}
-        finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
-        vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+        vmin, vmax = robust_limits(*values.values())
         r = None
         if observed is not None:
             mask = np.isfinite(values["predicted"])
@@ -93,25 +76,96 @@ def expression(
             ).iloc[0]
         for column, (label, value) in enumerate(values.items()):
             ax = axes[row, column]
-            ax.imshow(rgb)
-            # Spots drawn at their true size (data units), so the tissue and the spot grid keep their aspect.
-            points = EllipseCollection(
-                diameters, diameters, np.zeros(len(xy)), units="xy", offsets=xy,
-                offset_transform=ax.transData, cmap=cmap, linewidths=0,
-            )  # fmt: skip
-            points.set_array(np.ma.masked_invalid(value))
-            points.set_clim(vmin, vmax)
-            ax.add_collection(points)
-            ax.set_xlim(*extent)
-            ax.set_ylim(*extent_y)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            points = draw_spots(ax, view, value, cmap=cmap, vmin=vmin, vmax=vmax)
             suffix = f" (r = {r:.2f})" if (label == "predicted" and r is not None) else ""
             ax.set_title(f"{gene}: {label}{suffix}")
-        figure.colorbar(points, ax=axes[row, :].tolist(), shrink=0.8, label=f"{gene} (log1p normalised)")
+        figure.colorbar(points, ax=axes[row, :].tolist(), shrink=0.8, label=f"{gene} ({units})")
     if title:
         figure.suptitle(title)
-    if save is not None:
-        figure.savefig(save, dpi=110)
+    save_figure(figure, save)
     return figure
+
+
+def uncertainty(
+    sdata,
+    genes: Sequence[str],
+    *,
+    key: str = PREDICTION_KEY,
+    max_image_pixels: int = 1500,
+    cmap: str = "viridis",
+    uncertainty_cmap: str = "magma",
+    title: str | None = None,
+    save: str | Path | None = None,
+    image_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+):
+    """Plot the prediction of ``genes`` beside its uncertainty, over the H&E image.
+
+    The uncertainty is the spread (standard deviation) of the expression of the ``k`` retrieved reference
+    spots, in the prediction's units (``table.obsm[key + '_uncertainty']``, written by
+    :func:`sthist.tl.predict` for retrieval methods). High spread means the image matched reference spots
+    that disagree: read the prediction there with care. Each panel has its own colour bar; genes the model
+    flagged as unreliable in cross-validation are marked in the title.
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    genes = _gene_list(genes)
+    view = tissue_view(
+        sdata,
+        max_image_pixels=max_image_pixels,
+        image_key=image_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+    )
+    table = view.table
+    predicted = prediction_frame(table, key, genes)
+    spread_key = f"{key}_uncertainty"
+    if spread_key not in table.obsm:
+        raise KeyError(f"No uncertainty under table.obsm[{spread_key!r}]; run `sthist.tl.predict` first.")
+    spread = prediction_frame(table, spread_key, genes)
+    if spread.isna().all().all():
+        method = _provenance(table, key).get("method", "this model")
+        raise ValueError(
+            f"The predictions under {key!r} ({method}) carry no uncertainty: only the retrieval methods "
+            "(cmrcnet, bleep) estimate it from the spread of the retrieved spots."
+        )
+    unreliable = set(_provenance(table, key).get("unreliable_genes", []))
+    figure, axes = plt.subplots(
+        len(genes), 2, figsize=(9.6, 4.2 * len(genes)), squeeze=False, layout="constrained"
+    )
+    for row, gene in enumerate(genes):
+        flag = " — unreliable in CV" if gene in unreliable else ""
+        for column, (label, frame, colours) in enumerate(
+            [("predicted", predicted, cmap), ("uncertainty (spread)", spread, uncertainty_cmap)]
+        ):
+            ax = axes[row, column]
+            value = frame[gene].to_numpy(dtype=float)
+            vmin, vmax = robust_limits(value)
+            if column == 1:
+                vmin = 0.0
+            points = draw_spots(ax, view, value, cmap=colours, vmin=vmin, vmax=vmax)
+            ax.set_title(f"{gene}: {label}{flag}")
+            figure.colorbar(points, ax=ax, shrink=0.8, label=f"{gene} {label.split()[0]}")
+    if title:
+        figure.suptitle(title)
+    save_figure(figure, save)
+    return figure
+
+
+def _provenance(table, key: str) -> Mapping:
+    provenance = table.uns.get(key, {})
+    return provenance if isinstance(provenance, Mapping) else {}
+
+
+def _gene_list(genes) -> list[str]:
+    if isinstance(genes, str):
+        return [genes]
+    genes = list(genes)
+    if not genes:
+        raise ValueError("Give at least one gene to plot.")
+    return genes

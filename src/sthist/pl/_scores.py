@@ -1,0 +1,391 @@
+"""Plots of scores: per-gene accuracy, gene–gene correlation structure, cross-validation and training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sthist._constants import NORMALIZED_LAYER, PREDICTION_KEY
+from sthist.pl._tissue import prediction_frame, save_figure
+
+# Colours of the gene sets (colour-blind safe, Okabe–Ito).
+SET_COLOURS = {"HEG": "#E69F00", "HVG": "#0072B2", "MG": "#D55E00"}
+METHOD_ORDER = ("cmrcnet", "bleep", "regression", "ridge")
+
+
+def gene_scores(
+    evaluation,
+    *,
+    key: str = PREDICTION_KEY,
+    n_labels: int = 5,
+    ax=None,
+    title: str | None = None,
+    save: str | Path | None = None,
+):
+    """Per-gene Pearson r between observed and predicted expression, genes ranked, gene sets highlighted.
+
+    Every gene of the panel is a grey dot at its rank; genes among the highly expressed (HEG@n), highly
+    variable (HVG@n) and marker genes (MG) are coloured, and the legend gives each set's mean r. Marker genes
+    and the ``n_labels`` best-predicted genes are named. Genes with undefined r (constant) are counted in the
+    title, not drawn.
+
+    Parameters
+    ----------
+    evaluation
+        The dict returned by :func:`sthist.tl.evaluate`, its per-gene DataFrame, or a SpatialData/AnnData
+        whose table holds the evaluation in ``uns[key + '_evaluation']``.
+    key
+        Prediction key whose evaluation to read when ``evaluation`` is a SpatialData/AnnData.
+    n_labels
+        How many of the best-predicted genes to name.
+    ax
+        Axes to draw into; a new figure otherwise.
+
+    Returns
+    -------
+    The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    genes = _per_gene_table(evaluation, key)
+    ranked = genes.dropna(subset=["pearson"]).sort_values("pearson", ascending=False)
+    n_nan = len(genes) - len(ranked)
+    rank = pd.Series(np.arange(1, len(ranked) + 1), index=ranked.index)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    ax.scatter(rank, ranked["pearson"], s=9, color="0.72", linewidths=0, label=f"all ({len(genes)} genes)")
+    set_columns = [c for c in genes.columns if c.startswith("in_")]
+    for offset, column in enumerate(set_columns):
+        name = column.removeprefix("in_")
+        members = ranked.index[ranked[column].astype(bool)]
+        colour = SET_COLOURS.get(name.split("@")[0], f"C{offset}")
+        mean = genes.loc[genes[column].astype(bool), "pearson"].mean()
+        marker = "*" if name == "MG" else "o"
+        ax.scatter(
+            rank[members], ranked.loc[members, "pearson"], s=60 if marker == "*" else 22, marker=marker,
+            facecolors="none" if name.startswith("HVG") else colour, edgecolors=colour,
+            linewidths=1.1, label=f"{name} (mean r = {mean:.3f})", zorder=3,
+        )  # fmt: skip
+    labelled = list(ranked.index[:n_labels])
+    if "in_MG" in ranked:
+        labelled += [g for g in ranked.index[ranked["in_MG"].astype(bool)] if g not in labelled]
+    for gene in labelled:
+        ax.annotate(
+            gene, (rank[gene], ranked.loc[gene, "pearson"]), xytext=(4, 3), textcoords="offset points",
+            fontsize=7, zorder=4,
+        )  # fmt: skip
+    ax.axhline(0, color="0.3", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("genes ranked by Pearson r")
+    ax.set_ylabel("Pearson r, observed vs predicted\n(across spots)")
+    ax.set_xlim(0, len(ranked) + 1)
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    suffix = f"; {n_nan} genes constant, r undefined" if n_nan else ""
+    ax.set_title(title or f"Per-gene accuracy{suffix}")
+    save_figure(ax.figure, save)
+    return ax
+
+
+def gene_correlation(
+    sdata,
+    *,
+    genes: Sequence[str] | None = None,
+    n_genes: int = 30,
+    key: str = PREDICTION_KEY,
+    layer: str | None = NORMALIZED_LAYER,
+    cmap: str = "RdBu_r",
+    title: str | None = None,
+    save: str | Path | None = None,
+    table_key: str | None = None,
+):
+    """Gene–gene correlation across spots, observed beside predicted, in the same (clustered) gene order.
+
+    A model that learned tissue programmes reproduces the observed blocks of co-expressed genes; one that
+    regresses to the mean shows flat or uniformly high correlations. The title gives the gene–gene fidelity
+    (Pearson r between the two matrices' upper triangles) over the genes shown. Genes are ordered by
+    average-linkage clustering of the observed matrix; both panels share one colour scale from -1 to 1.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with one table (or the AnnData table) holding observed expression and predictions.
+    genes
+        Genes to show; by default the ``n_genes`` predicted genes with the highest observed variance.
+    layer
+        Layer with observed expression in the prediction's units (``None``: ``X``).
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    from scipy.cluster import hierarchy
+    from scipy.spatial.distance import squareform
+
+    from sthist.tl._evaluate import gene_gene_fidelity
+
+    table = _table(sdata, table_key)
+    prediction_frame(table, key, [])  # checks that predictions are there
+    chosen = list(genes) if genes is not None else None
+    predicted = prediction_frame(table, key, chosen or list(table.obsm[key].columns)).dropna()
+    if layer is not None and layer not in table.layers:
+        raise KeyError(f"No layer {layer!r} with observed expression; pass layer= (None for X).")
+    unmeasured = [g for g in predicted.columns if g not in table.var_names]
+    if unmeasured:
+        raise KeyError(f"Genes {unmeasured[:10]} are predicted but not measured in this table.")
+    observed = table[predicted.index, list(predicted.columns)].to_df(layer=layer)
+    if chosen is None:
+        chosen = list(observed.var().sort_values(ascending=False).index[:n_genes])
+    if len(chosen) < 3:
+        raise ValueError(f"Give at least 3 genes to correlate; got {len(chosen)}.")
+    observed, predicted = observed[chosen], predicted[chosen]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed_corr = np.corrcoef(observed.to_numpy(dtype=float), rowvar=False)
+        predicted_corr = np.corrcoef(predicted.to_numpy(dtype=float), rowvar=False)
+    distance = np.nan_to_num(1 - observed_corr, nan=1.0)
+    np.fill_diagonal(distance, 0)
+    order = hierarchy.leaves_list(hierarchy.linkage(squareform(distance, checks=False), "average"))
+    names = [chosen[i] for i in order]
+    fidelity = gene_gene_fidelity(observed, predicted)
+    size = min(4.0 + 0.16 * len(names), 11.0)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1.2, size), layout="constrained")
+    for ax, (label, matrix) in zip(
+        axes, [("observed", observed_corr), ("predicted", predicted_corr)], strict=True
+    ):
+        image = ax.imshow(matrix[np.ix_(order, order)], cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        font = max(4, min(9, 360 / len(names)))
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
+        ax.set_yticks(range(len(names)), names, fontsize=font)
+        ax.set_title(f"{label} gene–gene correlation")
+    figure.colorbar(image, ax=list(axes), shrink=0.7, label="Pearson r across spots")
+    figure.suptitle(title or f"Gene–gene fidelity r = {fidelity:.3f} over {len(names)} genes")
+    save_figure(figure, save)
+    return figure
+
+
+def cross_validation(
+    results: pd.DataFrame,
+    *,
+    metric: str = "pearson_mean",
+    gene_sets: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    ax=None,
+    title: str | None = None,
+    save: str | Path | None = None,
+):
+    """Cross-validation results by method: each held-out section a dot, the mean a bar, one panel per gene set.
+
+    Parameters
+    ----------
+    results
+        The DataFrame returned by :func:`sthist.tl.cross_validate` (or read back from its CSV).
+    metric
+        Column to plot, e.g. ``'pearson_mean'``, ``'pearson_median'``, ``'spearman_mean'``, ``'mse_mean'``
+        or ``'gene_gene_fidelity'``.
+    gene_sets
+        Gene sets to show, one panel each (default: every set except ``'all'``).
+    methods
+        Methods in the order to show them (default: CMRCNet first, then the baselines present).
+    ax
+        An Axes (one gene set) or a sequence of Axes (one per gene set); a new figure otherwise.
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    required = {"method", "gene_set", "section", metric}
+    missing = required - set(results.columns)
+    if missing:
+        raise KeyError(
+            f"results lack columns {sorted(missing)}; pass the DataFrame from sthist.tl.cross_validate "
+            f"(metric={metric!r} must be one of its columns)."
+        )
+    present_sets = list(dict.fromkeys(results["gene_set"]))
+    gene_sets = [s for s in present_sets if s != "all"] if gene_sets is None else list(gene_sets)
+    unknown = [s for s in gene_sets if s not in present_sets]
+    if unknown or not gene_sets:
+        raise KeyError(f"Gene sets {unknown or gene_sets} are not in the results; they have {present_sets}.")
+    present_methods = list(dict.fromkeys(results["method"]))
+    if methods is None:
+        methods = [m for m in METHOD_ORDER if m in present_methods]
+        methods += [m for m in present_methods if m not in methods]
+    else:
+        methods = list(methods)
+        absent = [m for m in methods if m not in present_methods]
+        if absent:
+            raise KeyError(f"Methods {absent} are not in the results; they have {present_methods}.")
+    if ax is None:
+        figure, axes = plt.subplots(
+            1, len(gene_sets), figsize=(1.2 + 0.9 * len(methods) * len(gene_sets) + 1.0 * len(gene_sets), 4),
+            squeeze=False, layout="constrained", sharey=True,
+        )  # fmt: skip
+        axes = list(axes[0])
+    else:
+        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(gene_sets):
+            raise ValueError(f"Pass one Axes per gene set: {len(gene_sets)} gene sets, {len(axes)} Axes.")
+        figure = axes[0].figure
+    sections = list(dict.fromkeys(results["section"]))
+    rng = np.random.default_rng(0)
+    for panel, gene_set in zip(axes, gene_sets, strict=True):
+        subset = results[results["gene_set"] == gene_set]
+        for position, method in enumerate(methods):
+            values = subset.loc[subset["method"] == method, metric].to_numpy(dtype=float)
+            colour = f"C{position}"
+            mean = np.nanmean(values) if np.isfinite(values).any() else np.nan
+            panel.bar(position, mean, width=0.65, color=colour, alpha=0.35, edgecolor=colour)
+            jitter = rng.uniform(-0.18, 0.18, len(values))
+            panel.scatter(position + jitter, values, s=16, color=colour, zorder=3, linewidths=0)
+            if np.isfinite(mean):
+                panel.text(position, mean, f"{mean:.3f}", ha="center", va="bottom", fontsize=8)
+        panel.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        panel.axhline(0, color="0.3", linewidth=0.8)
+        panel.set_title(gene_set)
+    axes[0].set_ylabel(f"{metric} per held-out section\n(bar: mean over {len(sections)} sections)")
+    if title:
+        figure.suptitle(title)
+    save_figure(figure, save)
+    return figure
+
+
+def training_curves(
+    models,
+    *,
+    components: Sequence[str] | None = None,
+    ax=None,
+    log_scale: bool = True,
+    title: str | None = None,
+    save: str | Path | None = None,
+):
+    """Training losses per epoch, one panel per loss component (total, contrastive, reconstruction, mse).
+
+    Parameters
+    ----------
+    models
+        A fitted :class:`sthist.models.SthistModel`, its ``history`` (list of per-epoch dicts), or a dict of
+        label → model/history to compare (e.g. ``{'cmrcnet': m1, 'bleep': m2}``).
+    components
+        Loss components to draw (default: all recorded, the total ``'loss'`` first).
+    ax
+        An Axes (one component) or a sequence of Axes (one per component); a new figure otherwise.
+    log_scale
+        Logarithmic loss axis where a component's losses span more than a decade.
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    histories = _histories(models)
+    recorded = list(
+        dict.fromkeys(name for h in histories.values() for r in h for name in r if name != "epoch")
+    )
+    if components is None:
+        components = sorted(recorded, key=lambda name: (name != "loss", recorded.index(name)))
+    else:
+        components = list(components)
+        absent = [c for c in components if c not in recorded]
+        if absent:
+            raise KeyError(f"Loss components {absent} were not recorded; recorded: {recorded}.")
+    if ax is None:
+        figure, axes = plt.subplots(
+            1,
+            len(components),
+            figsize=(3.8 * len(components) + 0.6, 3.6),
+            squeeze=False,
+            layout="constrained",
+        )
+        axes = list(axes[0])
+    else:
+        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(components):
+            raise ValueError(f"Pass one Axes per component: {len(components)} components, {len(axes)} Axes.")
+        figure = axes[0].figure
+    for panel, component in zip(axes, components, strict=True):
+        for position, (label, history) in enumerate(histories.items()):
+            epochs = [r["epoch"] + 1 for r in history if component in r]
+            values = [r[component] for r in history if component in r]
+            if values:
+                panel.plot(epochs, values, marker="o", markersize=2.5, color=f"C{position}", label=label)
+        panel.set_xlabel("epoch")
+        panel.set_ylabel(f"{component} (mean over batches)")
+        panel.set_title(component)
+        values = [r[component] for h in histories.values() for r in h if component in r]
+        # Log scale only where the losses span a decade; narrower ranges read better on a linear axis.
+        if log_scale and values and min(values) > 0 and max(values) / min(values) > 10:
+            panel.set_yscale("log")
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(histories) > 1:
+            panel.legend(fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title)
+    save_figure(figure, save)
+    return figure
+
+
+def _histories(models) -> dict[str, list[dict]]:
+    from sthist.models import SthistModel
+
+    def one(value, label):
+        if isinstance(value, SthistModel):
+            if not value.history:
+                raise ValueError(
+                    f"Model {label!r} ({value.method}) has no training history: ridge is solved in closed "
+                    "form, and models saved before history was recorded have none."
+                )
+            return value.history
+        if isinstance(value, list) and value and all(isinstance(r, Mapping) and "epoch" in r for r in value):
+            return value
+        raise TypeError(
+            f"{label!r} must be a fitted SthistModel or its history (list of per-epoch dicts with 'epoch'), "
+            f"got {type(value).__name__}."
+        )
+
+    if isinstance(models, Mapping):
+        if not models:
+            raise ValueError("Give at least one model.")
+        return {str(label): one(value, label) for label, value in models.items()}
+    label = models.method if isinstance(models, SthistModel) else "model"
+    return {label: one(models, label)}
+
+
+def _table(sdata, table_key: str | None):
+    import anndata as ad
+
+    if isinstance(sdata, ad.AnnData):
+        return sdata
+    keys = list(sdata.tables) if table_key is None else [table_key]
+    if len(keys) != 1:
+        raise ValueError(f"Several tables ({keys}); choose one with table_key=.")
+    if keys[0] not in sdata.tables:
+        raise KeyError(f"No table named {keys[0]!r}; available: {sorted(sdata.tables)}.")
+    return sdata.tables[keys[0]]
+
+
+def _per_gene_table(evaluation, key: str) -> pd.DataFrame:
+    if isinstance(evaluation, pd.DataFrame):
+        genes = evaluation
+    elif isinstance(evaluation, Mapping) and "genes" in evaluation:
+        genes = evaluation["genes"]
+    else:
+        table = _table(evaluation, None)
+        stored = table.uns.get(f"{key}_evaluation")
+        if stored is None:
+            raise KeyError(
+                f"No evaluation under table.uns[{key + '_evaluation'!r}]; run `sthist.tl.evaluate(sdata)` first "
+                "or pass its result."
+            )
+        genes = stored["genes"]
+    if not isinstance(genes, pd.DataFrame) or "pearson" not in genes:
+        raise TypeError(
+            "The per-gene evaluation must be a DataFrame with a 'pearson' column (tl.evaluate's)."
+        )
+    if genes.empty:
+        raise ValueError("The evaluation has no genes.")
+    return genes
