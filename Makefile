@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: setup demo test test-all docs lint benchmark benchmark-accuracy clean
+.PHONY: setup demo test test-all docs tutorial lint benchmark benchmark-accuracy clean
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,12 @@ test-all: setup
 docs: setup
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
+tutorial: setup  ## re-run the tutorial notebook on HER2ST and store it with its outputs (about 5 minutes)
+	$(PY) docs/tutorials/execute.py docs/tutorials/her2st.ipynb
+
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/tutorials
+	$(VENV)/bin/ruff format --check src tests benchmarks docs/tutorials
 
 benchmark: setup  ## patch extraction, speed and whole-slide memory (about 15 minutes)
 	$(PY) benchmarks/patches.py

@@ -8,7 +8,7 @@ copyright = "2026, sthist developers"
 release = _version("sthist")
 
 extensions = [
-    "myst_parser",
+    "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
@@ -22,7 +22,9 @@ napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 myst_enable_extensions = ["colon_fence", "dollarmath"]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# The tutorial notebook is stored with its outputs (``make tutorial``); the docs build shows them as stored.
+nb_execution_mode = "off"
+nb_merge_streams = True
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 # No network on the build machines: keep cross-project links off unless an inventory is reachable.
 intersphinx_mapping = {}

@@ -1,4 +1,4 @@
-"""Command line: ``sthist demo`` (and, as they land, fit / predict / evaluate)."""
+"""Command line: ``sthist demo``, ``fit``, ``predict``, ``evaluate`` and ``plot`` on SpatialData zarr stores."""
 
 from __future__ import annotations
 
@@ -129,6 +129,10 @@ def _read_store(path: str, microns_per_pixel: float | None):
 def _fit(args: argparse.Namespace) -> int:
     import sthist
 
+    output = Path(args.output)
+    if (output / "config.json").exists() and not args.overwrite:
+        raise SystemExit(f"error: {output} already holds a model; pass --overwrite or another --output")
+
     sections = {Path(p).stem: _read_store(p, args.microns_per_pixel) for p in args.stores}
     genes = Path(args.genes).read_text().split() if args.genes else None
     model = sthist.tl.fit(
@@ -136,9 +140,13 @@ def _fit(args: argparse.Namespace) -> int:
         genes=genes,
         method=args.method,
         backbone=args.backbone,
+        n_top_genes=args.n_top_genes,
         max_epochs=args.epochs,
         batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
         k=args.k,
+        views=args.views,
+        fine_tune=args.fine_tune,
         patch_size_um=args.patch_size_um,
         qc_column=args.qc_column,
         random_state=args.seed,
@@ -186,7 +194,45 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(markdown_table(result["summary"]))
     print(f"gene–gene correlation fidelity: {result['gene_gene_fidelity']:.3f} over {result['spots']} spots")
+    if args.output:
+        _check_new_file(args.output, args.overwrite)
+        result["genes"].to_csv(args.output, index_label="gene")
+        print(f"wrote per-gene scores to {args.output}")
     return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    import sthist
+    from sthist._core._elements import resolve_elements
+
+    _check_new_file(args.output, args.overwrite)
+    sdata = _read_store(args.store, None)
+    table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
+    if args.kind in ("expression", "correlation", "scores") and "sthist_log1p" not in table.layers:
+        sthist.pp.normalize(table)
+    if args.kind in ("expression", "uncertainty") and not args.genes:
+        raise SystemExit(f"error: --genes is required for --kind {args.kind}")
+    if args.kind == "expression":
+        sthist.pl.expression(sdata, args.genes, key=args.key, save=args.output)
+    elif args.kind == "uncertainty":
+        sthist.pl.uncertainty(sdata, args.genes, key=args.key, save=args.output)
+    elif args.kind == "correlation":
+        sthist.pl.gene_correlation(sdata, genes=args.genes, key=args.key, save=args.output)
+    else:
+        markers = sthist.datasets.her2st_marker_genes if args.her2st_markers else None
+        result = sthist.tl.evaluate(table, key=args.key, marker_genes=markers, inplace=False)
+        sthist.pl.gene_scores(result, save=args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _check_new_file(path: str, overwrite: bool) -> None:
+    if Path(path).exists() and not overwrite:
+        raise SystemExit(f"error: {path} exists; pass --overwrite or choose another file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,9 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--genes", default=None, help="file with the gene panel, one name per line (default: HEG ∪ HVG)"
     )
+    fit.add_argument(
+        "--n-top-genes",
+        type=int,
+        default=250,
+        help="size of the HEG and HVG sets of the panel (default: 250)",
+    )
     fit.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
     fit.add_argument("--batch-size", type=int, default=64, help="spots per batch (default: 64)")
+    fit.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     fit.add_argument("--k", type=int, default=50, help="neighbours averaged at retrieval (default: 50)")
+    fit.add_argument(
+        "--views", type=int, default=4, help="dihedral views encoded per patch, frozen encoder (default: 4)"
+    )
+    fit.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="train the image encoder too (slow without a GPU; default: frozen encoder, cached tokens)",
+    )
     fit.add_argument("--patch-size-um", type=float, default=112.0, help="patch side in µm (default: 112)")
     fit.add_argument("--qc-column", default=None, help="boolean obs column selecting training spots")
     fit.add_argument(
@@ -276,7 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--her2st-markers", action="store_true", help="summarise the HER2ST marker genes (MG)"
     )
+    evaluate.add_argument("--output", default=None, help="CSV file for the per-gene scores")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     evaluate.set_defaults(run=_evaluate)
+
+    plot = commands.add_parser(
+        "plot",
+        help="plot predictions of a store to an image file",
+        description="expression: observed beside predicted on the H&E (shared colour scale, Pearson r); "
+        "uncertainty: prediction beside the spread of the retrieved spots; correlation: observed vs predicted "
+        "gene–gene correlation; scores: per-gene Pearson r with HEG/HVG (and marker) genes highlighted.",
+    )
+    plot.add_argument("store", help="section (.zarr) with predictions")
+    plot.add_argument("--output", required=True, help="image file (.png, .pdf, .svg)")
+    plot.add_argument(
+        "--kind", default="expression", choices=["expression", "uncertainty", "correlation", "scores"]
+    )
+    plot.add_argument("--genes", nargs="+", default=None, help="genes to show (expression, uncertainty)")
+    plot.add_argument("--key", default="sthist_pred", help="obsm key of the predictions")
+    plot.add_argument("--her2st-markers", action="store_true", help="highlight the HER2ST marker genes")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    plot.set_defaults(run=_plot)
     return parser
 
 

@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, NORMALIZED_LAYER, PREDICTION_KEY
-from sthist.pl._tissue import draw_spots, prediction_frame, robust_limits, save_figure, tissue_view
+from sthist.pl._tissue import (
+    draw_spots,
+    panel_height,
+    prediction_frame,
+    robust_limits,
+    save_figure,
+    tissue_view,
+)
 
 
 def expression(
@@ -60,7 +67,11 @@ def expression(
     units = _provenance(table, key).get("units", "log1p normalised")
     columns = 1 if observed is None else 2
     figure, axes = plt.subplots(
-        len(genes), columns, figsize=(4.6 * columns, 4.2 * len(genes)), squeeze=False, layout="constrained"
+        len(genes),
+        columns,
+        figsize=(4.6 * columns + 1.2, panel_height(view, 4.6) * len(genes)),
+        squeeze=False,
+        layout="constrained",
     )
     for row, gene in enumerate(genes):
         values = {"predicted": predicted[gene].to_numpy(dtype=float)}
@@ -136,7 +147,11 @@ def uncertainty(
         )
     unreliable = set(_provenance(table, key).get("unreliable_genes", []))
     figure, axes = plt.subplots(
-        len(genes), 2, figsize=(9.6, 4.2 * len(genes)), squeeze=False, layout="constrained"
+        len(genes),
+        2,
+        figsize=(11.6, panel_height(view, 4.6) * len(genes)),
+        squeeze=False,
+        layout="constrained",
     )
     for row, gene in enumerate(genes):
         flag = " — unreliable in CV" if gene in unreliable else ""

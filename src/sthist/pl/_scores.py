@@ -69,18 +69,15 @@ def gene_scores(
             facecolors="none" if name.startswith("HVG") else colour, edgecolors=colour,
             linewidths=1.1, label=f"{name} (mean r = {mean:.3f})", zorder=3,
         )  # fmt: skip
-    labelled = list(ranked.index[:n_labels])
-    if "in_MG" in ranked:
-        labelled += [g for g in ranked.index[ranked["in_MG"].astype(bool)] if g not in labelled]
-    for gene in labelled:
-        ax.annotate(
-            gene, (rank[gene], ranked.loc[gene, "pearson"]), xytext=(4, 3), textcoords="offset points",
-            fontsize=7, zorder=4,
-        )  # fmt: skip
     ax.axhline(0, color="0.3", linewidth=0.8, linestyle="--")
     ax.set_xlabel("genes ranked by Pearson r")
     ax.set_ylabel("Pearson r, observed vs predicted\n(across spots)")
     ax.set_xlim(0, len(ranked) + 1)
+    ax.autoscale_view()
+    labelled = list(ranked.index[:n_labels])
+    if "in_MG" in ranked:
+        labelled += [g for g in ranked.index[ranked["in_MG"].astype(bool)] if g not in labelled]
+    _label_points(ax, [(gene, rank[gene], ranked.loc[gene, "pearson"]) for gene in labelled])
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     suffix = f"; {n_nan} genes constant, r undefined" if n_nan else ""
     ax.set_title(title or f"Per-gene accuracy{suffix}")
@@ -327,6 +324,27 @@ def training_curves(
         figure.suptitle(title)
     save_figure(figure, save)
     return figure
+
+
+def _label_points(ax, points: list[tuple[str, float, float]], fontsize: float = 7) -> None:
+    """Name points, moving each label down (with a leader line) until it overlaps no label placed before."""
+    to_points = ax.figure.dpi / 72
+    placed: list[tuple[float, float, float, float]] = []  # label boxes in display pixels
+    for name, x, y in sorted(points, key=lambda p: (p[1], -p[2])):
+        px, py = ax.transData.transform((x, y))
+        width, height = 0.62 * fontsize * len(name) * to_points, 1.25 * fontsize * to_points
+        dx, dy = 4 * to_points, 3 * to_points
+        for _ in range(40):
+            box = (px + dx, py + dy, px + dx + width, py + dy + height)
+            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
+                break
+            dy -= height
+        placed.append(box)
+        moved = dy < 3 * to_points
+        ax.annotate(
+            name, (x, y), xytext=(dx / to_points, dy / to_points), textcoords="offset points", fontsize=fontsize,
+            zorder=4, arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.5} if moved else None,
+        )  # fmt: skip
 
 
 def _histories(models) -> dict[str, list[dict]]:

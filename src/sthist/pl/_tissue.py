@@ -30,6 +30,12 @@ class TissueView:
         return x, y
 
 
+def panel_height(view: TissueView, width: float) -> float:
+    """Figure height (inches) of a panel ``width`` inches wide showing the view at its true aspect, plus title."""
+    (x0, x1), (y0, y1) = view.limits
+    return width * abs(y0 - y1) / max(abs(x1 - x0), 1e-9) + 0.5
+
+
 def tissue_view(
     sdata,
     *,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -251,23 +254,24 @@ def fit(
             callbacks.append(
                 ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1, every_n_epochs=1)
             )
-        trainer = L.Trainer(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            precision=precision or ("bf16-mixed" if gpu and fine_tune else "32-true"),
-            default_root_dir=root,
-            callbacks=callbacks,
-            enable_checkpointing=checkpoint_dir is not None,
-            logger=False,
-            enable_progress_bar=settings.progress,
-            enable_model_summary=False,
-            deterministic=not gpu,
-            log_every_n_steps=max(1, min(50, len(loader))),
-        )
-        trainer.fit(module, loader, ckpt_path=resume_from)
+        with _quiet_lightning():
+            trainer = L.Trainer(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                num_nodes=num_nodes,
+                precision=precision or ("bf16-mixed" if gpu and fine_tune else "32-true"),
+                default_root_dir=root,
+                callbacks=callbacks,
+                enable_checkpointing=checkpoint_dir is not None,
+                logger=False,
+                enable_progress_bar=settings.progress,
+                enable_model_summary=False,
+                deterministic=not gpu,
+                log_every_n_steps=max(1, min(50, len(loader))),
+            )
+            trainer.fit(module, loader, ckpt_path=resume_from)
         history = module.history
         model = module.model.cpu().eval()
         encoder = encoder.cpu().eval()
@@ -325,3 +329,24 @@ def _tokens(dataset, encoder, identity: str, views: int, device: str, cache):
     return cache.tokens(
         dataset, encoder, identity=f"{encoder.config.name}|{identity}", views=views, device=device
     )
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's start-up notices (device summary, tips, 'stopped' message) out of the user's log.
+
+    They come at INFO level; with ``sthist`` logging at INFO (``-v``), they are let through.
+    """
+    names = ("lightning.pytorch", "lightning.fabric")
+    previous = {name: logging.getLogger(name).level for name in names}
+    if not logger.isEnabledFor(logging.INFO):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+            warnings.filterwarnings("ignore", message=".*does not have many workers")
+            yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)

@@ -132,7 +132,7 @@ def predict_tiles(
     from spatialdata import SpatialData
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from sthist.data import SpotPatchDataset, encode_patches
     from sthist.models import SthistModel
