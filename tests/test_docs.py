@@ -20,7 +20,7 @@ def test_tutorial_is_stored_with_outputs():
     errors = [out for cell in code for out in cell.outputs if out.output_type == "error"]
     assert not errors, errors
     figures = [out for cell in code for out in cell.outputs if "image/png" in out.get("data", {})]
-    assert len(figures) >= 7  # training curves, scores, expression, uncertainty, correlation, CV, violin
+    assert len(figures) >= 8  # training, scores, expression, uncertainty, correlation, CV, violin, tiles
     text = "".join(cell.source for cell in notebook.cells)
     for call in (
         "tl.fit",
@@ -29,6 +29,7 @@ def test_tutorial_is_stored_with_outputs():
         "tl.cross_validate",
         "pl.expression",
         "pl.uncertainty",
+        "pl.tiles",
     ):
         assert call in text
     assert "tutorials/her2st" in (ROOT / "docs" / "index.md").read_text()

@@ -215,6 +215,19 @@ def test_cli_fit_predict_evaluate_on_stores(tmp_path, capsys):
     assert "HEG@50" in capsys.readouterr().out
     assert main(["predict", stores[1], "--model", model_dir, "--tiles", "--key", "tiles"]) == 0
     assert "tiles_table" in sd.read_zarr(stores[1]).tables
+    gene = sthist.models.load(model_dir).genes[0]
+    figure = tmp_path / "tiles.png"
+    assert (
+        main(
+            ["plot", stores[1], "--kind", "tiles", "--key", "tiles", "--genes", gene, "--output", str(figure)]
+        )
+        == 0
+    )
+    assert figure.stat().st_size > 10_000
+    spots_figure = str(tmp_path / "spots.png")
+    with pytest.raises(SystemExit, match="several tables .* --table"):  # two tables now: name the spots'"
+        main(["plot", stores[1], "--genes", gene, "--output", spots_figure])
+    assert main(["plot", stores[1], "--genes", gene, "--table", "table", "--output", spots_figure]) == 0
     with pytest.raises(SystemExit, match="does not exist"):
         main(["predict", str(tmp_path / "missing.zarr"), "--model", model_dir])
 

@@ -162,3 +162,48 @@ def test_gene_reliability_flags_genes_in_outputs(tmp_path):
     var = slide.tables["sthist_tiles_table"].var
     np.testing.assert_allclose(var["reliability"], reliability[model.genes].to_numpy())
     assert var.index[var["unreliable"]].tolist() == model.unreliable_genes
+
+
+def test_bounds_keep_tiles_inside_a_rectangle():
+    sdata = _slide()
+    everything = sthist.tl.tile_grid(sdata, tile_size_um=56, stride_um=56)
+    bounded = sthist.tl.tile_grid(sdata, tile_size_um=56, stride_um=56, bounds=(300, 400, 700, 700))
+    assert 0 < len(bounded) < len(everything)
+    assert bounded["x"].between(300, 700).all() and bounded["y"].between(400, 700).all()
+    inside = everything["x"].between(300, 700) & everything["y"].between(400, 700)
+    assert len(bounded) == int(inside.sum())
+    with pytest.raises(ValueError, match="x_min < x_max"):
+        sthist.tl.tile_grid(sdata, tile_size_um=56, stride_um=56, bounds=(700, 400, 300, 700))
+
+
+def test_tiles_plot_maps_values_to_tiles(model, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sdata = _slide()
+    sthist.tl.predict_tiles(sdata, model, stride_um=56)
+    table = sdata.tables["sthist_tiles_table"]
+    genes = list(table.var_names[:2])
+    figure = sthist.pl.tiles(sdata, genes, save=tmp_path / "tiles.png")
+    assert (tmp_path / "tiles.png").stat().st_size > 10_000
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert (
+        len(panels) == 4 and len(figure.axes) == 8
+    )  # prediction and uncertainty per gene, each a colour bar
+    underlay, raster = panels[0].images  # the H&E, then the tile values
+    assert underlay.get_array().shape[-1] == 3
+    # Each tile's value sits in the raster cell under its centre (full-resolution level: 1 px = 1 µm).
+    values = raster.get_array()
+    x0, x1, _, y0 = raster.get_extent()
+    step = (x1 - x0) / values.shape[1]
+    centres = table.obsm["spatial"]
+    scale = 1 / np.mean(sdata.images["he"]["scale0"]["image"].shape[1:]) * underlay.get_array().shape[0]
+    column = ((centres[:, 0] * scale - x0) // step).astype(int)
+    row = ((centres[:, 1] * scale - y0) // step).astype(int)
+    np.testing.assert_allclose(values[row, column], np.asarray(table.X[:, 0]), rtol=1e-6)
+    assert values.mask.sum() == values.size - len(table)  # no tile: transparent
+    assert "uncertainty" in panels[1].get_title()
+    with pytest.raises(KeyError, match="run `sthist.tl.predict_tiles"):
+        sthist.pl.tiles(sdata, genes, key="elsewhere")
+    with pytest.raises(KeyError, match="not among the tile predictions"):
+        sthist.pl.tiles(sdata, ["NOPE"])

@@ -167,7 +167,12 @@ def _predict(args: argparse.Namespace) -> int:
     model = sthist.models.load(args.model)
     if args.tiles:
         sthist.tl.predict_tiles(
-            sdata, model, stride_um=args.stride_um, key_added=args.key, overwrite=args.overwrite
+            sdata,
+            model,
+            stride_um=args.stride_um,
+            key_added=args.key,
+            overwrite=args.overwrite,
+            bounds=args.bounds,
         )
         print(f"wrote shapes[{args.key!r}] and tables[{args.key + '_table'!r}] into {args.store}")
         return 0
@@ -211,17 +216,28 @@ def _plot(args: argparse.Namespace) -> int:
 
     _check_new_file(args.output, args.overwrite)
     sdata = _read_store(args.store, None)
-    table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
+    args.key = args.key or ("sthist_tiles" if args.kind == "tiles" else "sthist_pred")
+    if args.kind in ("expression", "uncertainty", "tiles") and not args.genes:
+        raise SystemExit(f"error: --genes is required for --kind {args.kind}")
+    if args.kind == "tiles":
+        sthist.pl.tiles(sdata, args.genes, key=args.key, save=args.output)
+        print(f"wrote {args.output}")
+        return 0
+    if args.table is None and len(sdata.tables) > 1:
+        raise SystemExit(
+            f"error: the store holds several tables {sorted(sdata.tables)}; choose one with --table"
+        )
+    table = sdata.tables[resolve_elements(sdata, table_key=args.table, require_image=False).table_key]
     if args.kind in ("expression", "correlation", "scores") and "sthist_log1p" not in table.layers:
         sthist.pp.normalize(table)
-    if args.kind in ("expression", "uncertainty") and not args.genes:
-        raise SystemExit(f"error: --genes is required for --kind {args.kind}")
     if args.kind == "expression":
-        sthist.pl.expression(sdata, args.genes, key=args.key, save=args.output)
+        sthist.pl.expression(sdata, args.genes, key=args.key, save=args.output, table_key=args.table)
     elif args.kind == "uncertainty":
-        sthist.pl.uncertainty(sdata, args.genes, key=args.key, save=args.output)
+        sthist.pl.uncertainty(sdata, args.genes, key=args.key, save=args.output, table_key=args.table)
     elif args.kind == "correlation":
-        sthist.pl.gene_correlation(sdata, genes=args.genes, key=args.key, save=args.output)
+        sthist.pl.gene_correlation(
+            sdata, genes=args.genes, key=args.key, save=args.output, table_key=args.table
+        )
     else:
         markers = sthist.datasets.her2st_marker_genes if args.her2st_markers else None
         result = sthist.tl.evaluate(table, key=args.key, marker_genes=markers, inplace=False)
@@ -317,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--stride-um", type=float, default=None, help="tile spacing in µm (default: patch size)"
     )
+    predict.add_argument(
+        "--bounds",
+        type=float,
+        nargs=4,
+        default=None,
+        metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+        help="with --tiles: keep tiles whose centre lies in this rectangle (coordinate-system units)",
+    )
     predict.add_argument("--qc-column", default=None, help="boolean obs column selecting spots")
     predict.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
@@ -346,15 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="plot predictions of a store to an image file",
         description="expression: observed beside predicted on the H&E (shared colour scale, Pearson r); "
         "uncertainty: prediction beside the spread of the retrieved spots; correlation: observed vs predicted "
-        "gene–gene correlation; scores: per-gene Pearson r with HEG/HVG (and marker) genes highlighted.",
+        "gene–gene correlation; scores: per-gene Pearson r with HEG/HVG (and marker) genes highlighted; "
+        "tiles: a whole-slide map from `sthist predict --tiles` (KEY = its --key, default sthist_tiles).",
     )
     plot.add_argument("store", help="section (.zarr) with predictions")
     plot.add_argument("--output", required=True, help="image file (.png, .pdf, .svg)")
     plot.add_argument(
-        "--kind", default="expression", choices=["expression", "uncertainty", "correlation", "scores"]
+        "--kind",
+        default="expression",
+        choices=["expression", "uncertainty", "correlation", "scores", "tiles"],
     )
+    plot.add_argument("--table", default=None, help="table of the spots, when the store holds several")
     plot.add_argument("--genes", nargs="+", default=None, help="genes to show (expression, uncertainty)")
-    plot.add_argument("--key", default="sthist_pred", help="obsm key of the predictions")
+    plot.add_argument("--key", default=None, help="obsm key of the predictions (tiles: the shapes name)")
     plot.add_argument("--her2st-markers", action="store_true", help="highlight the HER2ST marker genes")
     plot.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     plot.set_defaults(run=_plot)

@@ -1,13 +1,16 @@
-"""Plots: expression and uncertainty on tissue, per-gene and gene–gene accuracy, cross-validation, training."""
+"""Plots: expression and uncertainty on tissue, whole-slide tile maps, per-gene and gene–gene accuracy,
+cross-validation, training curves."""
 
 from sthist.pl._expression import expression, uncertainty
 from sthist.pl._scores import cross_validation, gene_correlation, gene_scores, training_curves
+from sthist.pl._tiles import tiles
 
 __all__ = [
     "cross_validation",
     "expression",
     "gene_correlation",
     "gene_scores",
+    "tiles",
     "training_curves",
     "uncertainty",
 ]

@@ -277,7 +277,7 @@ def training_curves(
     The matplotlib Figure.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     histories = _histories(models)
     recorded = list(
@@ -317,6 +317,9 @@ def training_curves(
         # Log scale only where the losses span a decade; narrower ranges read better on a linear axis.
         if log_scale and values and min(values) > 0 and max(values) / min(values) > 10:
             panel.set_yscale("log")
+            plain = FuncFormatter(lambda value, _: f"{value:g}")
+            panel.yaxis.set_major_formatter(plain)
+            panel.yaxis.set_minor_formatter(plain)
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(histories) > 1:
             panel.legend(fontsize=8, frameon=False)

@@ -90,11 +90,11 @@ def draw_spots(ax, view: TissueView, values: np.ndarray, *, cmap: str, vmin: flo
     ax.set_xticks([])
     ax.set_yticks([])
     if view.microns_per_pixel:
-        _scale_bar(ax, view.microns_per_pixel, x1 - x0)
+        scale_bar(ax, view.microns_per_pixel, x1 - x0)
     return points
 
 
-def _scale_bar(ax, microns_per_pixel: float, width_px: float) -> None:
+def scale_bar(ax, microns_per_pixel: float, width_px: float) -> None:
     """A scale bar of a round length near a fifth of the panel's width, bottom left."""
     target = width_px * microns_per_pixel / 5
     length_um = min((1, 2, 5), key=lambda m: abs(np.log(m * 10 ** np.floor(np.log10(target)) / target)))

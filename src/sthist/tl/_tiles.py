@@ -20,11 +20,14 @@ def tile_grid(
     image_key: str | None = None,
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     microns_per_pixel: float | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
 ) -> pd.DataFrame:
     """Centres (coordinate-system units) of square tiles over the tissue of a section's image.
 
     The tissue mask is computed on a low-resolution pyramid level (about 16 µm/px); a tile is kept when
     at least ``min_tissue_fraction`` of its square is tissue and it lies entirely inside the image.
+    ``bounds`` = ``(x_min, y_min, x_max, y_max)`` in coordinate-system units keeps only tiles whose centre
+    lies inside (for images that carry labels, rulers or thumbnails beside the section).
     Returns a DataFrame with ``x``, ``y`` and ``tissue_fraction``.
     """
     from sthist.pp._qc import _mask_level, tissue_mask
@@ -33,6 +36,16 @@ def tile_grid(
         raise ValueError("tile_size_um and stride_um must be positive numbers of µm.")
     if not 0 <= min_tissue_fraction <= 1:
         raise ValueError(f"min_tissue_fraction must lie in [0, 1], got {min_tissue_fraction!r}.")
+    if bounds is not None:
+        values = np.asarray(bounds, dtype=float)
+        if (
+            values.shape != (4,)
+            or not np.isfinite(values).all()
+            or not (values[0] < values[2] and values[1] < values[3])
+        ):
+            raise ValueError(
+                f"bounds must be (x_min, y_min, x_max, y_max) with x_min < x_max and y_min < y_max, got {bounds!r}."
+            )
     key = _image_key(sdata, image_key)
     section = _image_section(sdata, key, coordinate_system, microns_per_pixel)
     scale, levels = section.microns_per_pixel, section.levels
@@ -61,6 +74,10 @@ def tile_grid(
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
     fraction = covered / area
     keep = fraction >= min_tissue_fraction
+    if bounds is not None:
+        x_min, y_min, x_max, y_max = bounds
+        inside = (centres[:, 0] >= x_min) & (centres[:, 0] <= x_max)
+        keep &= inside & (centres[:, 1] >= y_min) & (centres[:, 1] <= y_max)
     logger.info("%d of %d tiles lie on tissue", int(keep.sum()), len(centres))
     return pd.DataFrame({"x": centres[keep, 0], "y": centres[keep, 1], "tissue_fraction": fraction[keep]})
 
@@ -104,6 +121,7 @@ def predict_tiles(
     device: str = "cpu",
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     microns_per_pixel: float | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
     overwrite: bool = False,
 ) -> None:
     """Predict expression on a grid of tiles over the tissue of a section (no measured spots needed).
@@ -112,7 +130,8 @@ def predict_tiles(
     tissue mask covers at least ``min_tissue_fraction`` of them. Patches are read lazily by chunks from the
     pyramid level the model's resolution needs, and tiles are encoded and predicted ``chunk_tiles`` at a
     time, so memory is bounded by the batch, not by the slide (the encoder's activations for ``batch_size``
-    patches dominate: about 0.3 GiB for EfficientNet-Lite0 at 16 patches of 224 px).
+    patches dominate: about 0.3 GiB for EfficientNet-Lite0 at 16 patches of 224 px). ``bounds`` restricts the
+    tiles to a rectangle of the coordinate system (see :func:`tile_grid`).
 
     Writes, into ``sdata``:
 
@@ -151,6 +170,7 @@ def predict_tiles(
     grid = tile_grid(
         sdata, tile_size_um=tile_size_um, stride_um=stride_um, min_tissue_fraction=min_tissue_fraction,
         image_key=image_key, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
+        bounds=bounds,
     )  # fmt: skip
     if grid.empty:
         raise ValueError("No tile lies on tissue; lower min_tissue_fraction or check the image.")

@@ -1,0 +1,124 @@
+"""Whole-slide maps: tile predictions from :func:`sthist.tl.predict_tiles` as a raster over the H&E."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, TILES_KEY
+from sthist.pl._tissue import panel_height, robust_limits, save_figure, scale_bar, tissue_view
+
+
+def tiles(
+    sdata,
+    genes: Sequence[str],
+    *,
+    key: str = TILES_KEY,
+    uncertainty: bool = True,
+    alpha: float = 0.8,
+    max_image_pixels: int = 1500,
+    cmap: str = "viridis",
+    uncertainty_cmap: str = "magma",
+    title: str | None = None,
+    save: str | Path | None = None,
+    coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+):
+    """Map predicted expression over a whole section: one square per tile, drawn over the H&E.
+
+    Reads the shapes ``key`` and the table ``key + '_table'`` written by :func:`sthist.tl.predict_tiles`.
+    Each gene gets a row: the prediction and, with ``uncertainty`` (retrieval methods), the spread of the
+    retrieved spots beside it, each with its own colour bar. Areas without tiles (background, tissue below the
+    tissue-fraction threshold) show the bare image. Genes flagged unreliable in cross-validation are marked.
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from sthist.pl._expression import _gene_list
+
+    genes = _gene_list(genes)
+    table_key = f"{key}_table"
+    if table_key not in sdata.tables or key not in sdata.shapes:
+        raise KeyError(
+            f"No tile predictions under shapes[{key!r}] and tables[{table_key!r}]; "
+            "run `sthist.tl.predict_tiles(sdata, model)` first (or pass its key_added as key=)."
+        )
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha!r}.")
+    table = sdata.tables[table_key]
+    missing = [g for g in genes if g not in table.var_names]
+    if missing:
+        raise KeyError(f"Genes {missing} are not among the tile predictions (tables[{table_key!r}]).")
+    image_key = table.uns.get(key, {}).get("image_key")
+    view = tissue_view(
+        sdata,
+        max_image_pixels=max_image_pixels,
+        image_key=image_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+    )
+    spread = table.layers["uncertainty"] if "uncertainty" in table.layers else None
+    show_spread = uncertainty and spread is not None and np.isfinite(np.asarray(spread)).any()
+    columns = 2 if show_spread else 1
+    unreliable = (
+        set(table.var_names[table.var["unreliable"].astype(bool)]) if "unreliable" in table.var else set()
+    )
+    units = table.uns.get(key, {}).get("units", "log1p normalised")
+    figure, axes = plt.subplots(
+        len(genes), columns, figsize=(5.8 * columns, panel_height(view, 4.6) * len(genes)), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    for row, gene in enumerate(genes):
+        column = table.var_names.get_loc(gene)
+        layers = [("predicted", np.asarray(table.X[:, column], dtype=float).ravel(), cmap)]
+        if show_spread:
+            layers.append(
+                ("uncertainty", np.asarray(spread[:, column], dtype=float).ravel(), uncertainty_cmap)
+            )
+        flag = " — unreliable in CV" if gene in unreliable else ""
+        for ax, (label, values, colours) in zip(axes[row], layers, strict=True):
+            vmin, vmax = robust_limits(values)
+            if label == "uncertainty":
+                vmin = 0.0
+            image = draw_raster(ax, view, values, cmap=colours, vmin=vmin, vmax=vmax, alpha=alpha)
+            ax.set_title(f"{gene}: {label}{flag}")
+            figure.colorbar(image, ax=ax, shrink=0.8, label=f"{gene} {label} ({units})")
+    if title:
+        figure.suptitle(title)
+    save_figure(figure, save)
+    return figure
+
+
+def tile_raster(view, values: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Values of tiles on a regular grid as a 2-d array (NaN where there is no tile) and its image extent."""
+    xy, step = view.xy, float(np.median(view.diameters))
+    origin = xy.min(axis=0)
+    cells = np.rint((xy - origin) / step).astype(int)
+    raster = np.full((cells[:, 1].max() + 1, cells[:, 0].max() + 1), np.nan)
+    raster[cells[:, 1], cells[:, 0]] = values
+    x0, y0 = origin - step / 2
+    extent = (x0, x0 + raster.shape[1] * step, y0 + raster.shape[0] * step, y0)
+    return raster, extent
+
+
+def draw_raster(ax, view, values: np.ndarray, *, cmap: str, vmin: float, vmax: float, alpha: float):
+    """Draw the image, then the tiles' values as a semi-transparent raster; return the raster's image."""
+    ax.imshow(view.rgb)
+    raster, extent = tile_raster(view, values)
+    image = ax.imshow(
+        np.ma.masked_invalid(raster), extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha,
+        interpolation="nearest",
+    )  # fmt: skip
+    (x0, x1), (y0, y1) = view.limits
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if view.microns_per_pixel:
+        scale_bar(ax, view.microns_per_pixel, x1 - x0)
+    return image
