@@ -379,9 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind",
         default="expression",
         choices=["expression", "uncertainty", "correlation", "scores", "tiles"],
+        help="what to plot (default: expression)",
     )
     plot.add_argument("--table", default=None, help="table of the spots, when the store holds several")
-    plot.add_argument("--genes", nargs="+", default=None, help="genes to show (expression, uncertainty)")
+    plot.add_argument(
+        "--genes",
+        nargs="+",
+        default=None,
+        help="genes to show (expression, uncertainty, tiles; correlation: default the 30 most variable)",
+    )
     plot.add_argument("--key", default=None, help="obsm key of the predictions (tiles: the shapes name)")
     plot.add_argument("--her2st-markers", action="store_true", help="highlight the HER2ST marker genes")
     plot.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
