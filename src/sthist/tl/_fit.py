@@ -131,7 +131,10 @@ def fit(
         Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
     fine_tune
         Train the encoder end to end on patches (GPU; mixed precision) instead of the fast path, in which
-        the encoder is frozen and its tokens are computed once.
+        the encoder is frozen and its tokens are computed once. On HER2ST-sized cohorts (about 1,200
+        training spots) fine-tuning lowered held-out accuracy (``benchmarks/results/finetune_gpu.md``);
+        keep the encoder frozen unless there are many more spots. Set ``sthist.settings.num_workers`` so that
+        patch reading keeps a GPU fed.
     patch_size_um
         Side of each spot's patch in µm (resampled to the encoder's input size).
     qc_column
