@@ -63,6 +63,22 @@ def test_expression_plot_has_scale_bar_and_skips_unpredicted_spots(predicted, tm
         sthist.pl.expression(sdata, [])
 
 
+def test_plots_find_the_table_with_predictions_beside_tiles(predicted):
+    sdata, model = predicted
+    sthist.tl.predict_tiles(sdata, model, key_added="tiles_here")
+    try:
+        assert len(sdata.tables) == 2
+        figure = sthist.pl.expression(sdata, model.genes[:1])  # the spot table holds obsm['sthist_pred']
+        assert len([ax for ax in figure.axes if ax.get_label() != "<colorbar>"]) == 2
+        sthist.pl.gene_correlation(sdata, genes=model.genes[:3])
+        assert sthist.tl.evaluate(sdata, inplace=False)["spots"] == sdata.tables["table"].n_obs
+        with pytest.raises(ValueError, match="Several tables"):
+            sthist.pl.expression(sdata, model.genes[:1], key="absent")
+    finally:
+        del sdata.tables["tiles_here_table"]
+        del sdata.shapes["tiles_here"]
+
+
 def test_uncertainty_plot(predicted, tmp_path):
     sdata, model = predicted
     genes = model.genes[:2]
@@ -225,9 +241,16 @@ def test_cli_fit_predict_evaluate_on_stores(tmp_path, capsys):
     )
     assert figure.stat().st_size > 10_000
     spots_figure = str(tmp_path / "spots.png")
-    with pytest.raises(SystemExit, match="several tables .* --table"):  # two tables now: name the spots'"
-        main(["plot", stores[1], "--genes", gene, "--output", spots_figure])
-    assert main(["plot", stores[1], "--genes", gene, "--table", "table", "--output", spots_figure]) == 0
+    # Two tables now (spots, tiles): the one holding the spot predictions is found, or named with --table.
+    assert main(["plot", stores[1], "--genes", gene, "--output", spots_figure]) == 0
+    assert (
+        main(
+            ["plot", stores[1], "--genes", gene, "--table", "table", "--output", spots_figure, "--overwrite"]
+        )
+        == 0
+    )
+    with pytest.raises(SystemExit, match="several tables .* --table"):
+        main(["plot", stores[1], "--genes", gene, "--key", "absent", "--output", spots_figure, "--overwrite"])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["predict", str(tmp_path / "missing.zarr"), "--model", model_dir])
 

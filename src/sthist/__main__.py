@@ -212,7 +212,7 @@ def _plot(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
 
     import sthist
-    from sthist._core._elements import resolve_elements
+    from sthist._core._elements import table_holding
 
     _check_new_file(args.output, args.overwrite)
     sdata = _read_store(args.store, None)
@@ -223,11 +223,14 @@ def _plot(args: argparse.Namespace) -> int:
         sthist.pl.tiles(sdata, args.genes, key=args.key, save=args.output)
         print(f"wrote {args.output}")
         return 0
-    if args.table is None and len(sdata.tables) > 1:
+    try:
+        args.table = table_holding(sdata, args.table, obsm_key=args.key)
+    except ValueError:
         raise SystemExit(
-            f"error: the store holds several tables {sorted(sdata.tables)}; choose one with --table"
-        )
-    table = sdata.tables[resolve_elements(sdata, table_key=args.table, require_image=False).table_key]
+            f"error: the store holds several tables {sorted(sdata.tables)} with predictions under {args.key!r}; "
+            "choose one with --table"
+        ) from None
+    table = sdata.tables[args.table]
     if args.kind in ("expression", "correlation", "scores") and "sthist_log1p" not in table.layers:
         sthist.pp.normalize(table)
     if args.kind == "expression":

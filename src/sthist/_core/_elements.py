@@ -146,3 +146,26 @@ def spot_centres(sdata: SpatialData, elements: SpotElements, table: ad.AnnData) 
         input_axes=("x", "y"), output_axes=("x", "y")
     )
     return (xy @ affine.T)[:, :2]
+
+
+def table_holding(sdata, table_key: str | None, *, obsm_key: str | None = None, uns_key: str | None = None):
+    """The key of the table to plot: ``table_key`` if given, the only table, or the only one holding the results.
+
+    After ``tl.predict_tiles`` a section has two tables (spots and tiles); the spot predictions live in one.
+    """
+    tables = list(sdata.tables)
+    if table_key is not None:
+        if table_key not in tables:
+            raise KeyError(f"No table named {table_key!r}; available: {sorted(tables)}.")
+        return table_key
+    if len(tables) == 1:
+        return tables[0]
+    holding = [
+        name
+        for name in tables
+        if (obsm_key is not None and obsm_key in sdata.tables[name].obsm)
+        or (uns_key is not None and uns_key in sdata.tables[name].uns)
+    ]
+    if len(holding) == 1:
+        return holding[0]
+    raise ValueError(f"Several tables ({sorted(tables)}); choose one with table_key=.")

@@ -56,6 +56,7 @@ def expression(
         image_key=image_key,
         table_key=table_key,
         coordinate_system=coordinate_system,
+        obsm_key=key,
     )
     table = view.table
     predicted = prediction_frame(table, key, genes)
@@ -132,6 +133,7 @@ def uncertainty(
         image_key=image_key,
         table_key=table_key,
         coordinate_system=coordinate_system,
+        obsm_key=key,
     )
     table = view.table
     predicted = prediction_frame(table, key, genes)

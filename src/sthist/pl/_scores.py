@@ -123,7 +123,7 @@ def gene_correlation(
 
     from sthist.tl._evaluate import gene_gene_fidelity
 
-    table = _table(sdata, table_key)
+    table = _table(sdata, table_key, obsm_key=key)
     prediction_frame(table, key, [])  # checks that predictions are there
     chosen = list(genes) if genes is not None else None
     predicted = prediction_frame(table, key, chosen or list(table.obsm[key].columns)).dropna()
@@ -376,17 +376,14 @@ def _histories(models) -> dict[str, list[dict]]:
     return {label: one(models, label)}
 
 
-def _table(sdata, table_key: str | None):
+def _table(sdata, table_key: str | None, *, obsm_key: str | None = None, uns_key: str | None = None):
     import anndata as ad
+
+    from sthist._core._elements import table_holding
 
     if isinstance(sdata, ad.AnnData):
         return sdata
-    keys = list(sdata.tables) if table_key is None else [table_key]
-    if len(keys) != 1:
-        raise ValueError(f"Several tables ({keys}); choose one with table_key=.")
-    if keys[0] not in sdata.tables:
-        raise KeyError(f"No table named {keys[0]!r}; available: {sorted(sdata.tables)}.")
-    return sdata.tables[keys[0]]
+    return sdata.tables[table_holding(sdata, table_key, obsm_key=obsm_key, uns_key=uns_key)]
 
 
 def _per_gene_table(evaluation, key: str) -> pd.DataFrame:
@@ -395,7 +392,7 @@ def _per_gene_table(evaluation, key: str) -> pd.DataFrame:
     elif isinstance(evaluation, Mapping) and "genes" in evaluation:
         genes = evaluation["genes"]
     else:
-        table = _table(evaluation, None)
+        table = _table(evaluation, None, uns_key=f"{key}_evaluation")
         stored = table.uns.get(f"{key}_evaluation")
         if stored is None:
             raise KeyError(

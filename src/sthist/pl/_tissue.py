@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sthist._core._elements import resolve_elements, spot_centres, spot_table, table_region
+from sthist._core._elements import resolve_elements, spot_centres, spot_table, table_holding, table_region
 from sthist._core._image import image_levels, to_pixels
 
 
@@ -43,10 +43,13 @@ def tissue_view(
     image_key: str | None,
     table_key: str | None,
     coordinate_system: str,
+    obsm_key: str | None = None,
 ) -> TissueView:
     """Read the pyramid level whose longer side is closest to ``max_image_pixels`` and place the spots on it."""
     from sthist.pp import get_microns_per_pixel
 
+    if len(sdata.tables) > 1:
+        table_key = table_holding(sdata, table_key, obsm_key=obsm_key)
     elements = resolve_elements(
         sdata, image_key=image_key, table_key=table_key, coordinate_system=coordinate_system
     )

@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from sthist._constants import NORMALIZED_LAYER, PREDICTION_KEY
+from sthist._core._elements import table_holding
 from sthist._logging import logger
 from sthist.tl._metrics import gene_pearson, top_genes
 
@@ -140,12 +141,7 @@ def evaluate(
     if isinstance(sdata, ad.AnnData):
         table = sdata
     else:
-        keys = list(sdata.tables) if table_key is None else [table_key]
-        if len(keys) != 1:
-            raise ValueError(f"Several tables ({keys}); choose one with table_key=.")
-        if keys[0] not in sdata.tables:
-            raise KeyError(f"No table named {keys[0]!r}; available: {sorted(sdata.tables)}.")
-        table = sdata.tables[keys[0]]
+        table = sdata.tables[table_holding(sdata, table_key, obsm_key=key)]
     if key not in table.obsm:
         raise KeyError(f"No predictions under table.obsm[{key!r}]; available: {sorted(table.obsm.keys())}.")
     predicted = table.obsm[key]
