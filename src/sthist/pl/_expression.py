@@ -49,17 +49,10 @@ def expression(
 
     from sthist.tl._metrics import gene_pearson
 
-    genes = _gene_list(genes)
-    view = tissue_view(
-        sdata,
-        max_image_pixels=max_image_pixels,
-        image_key=image_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        obsm_key=key,
+    genes, view, predicted = _predictions_on_tissue(
+        sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system
     )
     table = view.table
-    predicted = prediction_frame(table, key, genes)
     observed = None
     if observed_layer is not None:
         if observed_layer not in table.layers:
@@ -126,17 +119,10 @@ def uncertainty(
     """
     import matplotlib.pyplot as plt
 
-    genes = _gene_list(genes)
-    view = tissue_view(
-        sdata,
-        max_image_pixels=max_image_pixels,
-        image_key=image_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        obsm_key=key,
+    genes, view, predicted = _predictions_on_tissue(
+        sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system
     )
     table = view.table
-    predicted = prediction_frame(table, key, genes)
     spread_key = f"{key}_uncertainty"
     if spread_key not in table.obsm:
         raise KeyError(f"No uncertainty under table.obsm[{spread_key!r}]; run `sthist.tl.predict` first.")
@@ -172,6 +158,20 @@ def uncertainty(
         figure.suptitle(title)
     save_figure(figure, save)
     return figure
+
+
+def _predictions_on_tissue(sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system):
+    """The genes as a list, the section's view (image level, spots) and the predictions of those genes."""
+    genes = _gene_list(genes)
+    view = tissue_view(
+        sdata,
+        max_image_pixels=max_image_pixels,
+        image_key=image_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+        obsm_key=key,
+    )
+    return genes, view, prediction_frame(view.table, key, genes)
 
 
 def _provenance(table, key: str) -> Mapping:

@@ -192,7 +192,6 @@ def cross_validation(
     -------
     The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
 
     required = {"method", "gene_set", "section", metric}
     missing = required - set(results.columns)
@@ -215,17 +214,10 @@ def cross_validation(
         absent = [m for m in methods if m not in present_methods]
         if absent:
             raise KeyError(f"Methods {absent} are not in the results; they have {present_methods}.")
-    if ax is None:
-        figure, axes = plt.subplots(
-            1, len(gene_sets), figsize=(1.2 + 0.9 * len(methods) * len(gene_sets) + 1.0 * len(gene_sets), 4),
-            squeeze=False, layout="constrained", sharey=True,
-        )  # fmt: skip
-        axes = list(axes[0])
-    else:
-        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
-        if len(axes) != len(gene_sets):
-            raise ValueError(f"Pass one Axes per gene set: {len(gene_sets)} gene sets, {len(axes)} Axes.")
-        figure = axes[0].figure
+    figure, axes = _row_of_axes(
+        ax, len(gene_sets), "gene set", (1.2 + 0.9 * len(methods) * len(gene_sets) + 1.0 * len(gene_sets), 4),
+        sharey=True,
+    )  # fmt: skip
     sections = list(dict.fromkeys(results["section"]))
     rng = np.random.default_rng(0)
     for panel, gene_set in zip(axes, gene_sets, strict=True):
@@ -276,7 +268,6 @@ def training_curves(
     -------
     The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     histories = _histories(models)
@@ -290,20 +281,7 @@ def training_curves(
         absent = [c for c in components if c not in recorded]
         if absent:
             raise KeyError(f"Loss components {absent} were not recorded; recorded: {recorded}.")
-    if ax is None:
-        figure, axes = plt.subplots(
-            1,
-            len(components),
-            figsize=(3.8 * len(components) + 0.6, 3.6),
-            squeeze=False,
-            layout="constrained",
-        )
-        axes = list(axes[0])
-    else:
-        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
-        if len(axes) != len(components):
-            raise ValueError(f"Pass one Axes per component: {len(components)} components, {len(axes)} Axes.")
-        figure = axes[0].figure
+    figure, axes = _row_of_axes(ax, len(components), "component", (3.8 * len(components) + 0.6, 3.6))
     for panel, component in zip(axes, components, strict=True):
         for position, (label, history) in enumerate(histories.items()):
             epochs = [r["epoch"] + 1 for r in history if component in r]
@@ -327,6 +305,19 @@ def training_curves(
         figure.suptitle(title)
     save_figure(figure, save)
     return figure
+
+
+def _row_of_axes(ax, n: int, what: str, figsize: tuple[float, float], *, sharey: bool = False):
+    """A new figure with ``n`` Axes in a row, or the user's Axes (one or a sequence of ``n``)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        figure, axes = plt.subplots(1, n, figsize=figsize, squeeze=False, layout="constrained", sharey=sharey)
+        return figure, list(axes[0])
+    axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+    if len(axes) != n:
+        raise ValueError(f"Pass one Axes per {what}: {n} {what}s, {len(axes)} Axes.")
+    return axes[0].figure, axes
 
 
 def _label_points(ax, points: list[tuple[str, float, float]], fontsize: float = 7) -> None:

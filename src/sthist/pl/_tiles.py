@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, TILES_KEY
-from sthist.pl._tissue import panel_height, robust_limits, save_figure, scale_bar, tissue_view
+from sthist.pl._tissue import frame_tissue, panel_height, robust_limits, save_figure, tissue_view
 
 
 def tiles(
@@ -113,12 +113,5 @@ def draw_raster(ax, view, values: np.ndarray, *, cmap: str, vmin: float, vmax: f
         np.ma.masked_invalid(raster), extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha,
         interpolation="nearest",
     )  # fmt: skip
-    (x0, x1), (y0, y1) = view.limits
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if view.microns_per_pixel:
-        scale_bar(ax, view.microns_per_pixel, x1 - x0)
+    frame_tissue(ax, view)
     return image

@@ -86,6 +86,12 @@ def draw_spots(ax, view: TissueView, values: np.ndarray, *, cmap: str, vmin: flo
     points.set_array(np.ma.masked_invalid(np.asarray(values, dtype=float)))
     points.set_clim(vmin, vmax)
     ax.add_collection(points)
+    frame_tissue(ax, view)
+    return points
+
+
+def frame_tissue(ax, view: TissueView) -> None:
+    """Frame the spots at the image's aspect, without ticks, with a scale bar when the scale is known."""
     (x0, x1), (y0, y1) = view.limits
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
@@ -94,7 +100,6 @@ def draw_spots(ax, view: TissueView, values: np.ndarray, *, cmap: str, vmin: flo
     ax.set_yticks([])
     if view.microns_per_pixel:
         scale_bar(ax, view.microns_per_pixel, x1 - x0)
-    return points
 
 
 def scale_bar(ax, microns_per_pixel: float, width_px: float) -> None:
