@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,12 @@ import pandas as pd
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, NORMALIZED_LAYER, PREDICTION_KEY
 from sthist.pl._tissue import (
     draw_spots,
+    finish_figure,
+    gene_list,
     panel_height,
     prediction_frame,
+    provenance,
     robust_limits,
-    save_figure,
     tissue_view,
 )
 
@@ -58,7 +60,7 @@ def expression(
         if observed_layer not in table.layers:
             raise KeyError(f"No layer {observed_layer!r} with observed expression; pass observed_layer=None.")
         observed = table[:, genes].to_df(layer=observed_layer)
-    units = _provenance(table, key).get("units", "log1p normalised")
+    units = provenance(table, key).get("units", "log1p normalised")
     columns = 1 if observed is None else 2
     figure, axes = plt.subplots(
         len(genes),
@@ -85,10 +87,7 @@ def expression(
             suffix = f" (r = {r:.2f})" if (label == "predicted" and r is not None) else ""
             ax.set_title(f"{gene}: {label}{suffix}")
         figure.colorbar(points, ax=axes[row, :].tolist(), shrink=0.8, label=f"{gene} ({units})")
-    if title:
-        figure.suptitle(title)
-    save_figure(figure, save)
-    return figure
+    return finish_figure(figure, title, save)
 
 
 def uncertainty(
@@ -128,12 +127,12 @@ def uncertainty(
         raise KeyError(f"No uncertainty under table.obsm[{spread_key!r}]; run `sthist.tl.predict` first.")
     spread = prediction_frame(table, spread_key, genes)
     if spread.isna().all().all():
-        method = _provenance(table, key).get("method", "this model")
+        method = provenance(table, key).get("method", "this model")
         raise ValueError(
             f"The predictions under {key!r} ({method}) carry no uncertainty: only the retrieval methods "
             "(cmrcnet, bleep) estimate it from the spread of the retrieved spots."
         )
-    unreliable = set(_provenance(table, key).get("unreliable_genes", []))
+    unreliable = set(provenance(table, key).get("unreliable_genes", []))
     figure, axes = plt.subplots(
         len(genes),
         2,
@@ -154,15 +153,12 @@ def uncertainty(
             points = draw_spots(ax, view, value, cmap=colours, vmin=vmin, vmax=vmax)
             ax.set_title(f"{gene}: {label}{flag}")
             figure.colorbar(points, ax=ax, shrink=0.8, label=f"{gene} {label.split()[0]}")
-    if title:
-        figure.suptitle(title)
-    save_figure(figure, save)
-    return figure
+    return finish_figure(figure, title, save)
 
 
 def _predictions_on_tissue(sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system):
     """The genes as a list, the section's view (image level, spots) and the predictions of those genes."""
-    genes = _gene_list(genes)
+    genes = gene_list(genes)
     view = tissue_view(
         sdata,
         max_image_pixels=max_image_pixels,
@@ -172,17 +168,3 @@ def _predictions_on_tissue(sdata, genes, key, max_image_pixels, image_key, table
         obsm_key=key,
     )
     return genes, view, prediction_frame(view.table, key, genes)
-
-
-def _provenance(table, key: str) -> Mapping:
-    provenance = table.uns.get(key, {})
-    return provenance if isinstance(provenance, Mapping) else {}
-
-
-def _gene_list(genes) -> list[str]:
-    if isinstance(genes, str):
-        return [genes]
-    genes = list(genes)
-    if not genes:
-        raise ValueError("Give at least one gene to plot.")
-    return genes

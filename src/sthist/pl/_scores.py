@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import NORMALIZED_LAYER, PREDICTION_KEY
-from sthist.pl._tissue import prediction_frame, save_figure
+from sthist.pl._tissue import finish_figure, prediction_frame, save_figure
 
 # Colours of the gene sets (colour-blind safe, Okabe–Ito).
 SET_COLOURS = {"HEG": "#E69F00", "HVG": "#0072B2", "MG": "#D55E00"}
@@ -235,10 +235,7 @@ def cross_validation(
         panel.axhline(0, color="0.3", linewidth=0.8)
         panel.set_title(gene_set)
     axes[0].set_ylabel(f"{metric} per held-out section\n(bar: mean over {len(sections)} sections)")
-    if title:
-        figure.suptitle(title)
-    save_figure(figure, save)
-    return figure
+    return finish_figure(figure, title, save)
 
 
 def training_curves(
@@ -301,10 +298,7 @@ def training_curves(
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(histories) > 1:
             panel.legend(fontsize=8, frameon=False)
-    if title:
-        figure.suptitle(title)
-    save_figure(figure, save)
-    return figure
+    return finish_figure(figure, title, save)
 
 
 def _row_of_axes(ax, n: int, what: str, figsize: tuple[float, float], *, sharey: bool = False):

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, TILES_KEY
-from sthist.pl._tissue import frame_tissue, panel_height, robust_limits, save_figure, tissue_view
+from sthist.pl._tissue import (
+    finish_figure,
+    frame_tissue,
+    gene_list,
+    panel_height,
+    provenance,
+    robust_limits,
+    tissue_view,
+)
 
 
 def tiles(
@@ -38,9 +46,7 @@ def tiles(
     """
     import matplotlib.pyplot as plt
 
-    from sthist.pl._expression import _gene_list
-
-    genes = _gene_list(genes)
+    genes = gene_list(genes)
     table_key = f"{key}_table"
     if table_key not in sdata.tables or key not in sdata.shapes:
         raise KeyError(
@@ -53,7 +59,7 @@ def tiles(
     missing = [g for g in genes if g not in table.var_names]
     if missing:
         raise KeyError(f"Genes {missing} are not among the tile predictions (tables[{table_key!r}]).")
-    image_key = table.uns.get(key, {}).get("image_key")
+    image_key = provenance(table, key).get("image_key")
     view = tissue_view(
         sdata,
         max_image_pixels=max_image_pixels,
@@ -67,7 +73,7 @@ def tiles(
     unreliable = (
         set(table.var_names[table.var["unreliable"].astype(bool)]) if "unreliable" in table.var else set()
     )
-    units = table.uns.get(key, {}).get("units", "log1p normalised")
+    units = provenance(table, key).get("units", "log1p normalised")
     figure, axes = plt.subplots(
         len(genes), columns, figsize=(5.8 * columns, panel_height(view, 4.6) * len(genes)), squeeze=False,
         layout="constrained",
@@ -87,10 +93,7 @@ def tiles(
             image = draw_raster(ax, view, values, cmap=colours, vmin=vmin, vmax=vmax, alpha=alpha)
             ax.set_title(f"{gene}: {label}{flag}")
             figure.colorbar(image, ax=ax, shrink=0.8, label=f"{gene} {label} ({units})")
-    if title:
-        figure.suptitle(title)
-    save_figure(figure, save)
-    return figure
+    return finish_figure(figure, title, save)
 
 
 def tile_raster(view, values: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:

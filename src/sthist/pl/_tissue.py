@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,30 @@ def prediction_frame(table, key: str, genes: list[str]) -> pd.DataFrame:
     if missing:
         raise KeyError(f"Genes {missing} are not among the predictions in table.obsm[{key!r}].")
     return frame[genes]
+
+
+def provenance(table, key: str) -> Mapping:
+    """``table.uns[key]`` as written by ``tl.predict`` / ``tl.predict_tiles``, or an empty mapping."""
+    provenance = table.uns.get(key, {})
+    return provenance if isinstance(provenance, Mapping) else {}
+
+
+def gene_list(genes) -> list[str]:
+    """One gene name or several, as a non-empty list."""
+    if isinstance(genes, str):
+        return [genes]
+    genes = list(genes)
+    if not genes:
+        raise ValueError("Give at least one gene to plot.")
+    return genes
+
+
+def finish_figure(figure, title: str | None, save):
+    """Add the title, save when asked, and return the figure."""
+    if title:
+        figure.suptitle(title)
+    save_figure(figure, save)
+    return figure
 
 
 def save_figure(figure, save) -> None:
