@@ -43,7 +43,6 @@ def export(folder: Path) -> None:
     import sthist
     from sthist.data import SpotPatchDataset
     from sthist.models import create_encoder
-    from sthist.tl._fit import _default_panel
 
     sys.path.insert(0, str(Path(__file__).parent))
     from accuracy import load_sections
@@ -57,7 +56,10 @@ def export(folder: Path) -> None:
     panels = {}
     for held_out in sorted(set(patient.values())):
         train = {n: s for n, s in sections.items() if patient[n] != held_out}
-        panels[held_out] = _default_panel(train, "sthist_log1p", 250)
+        heg = sthist.pp.select_genes(train, flavor="heg", n_top=250)
+        panels[held_out] = heg + [
+            g for g in sthist.pp.select_genes(train, flavor="hvg", n_top=250) if g not in heg
+        ]
     genes = sorted(set().union(*panels.values()))
     dataset = SpotPatchDataset(sections, genes=genes, qc_column="sthist_pass_qc", patch_size_um=112.0)
     blobs = []
@@ -98,7 +100,7 @@ def run(
     from PIL import Image
     from safetensors.torch import load_file
 
-    from sthist.models import ExpressionModel, create_encoder, retrieve
+    from sthist.models import ArchitectureConfig, TrainingConfig, create_encoder, get_method, retrieve
     from sthist.models._training import TrainingModule
 
     device = "cpu" if smoke else "cuda"
@@ -164,13 +166,13 @@ def run(
             heads = [p for p in self.parameters() if id(p) not in ids]
             optimizer = torch.optim.AdamW(
                 [
-                    {"params": heads, "lr": self.learning_rate},
-                    {"params": encoder, "lr": self.learning_rate / self.encoder_factor},
+                    {"params": heads, "lr": self.training_config.learning_rate},
+                    {"params": encoder, "lr": self.training_config.learning_rate / self.encoder_factor},
                 ],
-                weight_decay=self.weight_decay,
+                weight_decay=self.training_config.weight_decay,
             )
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=self.max_epochs, eta_min=1e-6
+                optimizer, T_max=self.training_config.max_epochs, eta_min=1e-6
             )
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
@@ -189,11 +191,8 @@ def run(
             out.append(torch.cat(chunks))
         return torch.stack(out, dim=1)
 
-    def architecture(genes):
-        return {
-            "token_dim": 1280, "n_genes": genes, "dim": 256, "gene_tokens": 8, "heads": 8,
-            "fusion_blocks": 1, "mask_ratio": 0.5, "temperature": 1.0, "dropout": 0.1,
-        }  # fmt: skip
+    def build(method, genes):
+        return get_method(method).build(token_dim=1280, n_genes=genes, architecture=ArchitectureConfig())
 
     def train(module, dataset, n_epochs, precision):
         L.seed_everything(0, verbose=False)
@@ -245,18 +244,28 @@ def run(
         arms = [tuple(a.split(":")) for a in arm_names] if arm_names else DEFAULT_ARMS
         for method, arm in arms:
             tick = time.perf_counter()
-            model = ExpressionModel(method=method, **architecture(len(panel)))
+            model = build(method, len(panel))
             if arm == "frozen":
-                module = TrainingModule(model, None, learning_rate=1e-3, max_epochs=epochs)
+                module = TrainingModule(
+                    model, None, training=TrainingConfig(learning_rate=1e-3, max_epochs=epochs)
+                )
                 model = train(module, Tokens(train_tokens, train_expression), epochs, "32-true")
                 test_tokens = test_tokens_frozen
             else:
                 encoder = encoder_fresh()
                 if "encoder lr/" in arm:
-                    module = SplitRates(model, encoder, learning_rate=1e-3, max_epochs=fine_tune_epochs)
+                    module = SplitRates(
+                        model,
+                        encoder,
+                        training=TrainingConfig(learning_rate=1e-3, max_epochs=fine_tune_epochs),
+                    )
                     module.encoder_factor = float(arm.rsplit("/", 1)[1])
                 else:
-                    module = TrainingModule(model, encoder, learning_rate=1e-3, max_epochs=fine_tune_epochs)
+                    module = TrainingModule(
+                        model,
+                        encoder,
+                        training=TrainingConfig(learning_rate=1e-3, max_epochs=fine_tune_epochs),
+                    )
                 precision = "32-true" if smoke else "bf16-mixed"
                 model = train(module, Patches(train_idx, train_expression), fine_tune_epochs, precision)
                 test_tokens = tokens_of(module.encoder, test_idx, 1)[:, 0]

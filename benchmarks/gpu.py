@@ -17,7 +17,7 @@ import time
 import lightning as L
 import torch
 
-from sthist.models import ExpressionModel, create_encoder, retrieve
+from sthist.models import ArchitectureConfig, TrainingConfig, create_encoder, get_method, retrieve
 from sthist.models._training import TrainingModule
 
 
@@ -72,11 +72,9 @@ def timed(function, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def architecture(token_dim: int, genes: int) -> dict:
-    return {
-        "token_dim": token_dim, "n_genes": genes, "dim": 256, "gene_tokens": 8, "heads": 8,
-        "fusion_blocks": 1, "mask_ratio": 0.5, "temperature": 1.0, "dropout": 0.1,
-    }  # fmt: skip
+def cmrcnet(token_dim: int, genes: int):
+    """CMRCNet's trainable modules at the default architecture."""
+    return get_method("cmrcnet").build(token_dim=token_dim, n_genes=genes, architecture=ArchitectureConfig())
 
 
 def trainer(epochs: int, precision: str, timer: EpochTimer) -> L.Trainer:
@@ -119,8 +117,10 @@ def main() -> None:
         SyntheticSpots(512 // scale * 4 if args.smoke else 512, seed=2),
     )
     encoder = create_encoder("efficientnet_lite0", pretrained=False)
-    model = ExpressionModel(method="cmrcnet", **architecture(encoder.config.embed_dim, 250))
-    module = TrainingModule(model, encoder, learning_rate=1e-3, max_epochs=args.epochs)
+    model = cmrcnet(encoder.embed_dim, 250)
+    module = TrainingModule(
+        model, encoder, training=TrainingConfig(learning_rate=1e-3, max_epochs=args.epochs)
+    )
     loader = torch.utils.data.DataLoader(
         train, batch_size=128, shuffle=True, drop_last=True, num_workers=4, pin_memory=True
     )
@@ -159,8 +159,8 @@ def main() -> None:
     expression = torch.rand(n, 250)
     token_data = [{"tokens": tokens[i], "expression": expression[i]} for i in range(n)]
     for batch_size in (64, 512 // (8 if args.smoke else 1)):
-        model = ExpressionModel(method="cmrcnet", **architecture(encoder.config.embed_dim, 250))
-        module = TrainingModule(model, None, max_epochs=3)
+        model = cmrcnet(encoder.embed_dim, 250)
+        module = TrainingModule(model, None, training=TrainingConfig(max_epochs=3))
         loader = torch.utils.data.DataLoader(token_data, batch_size=batch_size, shuffle=True, drop_last=True)
         timer = EpochTimer()
         trainer(3, "32-true", timer).fit(module, loader)

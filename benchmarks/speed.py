@@ -35,8 +35,11 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import SpotPatchDataset, TokenDataset, encode_patches
-    from sthist.models import ExpressionModel, create_encoder, retrieve
+    from sthist.models import ArchitectureConfig, TrainingConfig, create_encoder, get_method, retrieve
     from sthist.models._training import TrainingModule
+
+    def cmrcnet():
+        return get_method("cmrcnet").build(token_dim=1280, n_genes=300, architecture=ArchitectureConfig())
 
     sthist.settings.progress = False
     device = args.device
@@ -85,8 +88,8 @@ def main() -> None:
     tokens = torch.randn(len(indices), 2, 49, 1280).half()
     expression = torch.rand(len(indices), 300)
     for name, module, data in [
-        ("fast path (cached tokens), cmrcnet", TrainingModule(ExpressionModel(method="cmrcnet", token_dim=1280, n_genes=300)), TokenDataset(tokens, expression)),
-        ("fine-tuning EfficientNet-Lite0, cmrcnet", TrainingModule(ExpressionModel(method="cmrcnet", token_dim=1280, n_genes=300), create_encoder("efficientnet_lite0")), _ImageData(batches, expression)),
+        ("fast path (cached tokens), cmrcnet", TrainingModule(cmrcnet(), training=TrainingConfig()), TokenDataset(tokens, expression)),
+        ("fine-tuning EfficientNet-Lite0, cmrcnet", TrainingModule(cmrcnet(), create_encoder("efficientnet_lite0"), training=TrainingConfig()), _ImageData(batches, expression)),
     ]:  # fmt: skip
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
         precision = "bf16-mixed" if (device == "cuda" and module.encoder is not None) else "32-true"

@@ -135,13 +135,13 @@ def test_held_out_section_influences_neither_panel_nor_model(toy_sections):
     second, second_models = sthist.tl.cross_validate(perturbed, **options)
     a, b = first_models[("toy2", "cmrcnet")], second_models[("toy2", "cmrcnet")]
     assert a.genes == b.genes
-    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+    for (name, x), (_, y) in zip(a.module.state_dict().items(), b.module.state_dict().items(), strict=True):
         assert np.array_equal(x.numpy(), y.numpy()), name
     # ... while folds that train on toy2 do see the change.
     c, d = first_models[("toy0", "cmrcnet")], second_models[("toy0", "cmrcnet")]
     assert c.genes != d.genes or not all(
         np.array_equal(x.numpy(), y.numpy())
-        for x, y in zip(c.model.state_dict().values(), d.model.state_dict().values(), strict=True)
+        for x, y in zip(c.module.state_dict().values(), d.module.state_dict().values(), strict=True)
     )
     held = first[first["held_out"] == "toy2"]["pearson_mean"].to_numpy()
     assert not np.allclose(held, second[second["held_out"] == "toy2"]["pearson_mean"].to_numpy())

@@ -108,7 +108,7 @@ def test_same_seed_same_numbers(sections):
     first = sthist.tl.fit(train, random_state=7, **options)
     second = sthist.tl.fit(train, random_state=7, **options)
     for (name, a), (_, b) in zip(
-        first.model.state_dict().items(), second.model.state_dict().items(), strict=True
+        first.module.state_dict().items(), second.module.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert first.history == second.history

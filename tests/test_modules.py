@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sthist.models import ExpressionModel, bleep_loss
+from sthist.models import ArchitectureConfig, ContrastiveModel, bleep_loss
 from sthist.models._modules import MaskReconstruction
 
 
@@ -38,9 +38,10 @@ def test_mask_ratio():
         MaskReconstruction(mask_ratio=1.0)
 
 
-def _model(seed: int) -> ExpressionModel:
+def _model(seed: int) -> ContrastiveModel:
     torch.manual_seed(seed)
-    return ExpressionModel(method="bleep", token_dim=6, n_genes=5, dim=8, dropout=0.0)
+    architecture = ArchitectureConfig(embedding_dim=8, dropout=0.0)
+    return ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, reconstruction=False)
 
 
 def _batch():

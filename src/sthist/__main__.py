@@ -9,6 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+from sthist._constants import Key
+from sthist._core._config import DEFAULT_BACKBONE, K_NEIGHBOURS, N_TOP_GENES, PatchConfig, TrainingConfig
+
+#: Methods offered on the command line (kept here so that ``sthist --help`` does not import torch).
+METHOD_NAMES = ["cmrcnet", "bleep", "regression", "ridge"]
+
 
 def _demo(args: argparse.Namespace) -> int:
     import warnings
@@ -35,10 +41,10 @@ def _demo(args: argparse.Namespace) -> int:
             {
                 "section": name,
                 "spots": int(table.n_obs),
-                "pass_qc": int(table.obs["sthist_pass_qc"].sum()),
+                "pass_qc": int(table.obs[Key.obs.QC_PASS].sum()),
                 "microns_per_pixel": round(sthist.pp.get_microns_per_pixel(sdata), 4),
                 "level_microns_per_pixel": round(geometry.level_microns_per_pixel[0], 3),
-                "spots_on_tissue": round(sdata.attrs["sthist"]["fraction_spots_on_tissue"], 3),
+                "spots_on_tissue": round(sdata.attrs[Key.attrs.ROOT][Key.attrs.REGISTRATION], 3),
             }
         )
     print(_markdown(rows))
@@ -60,14 +66,14 @@ def _demo(args: argparse.Namespace) -> int:
             views=args.views,
             learning_rate=1e-3,
             patch_size_um=args.patch_size_um,
-            qc_column="sthist_pass_qc",
+            qc_column=Key.obs.QC_PASS,
             random_state=0,
         )
         fitted = time.perf_counter() - tick
-        key = f"sthist_pred_{method}"
+        key = Key.prediction(method)
         sthist.tl.predict(sections[test], model, key_added=key, overwrite=True)
         table = sections[test].tables["table"]
-        observed = table[:, model.genes].to_df(layer="sthist_log1p")
+        observed = table[:, model.genes].to_df(layer=Key.layers.NORMALIZED)
         r = gene_pearson(observed, table.obsm[key][model.genes])
         results.append(
             {
@@ -88,12 +94,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(_markdown(results))
     models["cmrcnet"].save(output / "model", overwrite=True)
     table = sections[test].tables["table"]
-    observed = table[:, models["cmrcnet"].genes].to_df(layer="sthist_log1p")
+    observed = table[:, models["cmrcnet"].genes].to_df(layer=Key.layers.NORMALIZED)
     genes = ["ERBB2", *[g for g in top_genes(observed, 10, "hvg") if g != "ERBB2"][:3]]
     figure = sthist.pl.expression(
         sections[test],
         genes,
-        key="sthist_pred_cmrcnet",
+        key=Key.prediction("cmrcnet"),
         title=f"HER2ST {test}: observed vs CMRCNet-predicted",
     )
     figure.savefig(output / "expression.png", dpi=90)
@@ -174,7 +180,7 @@ def _predict(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             bounds=args.bounds,
         )
-        print(f"wrote shapes[{args.key!r}] and tables[{args.key + '_table'!r}] into {args.store}")
+        print(f"wrote shapes[{args.key!r}] and tables[{Key.tables.tiles(args.key)!r}] into {args.store}")
         return 0
     table_key = resolve_elements(sdata).table_key
     sthist.tl.predict(sdata, model, key_added=args.key, overwrite=args.overwrite, qc_column=args.qc_column)
@@ -216,7 +222,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     _check_new_file(args.output, args.overwrite)
     sdata = _read_store(args.store, None)
-    args.key = args.key or ("sthist_tiles" if args.kind == "tiles" else "sthist_pred")
+    args.key = args.key or (Key.shapes.TILES if args.kind == "tiles" else Key.obsm.PREDICTION)
     if args.kind in ("expression", "uncertainty", "tiles") and not args.genes:
         raise SystemExit(f"error: --genes is required for --kind {args.kind}")
     if args.kind == "tiles":
@@ -231,7 +237,7 @@ def _plot(args: argparse.Namespace) -> int:
             "choose one with --table"
         ) from None
     table = sdata.tables[args.table]
-    if args.kind in ("expression", "correlation", "scores") and "sthist_log1p" not in table.layers:
+    if args.kind in ("expression", "correlation", "scores") and Key.layers.NORMALIZED not in table.layers:
         sthist.pp.normalize(table)
     if args.kind == "expression":
         sthist.pl.expression(sdata, args.genes, key=args.key, save=args.output, table_key=args.table)
@@ -255,6 +261,7 @@ def _check_new_file(path: str, overwrite: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    training = TrainingConfig()
     parser = argparse.ArgumentParser(
         prog="sthist",
         description="Predict spatially resolved gene expression from H&E histology. Lengths are in µm, "
@@ -275,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
     demo.add_argument("--views", type=int, default=4, help="dihedral views encoded per patch (default: 4)")
     demo.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the ridge baseline")
-    demo.add_argument("--patch-size-um", type=float, default=112.0, help="patch side in µm (default: 112)")
+    demo.add_argument(
+        "--patch-size-um",
+        type=float,
+        default=PatchConfig.size_um,
+        help=f"patch side in µm (default: {PatchConfig.size_um:g})",
+    )
     demo.set_defaults(run=_demo)
 
     fit = commands.add_parser(
@@ -286,30 +298,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("stores", nargs="+", help="training sections (.zarr)")
     fit.add_argument("--output", required=True, help="folder for the fitted model")
-    fit.add_argument("--method", default="cmrcnet", choices=["cmrcnet", "bleep", "regression", "ridge"])
-    fit.add_argument("--backbone", default=None, help="encoder name (default: efficientnet_lite0)")
+    fit.add_argument("--method", default="cmrcnet", choices=METHOD_NAMES)
+    fit.add_argument("--backbone", default=None, help=f"encoder name (default: {DEFAULT_BACKBONE})")
     fit.add_argument(
         "--genes", default=None, help="file with the gene panel, one name per line (default: HEG ∪ HVG)"
     )
     fit.add_argument(
         "--n-top-genes",
         type=int,
-        default=250,
-        help="size of the HEG and HVG sets of the panel (default: 250)",
+        default=N_TOP_GENES,
+        help=f"size of the HEG and HVG sets of the panel (default: {N_TOP_GENES})",
     )
-    fit.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
-    fit.add_argument("--batch-size", type=int, default=64, help="spots per batch (default: 64)")
-    fit.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
-    fit.add_argument("--k", type=int, default=50, help="neighbours averaged at retrieval (default: 50)")
     fit.add_argument(
-        "--views", type=int, default=4, help="dihedral views encoded per patch, frozen encoder (default: 4)"
+        "--epochs",
+        type=int,
+        default=training.max_epochs,
+        help=f"training epochs (default: {training.max_epochs})",
+    )
+    fit.add_argument(
+        "--batch-size",
+        type=int,
+        default=training.batch_size,
+        help=f"spots per batch (default: {training.batch_size})",
+    )
+    fit.add_argument(
+        "--learning-rate",
+        type=float,
+        default=training.learning_rate,
+        help=f"AdamW learning rate (default: {training.learning_rate:g})",
+    )
+    fit.add_argument(
+        "--k",
+        type=int,
+        default=K_NEIGHBOURS,
+        help=f"neighbours averaged at retrieval (default: {K_NEIGHBOURS})",
+    )
+    fit.add_argument(
+        "--views",
+        type=int,
+        default=training.views,
+        help=f"dihedral views encoded per patch, frozen encoder (default: {training.views})",
     )
     fit.add_argument(
         "--fine-tune",
         action="store_true",
         help="train the image encoder too (slow without a GPU; default: frozen encoder, cached tokens)",
     )
-    fit.add_argument("--patch-size-um", type=float, default=112.0, help="patch side in µm (default: 112)")
+    fit.add_argument(
+        "--patch-size-um",
+        type=float,
+        default=PatchConfig.size_um,
+        help=f"patch side in µm (default: {PatchConfig.size_um:g})",
+    )
     fit.add_argument("--qc-column", default=None, help="boolean obs column selecting training spots")
     fit.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
@@ -329,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("store", help="section (.zarr)")
     predict.add_argument("--model", required=True, help="folder of a fitted model")
-    predict.add_argument("--key", default="sthist_pred", help="obsm key (spots) or shapes name (tiles)")
+    predict.add_argument("--key", default=Key.obsm.PREDICTION, help="obsm key (spots) or shapes name (tiles)")
     predict.add_argument(
         "--tiles", action="store_true", help="dense prediction over the tissue instead of spots"
     )
@@ -358,8 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
         "correlation fidelity, for predictions stored in a zarr store.",
     )
     evaluate.add_argument("store", help="section (.zarr) with predictions and measured counts")
-    evaluate.add_argument("--key", default="sthist_pred")
-    evaluate.add_argument("--layer", default="sthist_log1p", help="observed log1p layer (computed if absent)")
+    evaluate.add_argument("--key", default=Key.obsm.PREDICTION)
+    evaluate.add_argument(
+        "--layer", default=Key.layers.NORMALIZED, help="observed log1p layer (computed if absent)"
+    )
     evaluate.add_argument("--n-top", type=int, default=50)
     evaluate.add_argument(
         "--her2st-markers", action="store_true", help="summarise the HER2ST marker genes (MG)"

@@ -1,45 +1,105 @@
-"""Every key sthist writes into a SpatialData object or AnnData table, defined once."""
+"""Every key sthist reads or writes in a SpatialData object or AnnData table, defined once.
+
+Keys are grouped by where they live (``Key.obs``, ``Key.obsm``, ``Key.uns``, ...). Names derived from a
+user's key (the uncertainty beside a prediction, the table beside tiles, an evaluation's record) are built
+here too, so that the writer and every reader agree. No other module spells an ``"sthist_…"`` literal
+(``tests/test_constants.py`` checks it).
+"""
 
 from __future__ import annotations
 
-#: ``sdata.attrs[ATTRS_KEY]`` holds sthist's metadata about a SpatialData object (physical scale, provenance).
-ATTRS_KEY = "sthist"
-#: Inside ``sdata.attrs[ATTRS_KEY]``: µm per pixel, keyed by coordinate system name.
-MICRONS_PER_PIXEL_KEY = "microns_per_pixel"
-#: Inside ``sdata.attrs[ATTRS_KEY]``: how the physical scale was obtained, keyed by coordinate system name.
-SCALE_SOURCE_KEY = "microns_per_pixel_source"
-#: Inside ``sdata.attrs[ATTRS_KEY]``: fraction of spots on tissue, measured when a dataset was loaded.
-REGISTRATION_KEY = "fraction_spots_on_tissue"
-
 #: Default coordinate system of images and spots.
 DEFAULT_COORDINATE_SYSTEM = "global"
+#: Genes whose cross-validated Pearson r falls below this are flagged as unreliable.
+RELIABILITY_THRESHOLD = 0.1
 
-#: Layer written by :func:`sthist.pp.normalize` (log1p of counts normalised to ``target_sum``).
-NORMALIZED_LAYER = "sthist_log1p"
-#: ``adata.uns`` key recording the normalisation choice.
-NORMALIZATION_UNS_KEY = "sthist_normalization"
-#: ``adata.uns`` key recording a gene panel chosen by :func:`sthist.pp.select_genes`.
-PANEL_UNS_KEY = "sthist_gene_panel"
 
-#: ``obs`` columns written by :func:`sthist.pp.qc_spots`.
-QC_IN_IMAGE = "sthist_in_image"
-QC_ON_TISSUE = "sthist_on_tissue"
-QC_TISSUE_FRACTION = "sthist_tissue_fraction"
-QC_PASS = "sthist_pass_qc"
-QC_UNS_KEY = "sthist_qc"
+class Key:
+    """Keys of sthist's results and metadata, and the names derived from them."""
 
-#: ``obs`` columns written by the dataset loaders.
-OBS_SECTION = "section"
-OBS_PATIENT = "patient"
-OBS_ARRAY_X = "array_x"
-OBS_ARRAY_Y = "array_y"
-OBS_LABEL = "label"
+    class attrs:
+        """``sdata.attrs[Key.attrs.ROOT]``: sthist's metadata about a SpatialData object."""
 
-#: Instance and region columns of the tables that sthist's loaders build.
-INSTANCE_KEY = "spot_id"
-REGION_KEY = "region"
+        ROOT = "sthist"
+        #: µm per pixel, keyed by coordinate system name.
+        MICRONS_PER_PIXEL = "microns_per_pixel"
+        #: How the physical scale was obtained, keyed by coordinate system name.
+        SCALE_SOURCE = "microns_per_pixel_source"
+        #: Fraction of spots on tissue, measured when a dataset was loaded.
+        REGISTRATION = "fraction_spots_on_tissue"
+        #: Name of the section, and the patient it comes from (set by the dataset loaders).
+        SECTION = "section"
+        PATIENT = "patient"
+        DATASET = "dataset"
 
-#: ``table.obsm`` / ``table.uns`` key written by :func:`sthist.tl.predict` (``_uncertainty`` appended for the spread).
-PREDICTION_KEY = "sthist_pred"
-#: Shapes and table written by :func:`sthist.tl.predict_tiles`.
-TILES_KEY = "sthist_tiles"
+    class layers:
+        #: Written by :func:`sthist.pp.normalize` (log1p of counts normalised to ``target_sum``).
+        NORMALIZED = "sthist_log1p"
+        #: Spread of the retrieved spots, in the tiles table written by :func:`sthist.tl.predict_tiles`.
+        UNCERTAINTY = "uncertainty"
+
+    class obs:
+        #: Written by :func:`sthist.pp.qc_spots`.
+        QC_IN_IMAGE = "sthist_in_image"
+        QC_ON_TISSUE = "sthist_on_tissue"
+        QC_TISSUE_FRACTION = "sthist_tissue_fraction"
+        QC_PASS = "sthist_pass_qc"
+        #: Written by the dataset loaders.
+        SECTION = "section"
+        PATIENT = "patient"
+        ARRAY_X = "array_x"
+        ARRAY_Y = "array_y"
+        LABEL = "label"
+        #: Instance and region columns of the tables sthist builds (loaders, tiles).
+        INSTANCE = "spot_id"
+        REGION = "region"
+        #: Fraction of a tile covered by the tissue mask (tiles table).
+        TISSUE_FRACTION = "tissue_fraction"
+
+    class obsm:
+        #: Predictions written by :func:`sthist.tl.predict`.
+        PREDICTION = "sthist_pred"
+        #: Tile centres in the tiles table (scanpy's convention).
+        SPATIAL = "spatial"
+
+        @staticmethod
+        def uncertainty(key: str) -> str:
+            """``obsm`` key of the retrieval spread written beside the predictions under ``key``."""
+            return f"{key}_uncertainty"
+
+    class var:
+        #: Per-gene cross-validated Pearson r and its flag, in the tiles table.
+        RELIABILITY = "reliability"
+        UNRELIABLE = "unreliable"
+
+    class uns:
+        #: Normalisation settings, keyed by layer.
+        NORMALIZATION = "sthist_normalization"
+        #: Settings of :func:`sthist.pp.qc_spots`.
+        QC = "sthist_qc"
+        #: Inside a prediction's provenance: the sthist version that wrote it.
+        VERSION = "sthist_version"
+
+        @staticmethod
+        def evaluation(key: str) -> str:
+            """``uns`` key of :func:`sthist.tl.evaluate`'s results for the predictions under ``key``."""
+            return f"{key}_evaluation"
+
+    class shapes:
+        #: Tiles written by :func:`sthist.tl.predict_tiles`.
+        TILES = "sthist_tiles"
+
+    class tables:
+        @staticmethod
+        def tiles(key: str) -> str:
+            """Name of the table annotating the tiles ``shapes[key]``."""
+            return f"{key}_table"
+
+    class checkpoint:
+        #: Training history stored in Lightning checkpoints.
+        HISTORY = "sthist_history"
+
+    @staticmethod
+    def prediction(method: str) -> str:
+        """``obsm`` key of one method's predictions when several are compared in one table."""
+        return f"{Key.obsm.PREDICTION}_{method}"

@@ -36,6 +36,10 @@ class Settings:
     in_memory_bytes
         Largest pyramid level (bytes) that patch extraction materialises in memory; larger levels are
         read lazily by chunks.
+    offline
+        Never reach a model hub: pretrained weights that would come from one are refused with an error that
+        asks for a local file (no retries on machines without internet). Defaults to ``True`` unless the
+        environment sets ``HF_HUB_OFFLINE=0``.
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
@@ -43,6 +47,7 @@ class Settings:
     num_workers: int = 0
     progress: bool = True
     in_memory_bytes: int = 2 * 1024**3
+    offline: bool = field(default_factory=lambda: os.environ.get("HF_HUB_OFFLINE", "1") != "0")
 
     def __setattr__(self, name: str, value) -> None:
         if name == "data_dir":
@@ -50,6 +55,8 @@ class Settings:
         elif name in ("seed", "num_workers", "in_memory_bytes"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"settings.{name} must be a non-negative integer, got {value!r}.")
+        elif name in ("progress", "offline") and not isinstance(value, bool):
+            raise ValueError(f"settings.{name} must be True or False, got {value!r}.")
         object.__setattr__(self, name, value)
 
 

@@ -26,7 +26,7 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
     sdata
         A SpatialData object backed by a zarr store.
     elements
-        ``(kind, name)`` pairs, e.g. ``[("shapes", "sthist_tiles"), ("tables", "sthist_tiles")]``.
+        ``(kind, name)`` pairs, e.g. ``[("shapes", "sthist_tiles"), ("tables", "sthist_tiles_table")]``.
     overwrite
         Replace elements of the same name in the store.
     """

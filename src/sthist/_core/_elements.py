@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM
+from sthist._core._image import full_resolution
 
 if TYPE_CHECKING:
     import anndata as ad
-    import geopandas as gpd
     from spatialdata import SpatialData
 
 
@@ -39,16 +39,18 @@ def _one_of(kind: str, available: list[str], requested: str | None, argument: st
 
 def table_region(table: ad.AnnData) -> tuple[list[str], str, str]:
     """Return (regions, region_key, instance_key) of a SpatialData table."""
-    attrs = table.uns.get("spatialdata_attrs")
-    if not attrs or "region" not in attrs:
+    from spatialdata.models import get_table_keys
+
+    try:
+        region, region_key, instance_key = get_table_keys(table)
+    except ValueError:
         raise ValueError(
             "The table does not annotate any element (no `uns['spatialdata_attrs']`); "
             "parse it with `spatialdata.models.TableModel.parse(adata, region=..., region_key=..., "
             "instance_key=...)`."
-        )
-    region = attrs["region"]
+        ) from None
     regions = [region] if isinstance(region, str) else list(region)
-    return regions, attrs["region_key"], attrs["instance_key"]
+    return regions, region_key, instance_key
 
 
 def resolve_elements(
@@ -103,7 +105,7 @@ def resolve_elements(
 
     if require_image:
         image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
-        image_systems = get_transformation(_scale0(sdata.images[image_key]), get_all=True)
+        image_systems = get_transformation(full_resolution(sdata.images[image_key]), get_all=True)
         if coordinate_system not in image_systems:
             raise ValueError(
                 f"Image {image_key!r} is not placed in coordinate system {coordinate_system!r}; "
@@ -112,40 +114,6 @@ def resolve_elements(
     elif image_key is not None and image_key not in sdata.images:
         raise KeyError(f"No image named {image_key!r}; available images: {sorted(sdata.images.keys())}.")
     return SpotElements(image_key, shapes_key, table_key, coordinate_system)
-
-
-def _scale0(image):
-    """The full-resolution DataArray of a single- or multi-scale image."""
-    if hasattr(image, "children") and "scale0" in getattr(image, "children", {}):
-        return image["scale0"]["image"]
-    return image
-
-
-def spot_table(sdata: SpatialData, elements: SpotElements) -> ad.AnnData:
-    """Rows of the table that annotate the resolved spots (a view when the table annotates several regions)."""
-    table = sdata.tables[elements.table_key]
-    _, region_key, _ = table_region(table)
-    in_region = np.asarray(table.obs[region_key] == elements.shapes_key)
-    return table if in_region.all() else table[in_region]
-
-
-def spot_centres(sdata: SpatialData, elements: SpotElements, table: ad.AnnData) -> np.ndarray:
-    """Centres (x, y) of the spots annotated by ``table``, in the coordinate system, in table row order."""
-    from spatialdata.transformations import get_transformation
-
-    shapes: gpd.GeoDataFrame = sdata.shapes[elements.shapes_key]
-    _, _, instance_key = table_region(table)
-    geometry = shapes.geometry.loc[table.obs[instance_key].to_numpy()]
-    if not (geometry.geom_type == "Point").all():
-        raise ValueError(
-            f"Shapes {elements.shapes_key!r} must be circles (points with a radius); found "
-            f"{sorted(set(geometry.geom_type))}."
-        )
-    xy = np.c_[geometry.x.to_numpy(), geometry.y.to_numpy(), np.ones(len(geometry))]
-    affine = get_transformation(shapes, to_coordinate_system=elements.coordinate_system).to_affine_matrix(
-        input_axes=("x", "y"), output_axes=("x", "y")
-    )
-    return (xy @ affine.T)[:, :2]
 
 
 def table_holding(sdata, table_key: str | None, *, obsm_key: str | None = None, uns_key: str | None = None):

@@ -53,15 +53,10 @@ def check_rgb(data: xr.DataArray, image_key: str) -> None:
 
 def image_levels(image, *, coordinate_system: str, image_key: str) -> list[ImageLevel]:
     """All pyramid levels of a single- or multi-scale image, finest first."""
+    from spatialdata import get_pyramid_levels
     from spatialdata.transformations import get_transformation
 
-    if hasattr(image, "children") and len(image.children) > 0:
-        arrays = [
-            image[name]["image"]
-            for name in sorted(image.children, key=lambda n: int(n.removeprefix("scale")))
-        ]
-    else:
-        arrays = [image]
+    arrays = get_pyramid_levels(image) if is_multiscale(image) else [image]
     check_rgb(arrays[0], image_key)
     levels = []
     for index, data in enumerate(arrays):
@@ -94,45 +89,19 @@ def image_levels(image, *, coordinate_system: str, image_key: str) -> list[Image
     return levels
 
 
+def is_multiscale(image) -> bool:
+    """Whether an image element is a pyramid (a DataTree of ``scale0``, ``scale1``, ...)."""
+    return len(getattr(image, "children", {})) > 0
+
+
+def full_resolution(image) -> xr.DataArray:
+    """The full-resolution DataArray of a single- or multi-scale image."""
+    from spatialdata import get_pyramid_levels
+
+    return get_pyramid_levels(image, n=0) if is_multiscale(image) else image
+
+
 def to_pixels(level: ImageLevel, xy: np.ndarray) -> np.ndarray:
     """Map coordinate-system points (n, 2) to level pixel coordinates (n, 2)."""
     homogeneous = np.c_[xy, np.ones(len(xy))]
     return (homogeneous @ level.to_pixels.T)[:, :2]
-
-
-@dataclass(frozen=True)
-class SectionImage:
-    """A section's resolved elements, physical scale (µm per coordinate unit) and image pyramid."""
-
-    elements: object  # SpotElements
-    microns_per_pixel: float
-    levels: list[ImageLevel]
-
-
-def resolve_section_image(
-    sdata,
-    *,
-    image_key: str | None,
-    shapes_key: str | None,
-    table_key: str | None,
-    coordinate_system: str,
-    microns_per_pixel: float | None,
-) -> SectionImage:
-    """Resolve elements, physical scale and pyramid levels of a section in one go (with the usual checks)."""
-    from sthist._core._elements import resolve_elements
-    from sthist._core._scale import get_microns_per_pixel
-
-    elements = resolve_elements(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-    )
-    scale = get_microns_per_pixel(
-        sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
-    )
-    levels = image_levels(
-        sdata.images[elements.image_key], coordinate_system=coordinate_system, image_key=elements.image_key
-    )
-    return SectionImage(elements, scale, levels)

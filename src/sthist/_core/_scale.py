@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sthist._constants import ATTRS_KEY, DEFAULT_COORDINATE_SYSTEM, MICRONS_PER_PIXEL_KEY, SCALE_SOURCE_KEY
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._logging import logger
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ def set_microns_per_pixel(
     value = float(microns_per_pixel)
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"microns_per_pixel must be a positive finite number, got {microns_per_pixel!r}.")
-    attrs = sdata.attrs.setdefault(ATTRS_KEY, {})
-    attrs.setdefault(MICRONS_PER_PIXEL_KEY, {})[coordinate_system] = value
-    attrs.setdefault(SCALE_SOURCE_KEY, {})[coordinate_system] = source
+    attrs = sdata.attrs.setdefault(Key.attrs.ROOT, {})
+    attrs.setdefault(Key.attrs.MICRONS_PER_PIXEL, {})[coordinate_system] = value
+    attrs.setdefault(Key.attrs.SCALE_SOURCE, {})[coordinate_system] = source
     logger.info("recorded %.4f µm/px for coordinate system %r (%s)", value, coordinate_system, source)
 
 
@@ -57,7 +57,7 @@ def get_microns_per_pixel(
                 f"microns_per_pixel must be a positive finite number, got {microns_per_pixel!r}."
             )
         return value
-    recorded = sdata.attrs.get(ATTRS_KEY, {}).get(MICRONS_PER_PIXEL_KEY, {})
+    recorded = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.MICRONS_PER_PIXEL, {})
     if coordinate_system not in recorded:
         raise ValueError(
             f"The physical scale of coordinate system {coordinate_system!r} is unknown. Pass "

@@ -109,3 +109,25 @@ class TokenCache:
                 self._entries[key] = cached
             parts.append(cached[:, :views])
         return torch.cat(parts)
+
+
+def tokens_of(
+    dataset: SpotPatchDataset,
+    encoder: torch.nn.Module,
+    *,
+    identity: str,
+    views: int = 1,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    token_cache: TokenCache | None = None,
+) -> torch.Tensor:
+    """Tokens of every item of ``dataset`` (items, views, tokens, channels), from ``token_cache`` when given.
+
+    ``identity`` names the encoder's weights (backbone and weights identity); a cache reuses tokens only for
+    the same identity, patch geometry, spots and views.
+    """
+    if token_cache is None:
+        return encode_patches(dataset, encoder, views=views, batch_size=batch_size, device=device)
+    if not isinstance(token_cache, TokenCache):
+        raise TypeError(f"token_cache must be a sthist.data.TokenCache, got {type(token_cache)}.")
+    return token_cache.tokens(dataset, encoder, identity=identity, views=views, device=device)

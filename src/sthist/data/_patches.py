@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from scipy import sparse
 
-from sthist._constants import ATTRS_KEY, DEFAULT_COORDINATE_SYSTEM, NORMALIZED_LAYER, QC_PASS
-from sthist._core._elements import resolve_elements, spot_table
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._config import PatchConfig
+from sthist._core._section import PatchGeometry, resolve_sections
 from sthist._settings import settings
 from sthist.data._readers import InMemoryLevel, LazyLevel
-from sthist.pp._geometry import DEFAULT_PATCH_SIZE_PX, DEFAULT_PATCH_SIZE_UM, PatchGeometry, patch_geometry
 
 if TYPE_CHECKING:
-    from spatialdata import SpatialData
+    pass
 
 
 def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
@@ -31,28 +31,8 @@ def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
     return out
 
 
-def as_sections(sdatas) -> dict[str, SpatialData]:
-    """Normalise one SpatialData, a list or a dict of them into a dict keyed by section name."""
-    if isinstance(sdatas, Mapping):
-        sections = dict(sdatas)
-    elif hasattr(sdatas, "tables"):
-        sections = {sdatas.attrs.get(ATTRS_KEY, {}).get("section", "section0"): sdatas}
-    elif isinstance(sdatas, Sequence) and not isinstance(sdatas, str):
-        sections = {}
-        for index, sdata in enumerate(sdatas):
-            name = sdata.attrs.get(ATTRS_KEY, {}).get("section", f"section{index}")
-            if name in sections:
-                name = f"{name}_{index}"
-            sections[name] = sdata
-    else:
-        raise TypeError(f"Expected a SpatialData object, or a list or dict of them; got {type(sdatas)}.")
-    if not sections:
-        raise ValueError("No sections given.")
-    return sections
-
-
-class _Section:
-    """One section's geometry, pixel reader and expression."""
+class _SectionPatches:
+    """One section's patch geometry, pixel reader and expression, for the rows (spots) in use."""
 
     def __init__(
         self, name, geometry: PatchGeometry, reader, expression: np.ndarray | None, rows: np.ndarray
@@ -62,16 +42,14 @@ class _Section:
         self.reader = reader
         self.expression = expression
         self.rows = rows
-        half = np.asarray(geometry.crop_size) / 2
-        boxes = np.c_[geometry.centres[rows] - half, geometry.centres[rows] + half]
-        self.boxes = boxes
+        self.boxes = geometry.boxes[rows]
         # Integer read windows with one pixel of context for interpolation, clipped to the image.
         height, width = geometry.level.shape
         self.windows = np.c_[
-            np.clip(np.floor(boxes[:, 1]) - 1, 0, height),
-            np.clip(np.ceil(boxes[:, 3]) + 1, 0, height),
-            np.clip(np.floor(boxes[:, 0]) - 1, 0, width),
-            np.clip(np.ceil(boxes[:, 2]) + 1, 0, width),
+            np.clip(np.floor(self.boxes[:, 1]) - 1, 0, height),
+            np.clip(np.ceil(self.boxes[:, 3]) + 1, 0, height),
+            np.clip(np.floor(self.boxes[:, 0]) - 1, 0, width),
+            np.clip(np.ceil(self.boxes[:, 2]) + 1, 0, width),
         ].astype(np.int64)
 
 
@@ -91,7 +69,8 @@ class SpotPatchDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     sdatas
-        One section, a list, or a dict of section name → SpatialData.
+        One section, a list, or a dict of section name → SpatialData (or sections already resolved,
+        :class:`sthist._core._section.Section`).
     genes
         Gene panel; each must be in every section's table. ``None`` yields images only.
     layer
@@ -116,9 +95,9 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         sdatas,
         *,
         genes: Sequence[str] | None = None,
-        layer: str | None = NORMALIZED_LAYER,
-        patch_size_um: float = DEFAULT_PATCH_SIZE_UM,
-        patch_size_px: int = DEFAULT_PATCH_SIZE_PX,
+        layer: str | None = Key.layers.NORMALIZED,
+        patch_size_um: float = PatchConfig.size_um,
+        patch_size_px: int = PatchConfig.size_px,
         augment: bool = False,
         qc_column: str | None = None,
         in_memory: bool | None = None,
@@ -127,36 +106,33 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         table_key: str | None = None,
         coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     ):
-        self.patch_size_px = int(patch_size_px)
-        self.patch_size_um = float(patch_size_um)
+        patch = PatchConfig(size_um=patch_size_um, size_px=patch_size_px)
+        self.patch_size_px = patch.size_px
+        self.patch_size_um = patch.size_um
         self.augment = bool(augment)
         self.genes = None if genes is None else list(genes)
-        self._sections: list[_Section] = []
+        self._sections: list[_SectionPatches] = []
         spot_frames = []
-        for name, sdata in as_sections(sdatas).items():
-            elements = resolve_elements(
-                sdata,
-                image_key=image_key,
-                shapes_key=shapes_key,
-                table_key=table_key,
-                coordinate_system=coordinate_system,
-            )
-            geometry = patch_geometry(
-                sdata,
-                patch_size_um=patch_size_um,
-                patch_size_px=patch_size_px,
-                image_key=elements.image_key,
-                shapes_key=elements.shapes_key,
-                table_key=elements.table_key,
-                coordinate_system=coordinate_system,
-            )
-            table = spot_table(sdata, elements)
+        sections = resolve_sections(
+            sdatas,
+            image_key=image_key,
+            shapes_key=shapes_key,
+            table_key=table_key,
+            coordinate_system=coordinate_system,
+        )
+        for name, section in sections.items():
+            geometry = section.patch_geometry(patch)
+            table = section.table
             selected = np.ones(table.n_obs, dtype=bool)
             if qc_column is not None:
                 if qc_column not in table.obs:
                     raise KeyError(
                         f"Section {name!r} has no obs column {qc_column!r}"
-                        + (" (run `sthist.pp.qc_spots(sdata)` first)." if qc_column == QC_PASS else ".")
+                        + (
+                            " (run `sthist.pp.qc_spots(sdata)` first)."
+                            if qc_column == Key.obs.QC_PASS
+                            else "."
+                        )
                     )
                 selected = table.obs[qc_column].to_numpy(dtype=bool)
             outside = selected & ~geometry.inside
@@ -164,7 +140,7 @@ class SpotPatchDataset(torch.utils.data.Dataset):
                 raise ValueError(
                     f"Section {name!r}: the {patch_size_um:g} µm patches of {int(outside.sum())} spots leave the "
                     f"image (e.g. {table.obs_names[outside][:3].tolist()}). Flag them with "
-                    "`sthist.pp.qc_spots(sdata)` and pass qc_column='sthist_pass_qc', or use a smaller patch."
+                    f"`sthist.pp.qc_spots(sdata)` and pass qc_column={Key.obs.QC_PASS!r}, or use a smaller patch."
                 )
             rows = np.flatnonzero(selected)
             if len(rows) == 0:
@@ -181,7 +157,7 @@ class SpotPatchDataset(torch.utils.data.Dataset):
             materialise = in_memory if in_memory is not None else level.nbytes <= settings.in_memory_bytes
             margin = int(np.ceil(max(geometry.crop_size) / 2)) + 2
             reader = InMemoryLevel(level) if materialise else LazyLevel(level, margin=margin)
-            self._sections.append(_Section(name, geometry, reader, expression, rows))
+            self._sections.append(_SectionPatches(name, geometry, reader, expression, rows))
             spot_frames.append(
                 pd.DataFrame(
                     {
@@ -261,7 +237,7 @@ def _expression(table, genes: list[str], layer: str | None, name: str) -> np.nda
     if layer is not None and layer not in table.layers:
         raise KeyError(
             f"Section {name!r} has no layer {layer!r}"
-            + (" (run `sthist.pp.normalize(table)` first)." if layer == NORMALIZED_LAYER else ".")
+            + (" (run `sthist.pp.normalize(table)` first)." if layer == Key.layers.NORMALIZED else ".")
         )
     matrix = table.X if layer is None else table.layers[layer]
     matrix = matrix[:, table.var_names.get_indexer(genes)]

@@ -10,19 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from sthist._constants import (
-    ATTRS_KEY,
-    DEFAULT_COORDINATE_SYSTEM,
-    INSTANCE_KEY,
-    OBS_ARRAY_X,
-    OBS_ARRAY_Y,
-    OBS_LABEL,
-    OBS_PATIENT,
-    OBS_SECTION,
-    QC_ON_TISSUE,
-    REGION_KEY,
-    REGISTRATION_KEY,
-)
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._counts import check_raw_counts
 from sthist._core._scale import fit_microns_per_pixel, set_microns_per_pixel
 from sthist._logging import logger
@@ -122,29 +110,29 @@ def _load_section(section: str, *, with_image: bool, scale_factors: Sequence[int
     )
     obs = pd.DataFrame(
         {
-            OBS_SECTION: pd.Categorical([section] * len(shared)),
-            OBS_PATIENT: pd.Categorical([section[0]] * len(shared)),
-            OBS_ARRAY_X: spots["x"].to_numpy(),
-            OBS_ARRAY_Y: spots["y"].to_numpy(),
-            REGION_KEY: pd.Categorical(["spots"] * len(shared)),
-            INSTANCE_KEY: np.arange(len(shared)),
+            Key.obs.SECTION: pd.Categorical([section] * len(shared)),
+            Key.obs.PATIENT: pd.Categorical([section[0]] * len(shared)),
+            Key.obs.ARRAY_X: spots["x"].to_numpy(),
+            Key.obs.ARRAY_Y: spots["y"].to_numpy(),
+            Key.obs.REGION: pd.Categorical(["spots"] * len(shared)),
+            Key.obs.INSTANCE: np.arange(len(shared)),
         },
         index=pd.Index([f"{section}_{key}" for key in shared], name="spot"),
     )
     labels = _read_labels(section)
     if labels is not None:
-        obs[OBS_LABEL] = pd.Categorical(labels.reindex(shared).to_numpy())
+        obs[Key.obs.LABEL] = pd.Categorical(labels.reindex(shared).to_numpy())
     var = pd.DataFrame(index=pd.Index(counts.columns.astype(str), name="gene"))
     table = ad.AnnData(X=matrix, obs=obs, var=var)
     table.var_names_make_unique()
-    table = TableModel.parse(table, region="spots", region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    table = TableModel.parse(table, region="spots", region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE)
 
     centres = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(
             {"radius": np.full(len(shared), SPOT_DIAMETER_UM / 2 / microns_per_pixel)},
             geometry=gpd.points_from_xy(centres[:, 0], centres[:, 1]),
-            index=pd.Index(np.arange(len(shared)), name=INSTANCE_KEY),
+            index=pd.Index(np.arange(len(shared)), name=Key.obs.INSTANCE),
         ),
         transformations={DEFAULT_COORDINATE_SYSTEM: Identity()},
     )
@@ -173,7 +161,9 @@ def _load_section(section: str, *, with_image: bool, scale_factors: Sequence[int
             f"{len(shared)} spots, rms residual {rms:.2f} px"
         ),
     )
-    sdata.attrs[ATTRS_KEY].update({"dataset": "her2st", "section": section, "patient": section[0]})
+    sdata.attrs[Key.attrs.ROOT].update(
+        {Key.attrs.DATASET: "her2st", Key.attrs.SECTION: section, Key.attrs.PATIENT: section[0]}
+    )
     if with_image and check_registration:
         _check_registration(sdata, section)
     return sdata
@@ -183,8 +173,8 @@ def _check_registration(sdata, section: str) -> None:
     from sthist.pp import qc_spots
 
     qc = qc_spots(sdata, inplace=False)
-    fraction = float(qc[QC_ON_TISSUE].mean())
-    sdata.attrs[ATTRS_KEY][REGISTRATION_KEY] = fraction
+    fraction = float(qc[Key.obs.QC_ON_TISSUE].mean())
+    sdata.attrs[Key.attrs.ROOT][Key.attrs.REGISTRATION] = fraction
     if fraction < REGISTRATION_WARNING_FRACTION:
         warnings.warn(
             f"HER2ST {section}: only {fraction:.0%} of the spots lie on tissue in the image; the image is probably "

@@ -6,14 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, sparse
 
-from sthist._constants import (
-    ATTRS_KEY,
-    DEFAULT_COORDINATE_SYSTEM,
-    INSTANCE_KEY,
-    OBS_PATIENT,
-    OBS_SECTION,
-    REGION_KEY,
-)
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
 
 
@@ -104,12 +97,12 @@ def toy(
         n_spots = len(centres_um)
         obs = pd.DataFrame(
             {
-                OBS_SECTION: pd.Categorical([name] * n_spots),
-                OBS_PATIENT: pd.Categorical(["Q" if index % 2 else "P"] * n_spots),
+                Key.obs.SECTION: pd.Categorical([name] * n_spots),
+                Key.obs.PATIENT: pd.Categorical(["Q" if index % 2 else "P"] * n_spots),
                 "density": spot_density,
                 "hue": spot_hue,
-                REGION_KEY: pd.Categorical(["spots"] * n_spots),
-                INSTANCE_KEY: np.arange(n_spots),
+                Key.obs.REGION: pd.Categorical(["spots"] * n_spots),
+                Key.obs.INSTANCE: np.arange(n_spots),
             },
             index=pd.Index([f"{name}_{i}" for i in range(n_spots)], name="spot"),
         )
@@ -118,15 +111,15 @@ def toy(
                 X=sparse.csr_matrix(counts.astype(np.int32)), obs=obs, var=pd.DataFrame(index=gene_names)
             ),
             region="spots",
-            region_key=REGION_KEY,
-            instance_key=INSTANCE_KEY,
+            region_key=Key.obs.REGION,
+            instance_key=Key.obs.INSTANCE,
         )
         centres_px = centres_um / scale
         shapes = ShapesModel.parse(
             gpd.GeoDataFrame(
                 {"radius": np.full(n_spots, 27.5 / scale)},
                 geometry=gpd.points_from_xy(centres_px[:, 0], centres_px[:, 1]),
-                index=pd.Index(np.arange(n_spots), name=INSTANCE_KEY),
+                index=pd.Index(np.arange(n_spots), name=Key.obs.INSTANCE),
             ),
             transformations={DEFAULT_COORDINATE_SYSTEM: Identity()},
         )
@@ -139,6 +132,6 @@ def toy(
         )
         sdata = SpatialData(images={"he": image}, shapes={"spots": shapes}, tables={"table": table})
         set_microns_per_pixel(sdata, scale, source="synthetic toy dataset")
-        sdata.attrs[ATTRS_KEY].update({"dataset": "toy (synthetic)", "section": name})
+        sdata.attrs[Key.attrs.ROOT].update({Key.attrs.DATASET: "toy (synthetic)", Key.attrs.SECTION: name})
         result[name] = sdata
     return result

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sthist._constants import ATTRS_KEY, DEFAULT_COORDINATE_SYSTEM
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
 from sthist.datasets._registry import dataset_dir, fetch, registry
 
@@ -60,7 +60,7 @@ def visium(path: str | Path, *, dataset_id: str | None = None) -> object:
         VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"]),
         source=f"65 µm spot diameter / spot_diameter_fullres ({scalefactors['spot_diameter_fullres']:.3f} px)",
     )
-    sdata.attrs[ATTRS_KEY].update({"dataset": "visium", "path": str(path)})
+    sdata.attrs[Key.attrs.ROOT].update({Key.attrs.DATASET: "visium", "path": str(path)})
     return sdata
 
 
@@ -84,5 +84,5 @@ def seurat_visium(*, folder: str | Path | None = None) -> object:
         else:
             shutil.copyfile(source, destination)
     sdata = visium(target, dataset_id="seurat")
-    sdata.attrs[ATTRS_KEY]["source"] = str(dataset_dir("seurat-visium"))
+    sdata.attrs[Key.attrs.ROOT]["source"] = str(dataset_dir("seurat-visium"))
     return sdata

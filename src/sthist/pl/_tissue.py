@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sthist._core._elements import resolve_elements, spot_centres, spot_table, table_holding, table_region
-from sthist._core._image import image_levels, to_pixels
+from sthist._core._elements import table_holding
+from sthist._core._image import to_pixels
+from sthist._core._section import Section
 
 
 @dataclass
@@ -47,31 +48,23 @@ def tissue_view(
     obsm_key: str | None = None,
 ) -> TissueView:
     """Read the pyramid level whose longer side is closest to ``max_image_pixels`` and place the spots on it."""
-    from sthist.pp import get_microns_per_pixel
-
     if len(sdata.tables) > 1:
         table_key = table_holding(sdata, table_key, obsm_key=obsm_key)
-    elements = resolve_elements(
-        sdata, image_key=image_key, table_key=table_key, coordinate_system=coordinate_system
+    section = Section.resolve(
+        sdata,
+        image_key=image_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+        require_scale=False,
     )
-    table = spot_table(sdata, elements)
-    levels = image_levels(
-        sdata.images[elements.image_key], coordinate_system=coordinate_system, image_key=elements.image_key
-    )
-    level = min(levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
+    level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
     rgb = np.asarray(level.data.transpose("y", "x", "c").data)
-    xy = to_pixels(level, spot_centres(sdata, elements, table))
-    shapes = sdata.shapes[elements.shapes_key]
-    _, _, instance_key = table_region(table)
-    radius_units = shapes["radius"].loc[table.obs[instance_key].to_numpy()].to_numpy(dtype=float)
-    diameters = 2 * radius_units / np.mean(level.pixel_size)
-    try:
-        microns = get_microns_per_pixel(sdata, coordinate_system=coordinate_system) * float(
-            np.mean(level.pixel_size)
-        )
-    except (KeyError, ValueError):
-        microns = None
-    return TissueView(rgb=rgb, xy=xy, diameters=diameters, table=table, microns_per_pixel=microns)
+    xy = to_pixels(level, section.centres)
+    diameters = 2 * section.radii / np.mean(level.pixel_size)
+    microns = None
+    if section.microns_per_pixel is not None:
+        microns = section.microns_per_pixel * float(np.mean(level.pixel_size))
+    return TissueView(rgb=rgb, xy=xy, diameters=diameters, table=section.table, microns_per_pixel=microns)
 
 
 def draw_spots(ax, view: TissueView, values: np.ndarray, *, cmap: str, vmin: float, vmax: float):

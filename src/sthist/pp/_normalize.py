@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from sthist._constants import NORMALIZATION_UNS_KEY, NORMALIZED_LAYER
+from sthist._constants import Key
 from sthist._core._counts import check_raw_counts
 from sthist._logging import logger
 
@@ -20,7 +20,7 @@ def normalize(
     *,
     target_sum: float = 1e4,
     counts_layer: str | None = None,
-    key_added: str = NORMALIZED_LAYER,
+    key_added: str = Key.layers.NORMALIZED,
     inplace: bool = True,
     overwrite: bool = False,
 ):
@@ -69,7 +69,7 @@ def normalize(
     if not inplace:
         return normalised
     adata.layers[key_added] = normalised
-    adata.uns.setdefault(NORMALIZATION_UNS_KEY, {})[key_added] = {
+    adata.uns.setdefault(Key.uns.NORMALIZATION, {})[key_added] = {
         "method": "normalize_total+log1p",
         "target_sum": float(target_sum),
         "counts": where,

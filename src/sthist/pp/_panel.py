@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from sthist._constants import NORMALIZED_LAYER
+from sthist._constants import Key
 from sthist._logging import logger
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def select_genes(
     n_top: int | None = 250,
     genes: Sequence[str] | None = None,
     min_detection: float = 0.1,
-    layer: str = NORMALIZED_LAYER,
+    layer: str = Key.layers.NORMALIZED,
 ) -> list[str]:
     """Choose a gene panel shared by several sections.
 

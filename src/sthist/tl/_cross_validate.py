@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sthist._constants import ATTRS_KEY, OBS_PATIENT
+from sthist._constants import Key
 from sthist._core._elements import resolve_elements
 from sthist._logging import logger
 from sthist.tl._evaluate import evaluation_frames
@@ -19,14 +19,14 @@ def section_group(name: str, sdata, groups: str) -> str:
         return name
     if groups != "patient":
         raise ValueError(f"groups must be 'patient' or 'section', got {groups!r}.")
-    patient = sdata.attrs.get(ATTRS_KEY, {}).get("patient")
+    patient = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.PATIENT)
     if patient is None:
         table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
-        if OBS_PATIENT not in table.obs:
+        if Key.obs.PATIENT not in table.obs:
             raise ValueError(
                 f"Section {name!r} has no patient (attrs['sthist']['patient'] or obs['patient'])."
             )
-        values = table.obs[OBS_PATIENT].unique()
+        values = table.obs[Key.obs.PATIENT].unique()
         if len(values) != 1:
             raise ValueError(f"Section {name!r} mixes patients {list(values)}.")
         patient = values[0]

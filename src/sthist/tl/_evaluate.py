@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from sthist._constants import NORMALIZED_LAYER, PREDICTION_KEY
+from sthist._constants import Key
 from sthist._core._elements import table_holding
 from sthist._logging import logger
 from sthist.tl._metrics import gene_pearson, top_genes
@@ -98,8 +98,8 @@ def gene_gene_fidelity(observed: pd.DataFrame, predicted: pd.DataFrame) -> float
 def evaluate(
     sdata,
     *,
-    key: str = PREDICTION_KEY,
-    layer: str | None = NORMALIZED_LAYER,
+    key: str = Key.obsm.PREDICTION,
+    layer: str | None = Key.layers.NORMALIZED,
     n_top: int = 50,
     marker_genes: Sequence[str] | None = None,
     table_key: str | None = None,
@@ -172,7 +172,7 @@ def evaluate(
     )
     results["spots"] = int(predicted_rows.sum())
     if inplace:
-        key_added = key_added or f"{key}_evaluation"
+        key_added = key_added or Key.uns.evaluation(key)
         if key_added in table.uns and not overwrite:
             raise ValueError(
                 f"table.uns[{key_added!r}] exists already; pass overwrite=True or another key_added."

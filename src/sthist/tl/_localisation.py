@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sthist._constants import OBS_LABEL, PREDICTION_KEY
+from sthist._constants import Key
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -25,9 +25,9 @@ def localisation(
     adata,
     *,
     genes: Sequence[str] = ("ERBB2", "GRB7", "KRT8", "KRT18"),
-    key: str = PREDICTION_KEY,
-    layer: str | None = "sthist_log1p",
-    label_column: str = OBS_LABEL,
+    key: str = Key.obsm.PREDICTION,
+    layer: str | None = Key.layers.NORMALIZED,
+    label_column: str = Key.obs.LABEL,
     positive: str | Sequence[str] = "invasive cancer",
 ) -> pd.DataFrame:
     """AUROC of each gene's predicted and observed expression for spots labelled ``positive`` vs the rest.

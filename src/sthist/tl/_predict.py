@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sthist._constants import DEFAULT_COORDINATE_SYSTEM, NORMALIZATION_UNS_KEY, PREDICTION_KEY
-from sthist._core._elements import resolve_elements
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._section import Section
 from sthist._logging import logger
 
 
@@ -16,7 +16,7 @@ def predict(
     sdata,
     model,
     *,
-    key_added: str = PREDICTION_KEY,
+    key_added: str = Key.obsm.PREDICTION,
     genes: Sequence[str] | None = None,
     k: int | None = None,
     patch_size_um: float | None = None,
@@ -62,7 +62,7 @@ def predict(
     """
     import torch
 
-    from sthist.data import SpotPatchDataset, encode_patches
+    from sthist.data import SpotPatchDataset, tokens_of
     from sthist.models import SthistModel
 
     if not isinstance(model, SthistModel):
@@ -82,17 +82,18 @@ def predict(
                 f"The model was not trained with genes {unknown[:10]}; its panel has {len(model.genes)} genes."
             )
     chosen = list(genes) if genes is not None else model.genes
-    if k is not None and model.method in ("cmrcnet", "bleep") and k > contract["reference_spots"]:
+    if k is not None and model.retrieval and k > contract["reference_spots"]:
         raise ValueError(f"k={k} exceeds the {contract['reference_spots']} spots of the reference bank.")
-    elements = resolve_elements(
+    section = Section.resolve(
         sdata,
         image_key=image_key,
         shapes_key=shapes_key,
         table_key=table_key,
         coordinate_system=coordinate_system,
     )
+    elements = section.elements
     table = sdata.tables[elements.table_key]
-    uncertainty_key = f"{key_added}_uncertainty"
+    uncertainty_key = Key.obsm.uncertainty(key_added)
     if inplace and not overwrite:
         existing = [key for key in (key_added, uncertainty_key) if key in table.obsm] + (
             [f"uns[{key_added!r}]"] if key_added in table.uns else []
@@ -102,7 +103,7 @@ def predict(
                 f"Table {elements.table_key!r} already has {existing}; pass overwrite=True or another key_added."
             )
     normalisation = contract["normalization"]
-    recorded = table.uns.get(NORMALIZATION_UNS_KEY, {}).get(normalisation["layer"])
+    recorded = table.uns.get(Key.uns.NORMALIZATION, {}).get(normalisation["layer"])
     if recorded is not None and recorded.get("target_sum") != normalisation.get("target_sum"):
         raise ValueError(
             f"The section's layer {normalisation['layer']!r} is log1p of counts per {recorded.get('target_sum')}, "
@@ -110,21 +111,20 @@ def predict(
             "with the model's target_sum so that predictions and observations compare."
         )
     dataset = SpotPatchDataset(
-        sdata,
+        section,
         patch_size_um=contract["patch"]["size_um"],
         patch_size_px=contract["patch"]["size_px"],
         qc_column=qc_column,
-        image_key=elements.image_key,
-        shapes_key=elements.shapes_key,
-        table_key=elements.table_key,
-        coordinate_system=coordinate_system,
     )
     backbone = contract["backbone"]
-    if token_cache is not None and not backbone["fine_tuned"]:
-        identity = f"{backbone['name']}|{backbone['weights_identity']}"
-        tokens = token_cache.tokens(dataset, model.encoder, identity=identity, views=1, device=device)[:, 0]
-    else:
-        tokens = encode_patches(dataset, model.encoder, views=1, batch_size=batch_size, device=device)[:, 0]
+    tokens = tokens_of(
+        dataset,
+        model.encoder,
+        identity=f"{backbone['name']}|{backbone['weights_identity']}",
+        batch_size=batch_size,
+        device=device,
+        token_cache=None if backbone["fine_tuned"] else token_cache,
+    )[:, 0]
     means, spreads = [], []
     for chunk in tokens.split(256):
         mean, spread = model.predict_tokens(chunk, k=k)
@@ -146,12 +146,12 @@ def predict(
         "weights_identity": contract["backbone"]["weights_identity"],
         "units": normalisation.get("units", "log1p normalised counts"),
         "genes": chosen,
-        "k": int(k if k is not None else model.k) if model.method in ("cmrcnet", "bleep") else None,
+        "k": int(k if k is not None else model.k) if model.retrieval else None,
         "patch_size_um": contract["patch"]["size_um"],
         "training_sections": list(contract["training_sections"]),
         "spots_predicted": int(len(dataset)),
         "unreliable_genes": [g for g in model.unreliable_genes if g in chosen],
-        "sthist_version": contract["versions"]["sthist"],
+        Key.uns.VERSION: contract["versions"]["sthist"],
     }
     logger.info(
         "added table.obsm[%r], table.obsm[%r] and table.uns[%r]", key_added, uncertainty_key, key_added

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sthist._constants import DEFAULT_COORDINATE_SYSTEM, INSTANCE_KEY, REGION_KEY, TILES_KEY
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._image import to_pixels
+from sthist._core._section import Section
 from sthist._logging import logger
 from sthist._settings import settings
 
@@ -30,8 +31,17 @@ def tile_grid(
     lies inside (for images that carry labels, rulers or thumbnails beside the section).
     Returns a DataFrame with ``x``, ``y`` and ``tissue_fraction``.
     """
-    from sthist.pp._qc import _mask_level, tissue_mask
+    section = Section.resolve(
+        sdata,
+        image_key=image_key,
+        coordinate_system=coordinate_system,
+        microns_per_pixel=microns_per_pixel,
+        spots=False,
+    )
+    return _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds)
 
+
+def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, bounds) -> pd.DataFrame:
     if not np.isfinite(tile_size_um) or tile_size_um <= 0 or not np.isfinite(stride_um) or stride_um <= 0:
         raise ValueError("tile_size_um and stride_um must be positive numbers of µm.")
     if not 0 <= min_tissue_fraction <= 1:
@@ -46,10 +56,8 @@ def tile_grid(
             raise ValueError(
                 f"bounds must be (x_min, y_min, x_max, y_max) with x_min < x_max and y_min < y_max, got {bounds!r}."
             )
-    key = _image_key(sdata, image_key)
-    section = _image_section(sdata, key, coordinate_system, microns_per_pixel)
-    scale, levels = section.microns_per_pixel, section.levels
-    full = levels[0]
+    scale = section.microns_per_pixel
+    full = section.levels[0]
     height, width = full.shape
     # Image extent in coordinate-system units (axis-aligned: scale and translation).
     corners = np.array([[0.0, 0.0], [width, height]])
@@ -61,8 +69,7 @@ def tile_grid(
     if len(xs) == 0 or len(ys) == 0:
         raise ValueError(f"The image is smaller than one {tile_size_um:g} µm tile.")
     centres = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    level = _mask_level(levels, scale)
-    mask = tissue_mask(np.asarray(level.data.transpose("y", "x", "c").data))
+    level, mask = section.tissue
     integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     centre_px = to_pixels(level, centres)
     half = tile / np.asarray(level.pixel_size) / 2
@@ -79,33 +86,9 @@ def tile_grid(
         inside = (centres[:, 0] >= x_min) & (centres[:, 0] <= x_max)
         keep &= inside & (centres[:, 1] >= y_min) & (centres[:, 1] <= y_max)
     logger.info("%d of %d tiles lie on tissue", int(keep.sum()), len(centres))
-    return pd.DataFrame({"x": centres[keep, 0], "y": centres[keep, 1], "tissue_fraction": fraction[keep]})
-
-
-def _image_key(sdata, image_key):
-    images = list(sdata.images)
-    if image_key is not None:
-        if image_key not in images:
-            raise KeyError(f"No image named {image_key!r}; available images: {sorted(images)}.")
-        return image_key
-    if len(images) != 1:
-        raise ValueError(
-            "The SpatialData object has no image."
-            if not images
-            else f"Several images ({sorted(images)}); choose one with `image_key=`."
-        )
-    return images[0]
-
-
-def _image_section(sdata, image_key, coordinate_system, microns_per_pixel):
-    from sthist._core._image import SectionImage, image_levels
-    from sthist._core._scale import get_microns_per_pixel
-
-    scale = get_microns_per_pixel(
-        sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
+    return pd.DataFrame(
+        {"x": centres[keep, 0], "y": centres[keep, 1], Key.obs.TISSUE_FRACTION: fraction[keep]}
     )
-    levels = image_levels(sdata.images[image_key], coordinate_system=coordinate_system, image_key=image_key)
-    return SectionImage(None, scale, levels)
 
 
 def predict_tiles(
@@ -115,7 +98,7 @@ def predict_tiles(
     image_key: str | None = None,
     stride_um: float | None = None,
     min_tissue_fraction: float = 0.5,
-    key_added: str = TILES_KEY,
+    key_added: str = Key.shapes.TILES,
     batch_size: int = 16,
     chunk_tiles: int = 512,
     device: str = "cpu",
@@ -160,41 +143,44 @@ def predict_tiles(
         raise TypeError(f"model must be a fitted SthistModel, got {type(model)}.")
     tile_size_um = float(model.config["patch"]["size_um"])
     stride_um = tile_size_um if stride_um is None else float(stride_um)
-    table_key = f"{key_added}_table"
+    table_key = Key.tables.tiles(key_added)
     existing = [f"shapes[{key_added!r}]" for _ in [0] if key_added in sdata.shapes] + [
         f"tables[{table_key!r}]" for _ in [0] if table_key in sdata.tables
     ]
     if existing and not overwrite:
         raise ValueError(f"{existing} exist already; pass overwrite=True or another key_added.")
-    image_key = _image_key(sdata, image_key)
-    grid = tile_grid(
-        sdata, tile_size_um=tile_size_um, stride_um=stride_um, min_tissue_fraction=min_tissue_fraction,
-        image_key=image_key, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
-        bounds=bounds,
-    )  # fmt: skip
+    section = Section.resolve(
+        sdata,
+        image_key=image_key,
+        coordinate_system=coordinate_system,
+        microns_per_pixel=microns_per_pixel,
+        spots=False,
+    )
+    image_key = section.image_key
+    grid = _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds)
     if grid.empty:
         raise ValueError("No tile lies on tissue; lower min_tissue_fraction or check the image.")
-    scale = _image_section(sdata, image_key, coordinate_system, microns_per_pixel).microns_per_pixel
+    scale = section.microns_per_pixel
     n_tiles = len(grid)
     names = pd.Index([f"tile{i}" for i in range(n_tiles)], name="tile")
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(
             {"radius": np.full(n_tiles, stride_um / 2 / scale)},
             geometry=gpd.points_from_xy(grid["x"], grid["y"]),
-            index=pd.Index(np.arange(n_tiles), name=INSTANCE_KEY),
+            index=pd.Index(np.arange(n_tiles), name=Key.obs.INSTANCE),
         ),
         transformations={coordinate_system: Identity()},
     )
     obs = pd.DataFrame(
         {
-            "tissue_fraction": grid["tissue_fraction"].to_numpy(),
-            REGION_KEY: pd.Categorical([key_added] * n_tiles),
-            INSTANCE_KEY: np.arange(n_tiles),
+            Key.obs.TISSUE_FRACTION: grid[Key.obs.TISSUE_FRACTION].to_numpy(),
+            Key.obs.REGION: pd.Categorical([key_added] * n_tiles),
+            Key.obs.INSTANCE: np.arange(n_tiles),
         },
         index=names,
     )
     placeholder = TableModel.parse(
-        ad.AnnData(obs=obs), region=key_added, region_key=REGION_KEY, instance_key=INSTANCE_KEY
+        ad.AnnData(obs=obs), region=key_added, region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE
     )
     view = SpatialData(
         images={image_key: sdata.images[image_key]}, shapes={key_added: shapes}, tables={table_key: placeholder},
@@ -223,10 +209,10 @@ def predict_tiles(
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
     reliability = model.config.get("gene_reliability")
     if reliability:
-        var["reliability"] = [np.nan if reliability.get(g) is None else reliability[g] for g in genes]
-        var["unreliable"] = var.index.isin(model.unreliable_genes)
-    table = ad.AnnData(X=prediction, obs=obs, var=var, layers={"uncertainty": spread})
-    table.obsm["spatial"] = grid[["x", "y"]].to_numpy()
+        var[Key.var.RELIABILITY] = [np.nan if reliability.get(g) is None else reliability[g] for g in genes]
+        var[Key.var.UNRELIABLE] = var.index.isin(model.unreliable_genes)
+    table = ad.AnnData(X=prediction, obs=obs, var=var, layers={Key.layers.UNCERTAINTY: spread})
+    table.obsm[Key.obsm.SPATIAL] = grid[["x", "y"]].to_numpy()
     table.uns[key_added] = {
         "method": model.method,
         "tile_size_um": tile_size_um,
@@ -235,7 +221,9 @@ def predict_tiles(
         "units": model.config["normalization"].get("units", "log1p normalised counts"),
         "image_key": image_key,
     }
-    table = TableModel.parse(table, region=key_added, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    table = TableModel.parse(
+        table, region=key_added, region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE
+    )
     if table_key in sdata.tables:
         del sdata.tables[table_key]
     if key_added in sdata.shapes:

@@ -1,0 +1,128 @@
+"""Typed configuration of a model: the only home of sthist's defaults for patches, architecture and training.
+
+Plain dataclasses without torch, so that ``pp`` and the command line can read the defaults cheaply. They are
+recorded in a saved model's ``config.json`` and read back from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+
+def _positive_integers(config, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+class _Record:
+    """Conversion to and from the plain dict stored in ``config.json``."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known: {sorted(known)}.")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PatchConfig(_Record):
+    """The patch of each spot: a square of ``size_um`` µm centred on it, resampled to ``size_px`` pixels.
+
+    112 µm at 224 px is 0.5 µm/px, the HEST convention. ``size_px`` follows the encoder's input size.
+    """
+
+    size_um: float = 112.0
+    size_px: int = 224
+
+    def __post_init__(self):
+        if not np.isfinite(self.size_um) or self.size_um <= 0:
+            raise ValueError(f"patch_size_um must be a positive number of µm, got {self.size_um!r}.")
+        if int(self.size_px) != self.size_px or self.size_px < 8:
+            raise ValueError(f"patch_size_px must be an integer of at least 8 pixels, got {self.size_px!r}.")
+        object.__setattr__(self, "size_um", float(self.size_um))
+        object.__setattr__(self, "size_px", int(self.size_px))
+
+    @property
+    def microns_per_pixel(self) -> float:
+        """Resolution of the resampled patch (µm/px)."""
+        return self.size_um / self.size_px
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig(_Record):
+    """The trainable modules on top of the image tokens (CMRCNet, BLEEP, regression).
+
+    Attributes
+    ----------
+    embedding_dim
+        Size d of the projected tokens and of the image and spot embeddings.
+    gene_tokens
+        Gene tokens made from each expression vector (reconstruction branch).
+    heads
+        Attention heads of the reconstruction branch (``embedding_dim`` must be divisible by it).
+    fusion_blocks
+        Fusion blocks (self-attention + co-attention) of the reconstruction branch.
+    mask_ratio
+        Fraction (0-1) of the entries of the projected image tokens masked before reconstruction.
+    temperature
+        Contrastive temperature τ.
+    dropout
+        Dropout probability of heads and attention.
+    """
+
+    embedding_dim: int = 256
+    gene_tokens: int = 8
+    heads: int = 8
+    fusion_blocks: int = 1
+    mask_ratio: float = 0.5
+    temperature: float = 1.0
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        _positive_integers(self, ("embedding_dim", "gene_tokens", "heads", "fusion_blocks"))
+        if not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Record):
+    """How the trainable modules are optimised.
+
+    Attributes
+    ----------
+    max_epochs, batch_size, learning_rate, weight_decay, min_learning_rate
+        AdamW with a cosine schedule from ``learning_rate`` to ``min_learning_rate`` over ``max_epochs``.
+    views
+        Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
+    fine_tune
+        Train the encoder end to end on patches instead of the fast path (frozen encoder, cached tokens).
+    """
+
+    max_epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-3
+    min_learning_rate: float = 1e-5
+    views: int = 4
+    fine_tune: bool = False
+
+    def __post_init__(self):
+        _positive_integers(self, ("max_epochs", "batch_size", "views"))
+        if self.views > 8:
+            raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {self.views}.")
+
+
+#: Default gene panel size (top genes by mean and by variance), retrieval neighbours and normalisation.
+N_TOP_GENES = 250
+K_NEIGHBOURS = 50
+TARGET_SUM = 1e4
+DEFAULT_BACKBONE = "efficientnet_lite0"

@@ -1,0 +1,322 @@
+"""One section resolved once: its elements, physical scale, image pyramid, spots and patch geometry.
+
+Every layer that works on a section (QC, patch reading, fitting, prediction, plots) receives a
+:class:`Section` built once by :meth:`Section.resolve` and asks it for what it needs; nothing downstream
+resolves elements or the physical scale again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._config import PatchConfig
+from sthist._core._elements import SpotElements, resolve_elements, table_region
+from sthist._core._image import ImageLevel, image_levels, to_pixels
+from sthist._core._scale import get_microns_per_pixel
+from sthist._core._tissue import TISSUE_MASK_MICRONS_PER_PIXEL, tissue_mask
+
+if TYPE_CHECKING:
+    import anndata as ad
+    from spatialdata import SpatialData
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Where the patch of each spot of one section lies in the chosen pyramid level.
+
+    Attributes
+    ----------
+    level
+        The pyramid level patches are read from.
+    level_microns_per_pixel
+        µm per pixel of that level (x, y).
+    patch_size_um
+        Side of a patch in µm.
+    patch_size_px
+        Side of a patch after resampling, in pixels.
+    centres
+        Spot centres in level pixel coordinates (n, 2; x, y; pixel ``j`` spans ``[j, j + 1)``).
+    obs_names
+        Table rows (``obs_names``) of the spots, in the order of ``centres``.
+    """
+
+    level: ImageLevel
+    level_microns_per_pixel: tuple[float, float]
+    patch_size_um: float
+    patch_size_px: int
+    centres: np.ndarray
+    obs_names: np.ndarray
+
+    @property
+    def crop_size(self) -> tuple[float, float]:
+        """Side of a patch in level pixels (x, y)."""
+        return (
+            self.patch_size_um / self.level_microns_per_pixel[0],
+            self.patch_size_um / self.level_microns_per_pixel[1],
+        )
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Patch boxes in level pixel coordinates (n, 4): x0, y0, x1, y1."""
+        half = np.asarray(self.crop_size) / 2
+        return np.c_[self.centres - half, self.centres + half]
+
+    @property
+    def inside(self) -> np.ndarray:
+        """Whether each spot's patch lies entirely inside the image."""
+        height, width = self.level.shape
+        boxes = self.boxes
+        return (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= width) & (boxes[:, 3] <= height)
+
+
+def coarsest_level(
+    levels: list[ImageLevel], microns_per_pixel: float, target_microns_per_pixel: float, *, slack: float = 1.0
+) -> ImageLevel:
+    """The coarsest level still at least as fine as ``target_microns_per_pixel`` (times ``slack``).
+
+    Reading from it loses no detail the target resolution could show, and reads the fewest pixels. When every
+    level is coarser than the target, the finest level is used.
+    """
+    chosen = levels[0]
+    for level in levels[1:]:
+        if max(level.pixel_size) * microns_per_pixel <= target_microns_per_pixel * slack:
+            chosen = level
+    return chosen
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section's elements, physical scale and image pyramid, resolved once and passed down.
+
+    Attributes
+    ----------
+    sdata
+        The SpatialData object.
+    name
+        Name of the section (used in messages and as its key among several sections).
+    elements
+        Names of the image, spots and table; ``None`` for an image-only section (tiles).
+    image_key
+        Name of the H&E image.
+    coordinate_system
+        Coordinate system shared by image and spots.
+    microns_per_pixel
+        µm per unit of the coordinate system (``None`` only when resolved with ``require_scale=False``).
+    levels
+        Pyramid levels of the image, finest first.
+    """
+
+    sdata: SpatialData
+    name: str
+    elements: SpotElements | None
+    image_key: str
+    coordinate_system: str
+    microns_per_pixel: float | None
+    levels: list[ImageLevel]
+
+    @classmethod
+    def resolve(
+        cls,
+        sdata: SpatialData,
+        *,
+        name: str | None = None,
+        image_key: str | None = None,
+        shapes_key: str | None = None,
+        table_key: str | None = None,
+        coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+        microns_per_pixel: float | None = None,
+        spots: bool = True,
+        require_scale: bool = True,
+    ) -> Section:
+        """Resolve elements, physical scale and pyramid levels, with clear errors when any is missing.
+
+        With ``spots=False`` only the image is resolved (dense prediction over tiles). With
+        ``require_scale=False`` an unknown physical scale is left as ``None`` (plots without a scale bar).
+        """
+        from sthist._core._elements import _one_of
+
+        if spots:
+            elements = resolve_elements(
+                sdata,
+                image_key=image_key,
+                shapes_key=shapes_key,
+                table_key=table_key,
+                coordinate_system=coordinate_system,
+            )
+            image_key = elements.image_key
+        else:
+            elements = None
+            image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
+        try:
+            scale = get_microns_per_pixel(
+                sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
+            )
+        except ValueError:
+            if require_scale or microns_per_pixel is not None:
+                raise
+            scale = None
+        levels = image_levels(
+            sdata.images[image_key], coordinate_system=coordinate_system, image_key=image_key
+        )
+        if name is None:
+            name = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.SECTION, "section0")
+        return cls(sdata, str(name), elements, image_key, coordinate_system, scale, levels)
+
+    def _spot_elements(self) -> SpotElements:
+        if self.elements is None:
+            raise ValueError(f"Section {self.name!r} was resolved without spots.")
+        return self.elements
+
+    @cached_property
+    def table(self) -> ad.AnnData:
+        """Rows of the table that annotate the spots (a view when the table annotates several regions)."""
+        elements = self._spot_elements()
+        table = self.sdata.tables[elements.table_key]
+        _, region_key, _ = table_region(table)
+        in_region = np.asarray(table.obs[region_key] == elements.shapes_key)
+        return table if in_region.all() else table[in_region]
+
+    @cached_property
+    def _instances(self) -> np.ndarray:
+        _, _, instance_key = table_region(self.table)
+        return self.table.obs[instance_key].to_numpy()
+
+    @cached_property
+    def centres(self) -> np.ndarray:
+        """Spot centres (x, y) in the coordinate system, in table row order."""
+        from spatialdata.transformations import get_transformation
+
+        elements = self._spot_elements()
+        shapes = self.sdata.shapes[elements.shapes_key]
+        geometry = shapes.geometry.loc[self._instances]
+        if not (geometry.geom_type == "Point").all():
+            raise ValueError(
+                f"Shapes {elements.shapes_key!r} must be circles (points with a radius); found "
+                f"{sorted(set(geometry.geom_type))}."
+            )
+        xy = np.c_[geometry.x.to_numpy(), geometry.y.to_numpy(), np.ones(len(geometry))]
+        affine = get_transformation(shapes, to_coordinate_system=self.coordinate_system).to_affine_matrix(
+            input_axes=("x", "y"), output_axes=("x", "y")
+        )
+        return (xy @ affine.T)[:, :2]
+
+    @property
+    def radii(self) -> np.ndarray:
+        """Spot radii in coordinate-system units, in table row order."""
+        elements = self._spot_elements()
+        shapes = self.sdata.shapes[elements.shapes_key]
+        if "radius" not in shapes.columns:
+            raise ValueError(
+                f"Shapes {elements.shapes_key!r} have no 'radius' column; pass spot_diameter_um=."
+            )
+        return shapes["radius"].loc[self._instances].to_numpy(dtype=float)
+
+    def level_for(self, target_microns_per_pixel: float, *, slack: float = 1.0) -> ImageLevel:
+        """The coarsest pyramid level at least as fine as the target resolution (µm/px)."""
+        return coarsest_level(self.levels, self.microns_per_pixel, target_microns_per_pixel, slack=slack)
+
+    def patch_geometry(self, patch: PatchConfig, *, level: int | None = None) -> PatchGeometry:
+        """Where each spot's patch lies in the pyramid level the patch resolution needs.
+
+        By default the coarsest level at least as fine as ``patch.size_um / patch.size_px`` µm/px (10 %
+        slack); ``level`` forces one (0 = full resolution).
+        """
+        if level is None:
+            chosen = self.level_for(patch.microns_per_pixel, slack=1.1)
+        elif not 0 <= level < len(self.levels):
+            raise ValueError(f"level must be between 0 and {len(self.levels) - 1}, got {level}.")
+        else:
+            chosen = self.levels[level]
+        scale = self.microns_per_pixel
+        return PatchGeometry(
+            level=chosen,
+            level_microns_per_pixel=(chosen.pixel_size[0] * scale, chosen.pixel_size[1] * scale),
+            patch_size_um=patch.size_um,
+            patch_size_px=patch.size_px,
+            centres=to_pixels(chosen, self.centres),
+            obs_names=self.table.obs_names.to_numpy(),
+        )
+
+    @cached_property
+    def tissue(self) -> tuple[ImageLevel, np.ndarray]:
+        """The low-resolution level (about 16 µm/px) and its boolean tissue mask."""
+        level = self.level_for(TISSUE_MASK_MICRONS_PER_PIXEL)
+        return level, tissue_mask(np.asarray(level.data.transpose("y", "x", "c").data))
+
+    def tissue_fraction(self, *, spot_diameter_um: float | None = None) -> pd.Series:
+        """Fraction of each spot's disc that the tissue mask covers (indexed by table ``obs_names``).
+
+        The disc is the spot's own radius (from the shapes) unless ``spot_diameter_um`` is given.
+        """
+        level, mask = self.tissue
+        centres = to_pixels(level, self.centres)
+        if spot_diameter_um is not None:
+            radii_system = np.full(len(centres), spot_diameter_um / 2 / self.microns_per_pixel)
+        else:
+            radii_system = self.radii
+        radii = radii_system / np.asarray(level.pixel_size).mean()
+        height, width = mask.shape
+        fractions = np.zeros(len(centres))
+        for i, ((cx, cy), radius) in enumerate(zip(centres, radii, strict=True)):
+            r = max(radius, 0.75)
+            x0, x1 = int(np.floor(cx - r)), int(np.ceil(cx + r))
+            y0, y1 = int(np.floor(cy - r)), int(np.ceil(cy + r))
+            ys, xs = np.mgrid[y0:y1, x0:x1]
+            disc = (xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= r**2
+            inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+            covered = np.zeros_like(disc)
+            covered[inside] = mask[ys[inside], xs[inside]]
+            fractions[i] = (covered & disc).sum() / max(disc.sum(), 1)
+        return pd.Series(fractions, index=self.table.obs_names, name=Key.obs.QC_TISSUE_FRACTION)
+
+    def with_table(self, table: ad.AnnData) -> Section:
+        """The same section with its table replaced in a new SpatialData object (the original is untouched)."""
+        from spatialdata import SpatialData
+
+        elements = self._spot_elements()
+        sdata = SpatialData(
+            images=dict(self.sdata.images),
+            shapes=dict(self.sdata.shapes),
+            tables={elements.table_key: table},
+            attrs=self.sdata.attrs,
+        )
+        return dataclasses.replace(self, sdata=sdata)
+
+
+def resolve_sections(sdatas, **element_keys) -> dict[str, Section]:
+    """Resolve one SpatialData object, a list or a dict of them (or of Sections) into Sections keyed by name.
+
+    Names come from the dict keys, else from ``attrs['sthist']['section']``, else ``section<i>``.
+    """
+    from collections.abc import Mapping, Sequence
+
+    if isinstance(sdatas, Section) or hasattr(sdatas, "tables"):
+        items = [(None, sdatas)]
+    elif isinstance(sdatas, Mapping):
+        items = list(sdatas.items())
+    elif isinstance(sdatas, Sequence) and not isinstance(sdatas, str):
+        items = [(None, s) for s in sdatas]
+    else:
+        raise TypeError(f"Expected a SpatialData object, or a list or dict of them; got {type(sdatas)}.")
+    if not items:
+        raise ValueError("No sections given.")
+    sections: dict[str, Section] = {}
+    for index, (name, item) in enumerate(items):
+        if isinstance(item, Section):
+            section = item if name is None else dataclasses.replace(item, name=str(name))
+        else:
+            if name is None:
+                default = "section0" if len(items) == 1 else f"section{index}"
+                name = item.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.SECTION, default)
+                if name in sections:
+                    name = f"{name}_{index}"
+            section = Section.resolve(item, name=name, **element_keys)
+        sections[section.name] = section
+    return sections

@@ -1,0 +1,51 @@
+"""Tissue mask of an H&E image: stained tissue is coloured, glass is bright and grey."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Resolution (µm/px) at which the tissue mask is computed: finer than a spot, coarse enough to be cheap.
+TISSUE_MASK_MICRONS_PER_PIXEL = 16.0
+#: Bounds of the saturation threshold between glass and stained tissue.
+MIN_SATURATION, MAX_SATURATION = 0.04, 0.12
+
+
+def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mean0 = np.cumsum(hist * centres) / np.maximum(weight0, 1)
+    mean1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(centres[np.argmax(between)])
+
+
+def tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """Boolean tissue mask of an RGB H&E image (h, w, 3; uint8).
+
+    Stained tissue is coloured; glass is bright and grey, masked background is black. A pixel is tissue when
+    its saturation exceeds an Otsu threshold (clipped to 0.04-0.12) and it is not near-black; small holes
+    (fat, tears) inside tissue are closed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rgb = np.full((40, 40, 3), 240, dtype=np.uint8)
+    >>> rgb[10:30, 10:30] = (180, 90, 160)  # stained square on glass
+    >>> int(tissue_mask(rgb).sum())
+    400
+    """
+    from scipy import ndimage
+
+    rgb = rgb.astype(np.float32) / 255.0
+    brightest = rgb.max(axis=-1)
+    saturation = (brightest - rgb.min(axis=-1)) / np.maximum(brightest, 1e-6)
+    lit = brightest > 0.1
+    if not lit.any():
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    threshold = float(np.clip(_otsu(saturation[lit]), MIN_SATURATION, MAX_SATURATION))
+    mask = lit & (saturation > threshold)
+    mask = ndimage.binary_closing(mask, structure=np.ones((3, 3)), iterations=2)
+    mask = ndimage.binary_fill_holes(mask)
+    return ndimage.binary_opening(mask, structure=np.ones((3, 3)))

@@ -1,0 +1,145 @@
+"""One strategy object per method: how it builds its modules, what it keeps after training, how it predicts.
+
+Nothing else in sthist branches on a method's name; it asks the method (``get_method(name)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sthist._core._config import ArchitectureConfig
+from sthist.models._modules import ContrastiveModel, RegressionModel
+from sthist.models._ridge import fit_ridge, predict_ridge
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method trains and predicts.
+
+    Attributes
+    ----------
+    name
+        Name used in ``tl.fit(method=...)`` and recorded in saved models.
+    retrieval
+        Predictions average the expression of the ``k`` most similar reference spots (``k`` applies, and
+        the spread of those spots is reported as uncertainty).
+    trainable
+        Trained by gradient descent (Lightning) on tokens or patches; otherwise fitted in closed form on
+        frozen features.
+    description
+        One line for listings and error messages.
+    """
+
+    name: str
+    retrieval: bool
+    trainable: bool
+    description: str
+
+    def build(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig) -> nn.Module | None:
+        """The trainable torch module (``None`` for closed-form methods)."""
+        return None
+
+    def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        """State of a closed-form method from frozen tokens (spots, tokens, channels) and expression."""
+        raise NotImplementedError(f"{self.name} is trained, not fitted in closed form.")
+
+    def reference(self, module: nn.Module, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Tensors kept beside the trained module (the retrieval bank); none by default."""
+        return {}
+
+    @torch.inference_mode()
+    def predict(
+        self, module: nn.Module | None, state: dict[str, torch.Tensor], tokens: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expression (spots × genes) and its spread (NaN where the method has none) from encoder tokens."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Retrieval(Method):
+    """Contrastive image–expression embeddings; prediction averages the ``k`` nearest reference spots."""
+
+    reconstruction: bool = False
+
+    def build(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig) -> nn.Module:
+        return ContrastiveModel(
+            token_dim=token_dim,
+            n_genes=n_genes,
+            architecture=architecture,
+            reconstruction=self.reconstruction,
+        )
+
+    @torch.inference_mode()
+    def reference(self, module: ContrastiveModel, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        embeddings = torch.cat([module.spot_embedding(chunk) for chunk in expression.split(1024)])
+        return {
+            "bank.embeddings": torch.nn.functional.normalize(embeddings, dim=1),
+            "bank.expression": expression.clone(),
+        }
+
+    @torch.inference_mode()
+    def predict(self, module, state, tokens, k):
+        query = torch.nn.functional.normalize(module.image_embedding(tokens), dim=1)
+        neighbours = retrieve(query, state["bank.embeddings"], k)
+        expression = state["bank.expression"][neighbours]  # (spots, k, genes)
+        return expression.mean(dim=1), expression.std(dim=1, unbiased=False)
+
+
+@dataclass(frozen=True)
+class Regression(Method):
+    """Image encoder + MLP head trained with MSE."""
+
+    def build(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig) -> nn.Module:
+        return RegressionModel(token_dim=token_dim, n_genes=n_genes, architecture=architecture)
+
+    @torch.inference_mode()
+    def predict(self, module, state, tokens, k):
+        prediction = module.regress(tokens)
+        return prediction, torch.full_like(prediction, float("nan"))
+
+
+@dataclass(frozen=True)
+class Ridge(Method):
+    """HEST-Benchmark protocol on frozen features: StandardScaler → PCA(256) → ridge."""
+
+    def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        return fit_ridge(tokens.float().mean(dim=1), expression)
+
+    @torch.inference_mode()
+    def predict(self, module, state, tokens, k):
+        prediction = predict_ridge(state, tokens.float().mean(dim=1))
+        return prediction, torch.full_like(prediction, float("nan"))
+
+
+def retrieve(query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk: int = 1024) -> torch.Tensor:
+    """Indices (queries × k) of the ``k`` most similar bank rows by dot product (cosine for unit vectors)."""
+    if k > len(bank):
+        raise ValueError(f"k={k} exceeds the {len(bank)} spots of the reference bank; choose a smaller k.")
+    out = torch.empty((len(query), k), dtype=torch.long)
+    for start in range(0, len(query), chunk):
+        out[start : start + chunk] = (query[start : start + chunk] @ bank.T).topk(k, dim=1).indices
+    return out
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Retrieval(
+            "cmrcnet", retrieval=True, trainable=True, reconstruction=True,
+            description="contrastive + cross-modal mask reconstruction, retrieval",
+        ),
+        Retrieval("bleep", retrieval=True, trainable=True, description="contrastive only, retrieval"),
+        Regression("regression", retrieval=False, trainable=True, description="MLP head, MSE"),
+        Ridge("ridge", retrieval=False, trainable=False, description="HEST ridge protocol on frozen features"),
+    )
+}  # fmt: skip
+
+
+def get_method(name: str) -> Method:
+    """The method registered under ``name``, with the list of methods when it is unknown."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {name!r}.")
+    return METHODS[name]
