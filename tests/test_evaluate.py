@@ -60,8 +60,8 @@ def _table():
 
 def test_evaluate_writes_uns_and_refuses_bad_input():
     adata = _table()
-    result = sthist.tl.evaluate(adata, n_top=2)
-    assert "sthist_pred_evaluation" in adata.uns and result["spots"] == 5
+    assert sthist.tl.evaluate(adata, n_top=2) is None  # scanpy's convention: inplace writes, returns None
+    assert "sthist_pred_evaluation" in adata.uns and adata.uns["sthist_pred_evaluation"]["spots"] == 5
     with pytest.raises(ValueError, match="exists already"):
         sthist.tl.evaluate(adata, n_top=2)
     with pytest.raises(KeyError, match=r"No predictions under table.obsm\['nope'\]"):

@@ -111,7 +111,9 @@ def test_gene_scores_plot(predicted, tmp_path):
     table = sdata.tables["table"]
     with pytest.raises(KeyError, match="run `sthist.tl.evaluate"):
         sthist.pl.gene_scores(sdata)
-    results = sthist.tl.evaluate(sdata, n_top=3, marker_genes=model.genes[-2:], overwrite=True)
+    options = {"n_top": 3, "marker_genes": model.genes[-2:]}
+    assert sthist.tl.evaluate(sdata, overwrite=True, **options) is None
+    results = sthist.tl.evaluate(sdata, inplace=False, **options)
     _, ax = plt.subplots()
     returned = sthist.pl.gene_scores(sdata, ax=ax, n_labels=1, save=tmp_path / "g.png")
     assert returned is ax and (tmp_path / "g.png").exists()

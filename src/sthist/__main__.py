@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 from sthist._constants import Key
-from sthist._core._config import DEFAULT_BACKBONE, K_NEIGHBOURS, N_TOP_GENES, PatchConfig, TrainingConfig
-
-#: Methods offered on the command line (kept here so that ``sthist --help`` does not import torch).
-METHOD_NAMES = ["cmrcnet", "bleep", "regression", "ridge"]
+from sthist._core._config import (
+    DEFAULT_BACKBONE,
+    K_NEIGHBOURS,
+    METHOD_NAMES,
+    N_TOP_GENES,
+    PatchConfig,
+    TrainingConfig,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -298,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("stores", nargs="+", help="training sections (.zarr)")
     fit.add_argument("--output", required=True, help="folder for the fitted model")
-    fit.add_argument("--method", default="cmrcnet", choices=METHOD_NAMES)
+    fit.add_argument("--method", default="cmrcnet", choices=list(METHOD_NAMES))
     fit.add_argument("--backbone", default=None, help=f"encoder name (default: {DEFAULT_BACKBONE})")
     fit.add_argument(
         "--genes", default=None, help="file with the gene panel, one name per line (default: HEG ∪ HVG)"

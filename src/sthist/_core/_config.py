@@ -121,6 +121,9 @@ class TrainingConfig(_Record):
             raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {self.views}.")
 
 
+#: Names of the methods, in the order tables and plots list them (``sthist.models.METHODS`` implements them;
+#: kept here so that listing them imports no torch).
+METHOD_NAMES = ("cmrcnet", "bleep", "regression", "ridge")
 #: Default gene panel size (top genes by mean and by variance), retrieval neighbours and normalisation.
 N_TOP_GENES = 250
 K_NEIGHBOURS = 50

@@ -137,3 +137,18 @@ def table_holding(sdata, table_key: str | None, *, obsm_key: str | None = None, 
     if len(holding) == 1:
         return holding[0]
     raise ValueError(f"Several tables ({sorted(tables)}); choose one with table_key=.")
+
+
+def as_table(data, table_key: str | None = None, *, obsm_key: str | None = None, uns_key: str | None = None):
+    """The AnnData table of ``data``: ``data`` itself, or the table of a SpatialData object.
+
+    For a SpatialData object: ``table_key`` if given, the only table, or the only one holding ``obsm_key``
+    / ``uns_key`` (see :func:`table_holding`). Anything else is refused with a TypeError.
+    """
+    import anndata as ad
+
+    if isinstance(data, ad.AnnData):
+        return data
+    if not hasattr(data, "tables"):
+        raise TypeError(f"Expected an AnnData table or a SpatialData object, got {type(data)}.")
+    return data.tables[table_holding(data, table_key, obsm_key=obsm_key, uns_key=uns_key)]

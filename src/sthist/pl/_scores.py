@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import Key
+from sthist._core._config import METHOD_NAMES
+from sthist._core._elements import as_table
 from sthist.pl._tissue import finish_figure, prediction_frame, save_figure
 
 # Colours of the gene sets (colour-blind safe, Okabe–Ito).
 SET_COLOURS = {"HEG": "#E69F00", "HVG": "#0072B2", "MG": "#D55E00"}
-METHOD_ORDER = ("cmrcnet", "bleep", "regression", "ridge")
 
 
 def gene_scores(
@@ -123,7 +124,7 @@ def gene_correlation(
 
     from sthist.tl._evaluate import gene_gene_fidelity
 
-    table = _table(sdata, table_key, obsm_key=key)
+    table = as_table(sdata, table_key, obsm_key=key)
     prediction_frame(table, key, [])  # checks that predictions are there
     chosen = list(genes) if genes is not None else None
     predicted = prediction_frame(table, key, chosen or list(table.obsm[key].columns)).dropna()
@@ -207,7 +208,7 @@ def cross_validation(
         raise KeyError(f"Gene sets {unknown or gene_sets} are not in the results; they have {present_sets}.")
     present_methods = list(dict.fromkeys(results["method"]))
     if methods is None:
-        methods = [m for m in METHOD_ORDER if m in present_methods]
+        methods = [m for m in METHOD_NAMES if m in present_methods]
         methods += [m for m in present_methods if m not in methods]
     else:
         methods = list(methods)
@@ -361,23 +362,13 @@ def _histories(models) -> dict[str, list[dict]]:
     return {label: one(models, label)}
 
 
-def _table(sdata, table_key: str | None, *, obsm_key: str | None = None, uns_key: str | None = None):
-    import anndata as ad
-
-    from sthist._core._elements import table_holding
-
-    if isinstance(sdata, ad.AnnData):
-        return sdata
-    return sdata.tables[table_holding(sdata, table_key, obsm_key=obsm_key, uns_key=uns_key)]
-
-
 def _per_gene_table(evaluation, key: str) -> pd.DataFrame:
     if isinstance(evaluation, pd.DataFrame):
         genes = evaluation
     elif isinstance(evaluation, Mapping) and "genes" in evaluation:
         genes = evaluation["genes"]
     else:
-        table = _table(evaluation, None, uns_key=Key.uns.evaluation(key))
+        table = as_table(evaluation, uns_key=Key.uns.evaluation(key))
         stored = table.uns.get(Key.uns.evaluation(key))
         if stored is None:
             raise KeyError(

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from sthist._constants import Key
+from sthist._core._elements import as_table
 from sthist._logging import logger
 
 if TYPE_CHECKING:
@@ -34,16 +35,10 @@ def _tables(sections) -> dict[str, ad.AnnData]:
         raise ValueError("No sections given.")
     tables = {}
     for name, item in items:
-        if isinstance(item, ad.AnnData):
-            tables[name] = item
-        elif hasattr(item, "tables"):
-            if len(item.tables) != 1:
-                raise ValueError(
-                    f"{name} has {len(item.tables)} tables ({sorted(item.tables)}); pass the tables themselves."
-                )
-            tables[name] = next(iter(item.tables.values()))
-        else:
-            raise TypeError(f"{name} is neither AnnData nor SpatialData ({type(item)}).")
+        try:
+            tables[name] = as_table(item)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name}: {error}") from None
         if tables[name].n_obs == 0:
             raise ValueError(f"{name} has no spots.")
     return tables

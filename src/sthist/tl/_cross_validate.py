@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import Key
+from sthist._core._config import METHOD_NAMES
 from sthist._core._elements import resolve_elements
 from sthist._logging import logger
 from sthist.tl._evaluate import evaluation_frames
@@ -52,7 +53,7 @@ def cross_validate(
     sections: Mapping,
     *,
     groups: str = "patient",
-    methods: Sequence[str] = ("cmrcnet", "bleep", "regression", "ridge"),
+    methods: Sequence[str] = METHOD_NAMES,
     n_top: int = 50,
     marker_genes: Sequence[str] | None = None,
     fit_options: Mapping | None = None,

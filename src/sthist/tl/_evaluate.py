@@ -9,7 +9,8 @@ import pandas as pd
 from scipy import sparse, stats
 
 from sthist._constants import Key
-from sthist._core._elements import table_holding
+from sthist._core._docs import doc_params
+from sthist._core._elements import as_table
 from sthist._logging import logger
 from sthist.tl._metrics import gene_pearson, top_genes
 
@@ -95,6 +96,7 @@ def gene_gene_fidelity(observed: pd.DataFrame, predicted: pd.DataFrame) -> float
     return float(stats.pearsonr(a[finite], b[finite])[0])
 
 
+@doc_params
 def evaluate(
     sdata,
     *,
@@ -117,31 +119,45 @@ def evaluate(
     Parameters
     ----------
     sdata
-        SpatialData with one table, or the AnnData table itself.
-    key
-        ``obsm`` key of the predictions (DataFrame, spots × genes).
+        SpatialData object, or the AnnData table itself.
+    {key}
     layer
         Layer with observed expression in the prediction's units (``None``: ``X``).
     n_top
         Size of the HEG and HVG sets.
     marker_genes
         Marker genes (MG); e.g. :data:`sthist.datasets.her2st_marker_genes`.
+    {table_key}
     key_added
-        ``uns`` key for the results (default ``f'{key}_evaluation'``).
-    inplace
-        Write results to ``table.uns[key_added]`` (and return them as well).
+        ``uns`` key for the results (default ``<key>_evaluation``).
+    {inplace}
+    {overwrite}
 
     Returns
     -------
-    Dict with ``'genes'`` (tidy per-gene DataFrame), ``'summary'`` (per gene set) and
-    ``'gene_gene_fidelity'``.
-    """
-    import anndata as ad
+    ``None`` with ``inplace=True``; it writes ``table.uns[key_added]``, a dict with ``'genes'`` (per-gene
+    DataFrame: ``pearson``, ``spearman``, ``mse``, ``mean_observed``, ``variance_observed`` and ``in_<set>``
+    flags), ``'summary'`` (one row per gene set: ``gene_set``, ``n_genes``, ``n_nan``, ``pearson_mean``,
+    ``pearson_median``, ``spearman_mean``, ``mse_mean``), ``'gene_gene_fidelity'``, ``'spots'`` and
+    ``'n_top'``. With ``inplace=False``, the dict with ``'genes'``, ``'summary'`` (indexed by gene set),
+    ``'gene_gene_fidelity'`` and ``'spots'``.
 
-    if isinstance(sdata, ad.AnnData):
-        table = sdata
-    else:
-        table = sdata.tables[table_holding(sdata, table_key, obsm_key=key)]
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, anndata as ad
+    >>> import sthist
+    >>> rng = np.random.default_rng(0)
+    >>> observed = rng.poisson(5, size=(20, 3)).astype(np.float32)
+    >>> adata = ad.AnnData(observed, layers={"sthist_log1p": np.log1p(observed)})
+    >>> adata.var_names = ["A", "B", "C"]
+    >>> adata.obsm["sthist_pred"] = pd.DataFrame(
+    ...     np.log1p(observed) + rng.normal(0, 0.1, (20, 3)), index=adata.obs_names, columns=adata.var_names
+    ... )
+    >>> result = sthist.tl.evaluate(adata, n_top=2, inplace=False)
+    >>> bool(result["summary"].loc["all", "pearson_mean"] > 0.9)
+    True
+    """
+    table = as_table(sdata, table_key, obsm_key=key)
     if key not in table.obsm:
         raise KeyError(f"No predictions under table.obsm[{key!r}]; available: {sorted(table.obsm.keys())}.")
     predicted = table.obsm[key]
@@ -185,4 +201,5 @@ def evaluate(
             "n_top": int(n_top),
         }
         logger.info("added table.uns[%r]", key_added)
+        return None
     return results
