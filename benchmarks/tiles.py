@@ -94,7 +94,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        toy = sthist.datasets.toy(1, grid=8, n_genes=20, seed=0)
+        toy = sthist.datasets.toy(1, grid=8, n_genes=20, random_state=0)
         model = sthist.tl.fit(toy, method="cmrcnet", max_epochs=2, batch_size=32, k=10, views=1)
         model.save(folder / "model")
         for size in args.sizes:

@@ -48,7 +48,7 @@ def her2st_images(her2st_dir):
 def toy():
     import sthist
 
-    return sthist.datasets.toy(2, grid=6, n_genes=12, seed=0)
+    return sthist.datasets.toy(2, grid=6, n_genes=12, random_state=0)
 
 
 def marked_section(

@@ -97,7 +97,7 @@ def test_auroc_by_hand():
 @pytest.fixture(scope="module")
 def toy_sections():
     sthist.settings.progress = False
-    return sthist.datasets.toy(3, grid=8, n_genes=12, seed=2)
+    return sthist.datasets.toy(3, grid=8, n_genes=12, random_state=2)
 
 
 OPTIONS = {"backbone": "tiny", "max_epochs": 3, "batch_size": 16, "k": 5, "views": 1, "n_top_genes": 8}

@@ -15,7 +15,7 @@ FAST = {"backbone": "tiny", "max_epochs": 12, "batch_size": 32, "k": 10, "views"
 @pytest.fixture(scope="module")
 def sections():
     sthist.settings.progress = False
-    return sthist.datasets.toy(3, grid=10, n_genes=16, seed=0)
+    return sthist.datasets.toy(3, grid=10, n_genes=16, random_state=0)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_normalize_not_inplace_returns_values_and_leaves_adata():
 def test_normalize_counts_layer():
     adata = _adata(np.zeros((1, 3)))
     with pytest.raises(KeyError, match="No layer 'counts'"):
-        sthist.pp.normalize(adata, counts_layer="counts")
+        sthist.pp.normalize(adata, layer="counts")
     adata.layers["counts"] = np.array([[2, 2, 0]])
-    sthist.pp.normalize(adata, counts_layer="counts", target_sum=2)
+    sthist.pp.normalize(adata, layer="counts", target_sum=2)
     np.testing.assert_allclose(adata.layers["sthist_log1p"], np.log1p([[1, 1, 0]]))

@@ -14,7 +14,7 @@ from sthist.__main__ import build_parser, main
 @pytest.fixture(scope="module")
 def predicted():
     sthist.settings.progress = False
-    sections = sthist.datasets.toy(2, grid=6, n_genes=8, seed=1)
+    sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=1)
     model = sthist.tl.fit(
         {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=2, batch_size=16, k=5, views=1
     )
@@ -52,7 +52,7 @@ def test_expression_plot_has_scale_bar_and_skips_unpredicted_spots(predicted, tm
     saved = table.obsm["sthist_pred"].copy()
     table.obsm["sthist_pred"].iloc[:3] = np.nan  # e.g. spots that failed QC
     try:
-        figure = sthist.pl.expression(sdata, model.genes[0], observed_layer=None)
+        figure = sthist.pl.expression(sdata, model.genes[0], layer=None)
     finally:
         table.obsm["sthist_pred"] = saved
     (panel,) = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
@@ -95,7 +95,7 @@ def test_uncertainty_plot(predicted, tmp_path):
 
 
 def test_uncertainty_plot_refuses_models_without_spread():
-    sections = sthist.datasets.toy(2, grid=5, n_genes=6, seed=2)
+    sections = sthist.datasets.toy(2, grid=5, n_genes=6, random_state=2)
     ridge = sthist.tl.fit({"toy0": sections["toy0"]}, method="ridge", backbone="tiny")
     sthist.tl.predict(sections["toy1"], ridge)
     with pytest.raises(ValueError, match="carry no uncertainty"):
@@ -209,7 +209,7 @@ def test_cli_help_explains_units(capsys):
 def test_cli_fit_predict_evaluate_on_stores(tmp_path, capsys):
     import spatialdata as sd
 
-    sections = sthist.datasets.toy(2, grid=6, n_genes=8, seed=3)
+    sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=3)
     stores = []
     for name, sdata in sections.items():
         sdata.write(tmp_path / f"{name}.zarr")

@@ -37,7 +37,7 @@ def _slide(image_scale: float = 1.0):
 @pytest.fixture(scope="module")
 def model():
     sthist.settings.progress = False
-    toy = sthist.datasets.toy(1, grid=8, n_genes=6, seed=0)
+    toy = sthist.datasets.toy(1, grid=8, n_genes=6, random_state=0)
     return sthist.tl.fit(toy, backbone="tiny", max_epochs=2, batch_size=16, k=5, views=1)
 
 
@@ -131,7 +131,7 @@ def test_store_writes_are_atomic(model, tmp_path, monkeypatch):
 
 def test_gene_reliability_flags_genes_in_outputs(tmp_path):
     sthist.settings.progress = False
-    sections = sthist.datasets.toy(3, grid=6, n_genes=8, seed=4)
+    sections = sthist.datasets.toy(3, grid=6, n_genes=8, random_state=4)
     options = {"backbone": "tiny", "max_epochs": 2, "batch_size": 16, "k": 5, "views": 1}
     model = sthist.tl.fit(sections, **options)
     reliability = sthist.tl.gene_reliability(sections, model, groups="section", threshold=0.3)

@@ -4,8 +4,8 @@ import sthist
 
 
 def test_toy_is_deterministic_and_learnable():
-    first = sthist.datasets.toy(1, grid=5, n_genes=8, seed=3)["toy0"]
-    second = sthist.datasets.toy(1, grid=5, n_genes=8, seed=3)["toy0"]
+    first = sthist.datasets.toy(1, grid=5, n_genes=8, random_state=3)["toy0"]
+    second = sthist.datasets.toy(1, grid=5, n_genes=8, random_state=3)["toy0"]
     np.testing.assert_array_equal(first.tables["table"].X.toarray(), second.tables["table"].X.toarray())
     np.testing.assert_array_equal(
         np.asarray(first.images["he"]["scale0"]["image"]), np.asarray(second.images["he"]["scale0"]["image"])
@@ -14,7 +14,7 @@ def test_toy_is_deterministic_and_learnable():
 
 
 def test_toy_expression_follows_texture():
-    sdata = sthist.datasets.toy(1, grid=10, n_genes=8, seed=0)["toy0"]
+    sdata = sthist.datasets.toy(1, grid=10, n_genes=8, random_state=0)["toy0"]
     table = sdata.tables["table"]
     sthist.pp.normalize(table)
     expression = table.layers["sthist_log1p"].toarray()

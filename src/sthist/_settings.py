@@ -1,4 +1,4 @@
-"""Settings that apply across sthist: data cache, seed, workers, progress bars, memory budget."""
+"""Settings that apply across sthist: data cache, random state, workers, progress bars, memory budget, offline mode."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class Settings:
     data_dir
         Folder that holds one subfolder per dataset (``her2st/``, ...), laid out as the source repositories.
         Defaults to the environment variable ``STHIST_DATA_DIR`` or the user cache folder.
-    seed
-        Default random seed.
+    random_state
+        Seed used where a function's ``random_state`` is ``None`` (fitting, cross-validation).
     num_workers
         Worker processes for data loading (0: load in the main process).
     progress
@@ -43,7 +43,7 @@ class Settings:
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
-    seed: int = 0
+    random_state: int = 0
     num_workers: int = 0
     progress: bool = True
     in_memory_bytes: int = 2 * 1024**3
@@ -52,7 +52,7 @@ class Settings:
     def __setattr__(self, name: str, value) -> None:
         if name == "data_dir":
             value = Path(value).expanduser()
-        elif name in ("seed", "num_workers", "in_memory_bytes"):
+        elif name in ("random_state", "num_workers", "in_memory_bytes"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"settings.{name} must be a non-negative integer, got {value!r}.")
         elif name in ("progress", "offline") and not isinstance(value, bool):

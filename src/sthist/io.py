@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sthist._logging import logger
 
+__all__ = ["write_elements"]
+
 _KINDS = ("images", "labels", "points", "shapes", "tables")
 
 
@@ -29,6 +31,23 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
         ``(kind, name)`` pairs, e.g. ``[("shapes", "sthist_tiles"), ("tables", "sthist_tiles_table")]``.
     overwrite
         Replace elements of the same name in the store.
+
+    Returns
+    -------
+    ``None``; the elements are in the store, which keeps everything else it held.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import spatialdata as sd
+    >>> import sthist
+    >>> sdata = sthist.datasets.toy(1)["toy0"]
+    >>> store = pathlib.Path(tempfile.mkdtemp()) / "section.zarr"
+    >>> sdata.write(store)
+    >>> sdata.tables["table"].obs["checked"] = True
+    >>> sthist.io.write_elements(sdata, [("tables", "table")], overwrite=True)
+    >>> bool(sd.read_zarr(store).tables["table"].obs["checked"].all())
+    True
     """
     from spatialdata import SpatialData
 

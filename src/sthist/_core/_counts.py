@@ -23,7 +23,7 @@ def check_raw_counts(matrix, *, where: str) -> None:
         if (values != np.round(values)).any():
             raise ValueError(
                 f"{where} has non-integer values; raw counts are expected (is it normalised already? "
-                "Point `counts_layer=` to the raw counts)."
+                "Point `layer=` to the raw counts)."
             )
     if (values < 0).any():
         raise ValueError(f"{where} has negative values; raw counts are expected.")

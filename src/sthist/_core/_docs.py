@@ -38,9 +38,10 @@ SHARED_PARAMETERS = {
     "token_cache": """token_cache
         A :class:`sthist.data.TokenCache` shared between calls, so that each section is encoded once by the
         same frozen encoder.""",
-    "plot_output": """ax
-        Axes to draw into (single-panel plots); a new figure by default.
-    show
+    "plot_ax": """ax
+        Axes to draw into: one, or one per panel in row order for figures of several panels; a new figure by
+        default.""",
+    "plot_output": """show
         Show the figure (``plt.show()``) and return ``None``; by default it is returned and not shown.
     save
         File to save the figure to (deprecated in scanpy; kept for scripts: prefer ``fig.savefig``).""",

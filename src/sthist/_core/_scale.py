@@ -33,6 +33,19 @@ def set_microns_per_pixel(
         Name of the coordinate system.
     source
         How the value was obtained (kept as provenance).
+
+    Returns
+    -------
+    ``None``; writes ``sdata.attrs['sthist']['microns_per_pixel'][coordinate_system]`` and
+    ``sdata.attrs['sthist']['microns_per_pixel_source'][coordinate_system]``.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sdata = sthist.datasets.toy(1)["toy0"]
+    >>> sthist.pp.set_microns_per_pixel(sdata, 0.5, source="scanner metadata")
+    >>> sthist.pp.get_microns_per_pixel(sdata)
+    0.5
     """
     value = float(microns_per_pixel)
     if not np.isfinite(value) or value <= 0:
@@ -49,7 +62,28 @@ def get_microns_per_pixel(
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     microns_per_pixel: float | None = None,
 ) -> float:
-    """Physical scale (µm per unit) of a coordinate system: the explicit value if given, else the recorded one."""
+    """Physical scale (µm per unit) of a coordinate system: the explicit value if given, else the recorded one.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData object.
+    coordinate_system
+        Name of the coordinate system.
+    microns_per_pixel
+        An explicit value, checked and returned as it is.
+
+    Returns
+    -------
+    µm per unit of ``coordinate_system``; an error says how to record it when it is unknown.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sdata = sthist.datasets.toy(1, microns_per_pixel=2.0)["toy0"]
+    >>> sthist.pp.get_microns_per_pixel(sdata)
+    2.0
+    """
     if microns_per_pixel is not None:
         value = float(microns_per_pixel)
         if not np.isfinite(value) or value <= 0:
@@ -75,6 +109,29 @@ def fit_microns_per_pixel(
     Fits ``pixel = A @ array + b`` (a full affine map, so rotation and anisotropy are absorbed) and returns
     (µm per pixel, root-mean-square residual in pixels). One array step is ``pitch_um`` µm; the scale is the
     square root of the area ratio, ``pitch_um / sqrt(|det A|)``.
+
+    Parameters
+    ----------
+    array_xy
+        Array (grid) coordinates of the spots (n, 2).
+    pixel_xy
+        Pixel coordinates of the same spots in the image (n, 2).
+    pitch_um
+        Distance in µm of one array step (e.g. 100 µm for legacy ST, 100 µm / 2 per column for Visium's
+        offset rows, depending on how the grid is indexed).
+
+    Returns
+    -------
+    ``(microns_per_pixel, rms_residual_px)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sthist
+    >>> grid = np.array([[x, y] for x in range(5) for y in range(5)], dtype=float)
+    >>> scale, residual = sthist.pp.fit_microns_per_pixel(grid, grid * 200 + 30, pitch_um=100)
+    >>> round(scale, 3), round(residual, 6)
+    (0.5, 0.0)
     """
     array_xy = np.asarray(array_xy, dtype=float)
     pixel_xy = np.asarray(pixel_xy, dtype=float)

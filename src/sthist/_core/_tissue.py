@@ -28,12 +28,22 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     its saturation exceeds an Otsu threshold (clipped to 0.04-0.12) and it is not near-black; small holes
     (fat, tears) inside tissue are closed.
 
+    Parameters
+    ----------
+    rgb
+        The image (height, width, 3; uint8), typically a low-resolution pyramid level (about 16 µm/px).
+
+    Returns
+    -------
+    Boolean mask (height, width), ``True`` on tissue.
+
     Examples
     --------
     >>> import numpy as np
+    >>> import sthist
     >>> rgb = np.full((40, 40, 3), 240, dtype=np.uint8)
     >>> rgb[10:30, 10:30] = (180, 90, 160)  # stained square on glass
-    >>> int(tissue_mask(rgb).sum())
+    >>> int(sthist.pp.tissue_mask(rgb).sum())
     400
     """
     from scipy import ndimage

@@ -24,7 +24,7 @@ def toy(
     n_genes: int = 40,
     microns_per_pixel: float | list[float] = 1.0,
     pitch_um: float = 150.0,
-    seed: int = 0,
+    random_state: int = 0,
 ) -> dict:
     """Deterministic synthetic sections whose expression depends on image texture (for tests only).
 
@@ -46,8 +46,8 @@ def toy(
         Scale of the images (µm/px), one value or one per section.
     pitch_um
         Spot centre-to-centre distance in µm.
-    seed
-        Random seed.
+    random_state
+        Seed of the random numbers.
     """
     import anndata as ad
     import geopandas as gpd
@@ -58,7 +58,7 @@ def toy(
     scales = [microns_per_pixel] * n_sections if np.isscalar(microns_per_pixel) else list(microns_per_pixel)
     if len(scales) != n_sections:
         raise ValueError("Give one microns_per_pixel per section.")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     gene_names = [f"gene{i:03d}" for i in range(n_genes)]
     base = rng.normal(0.0, 0.5, n_genes) - 6.5
     weights = np.zeros((2, n_genes))

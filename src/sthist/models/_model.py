@@ -73,7 +73,8 @@ class SthistModel:
         Normalised expression layer; sections without it are normalised (log1p of counts per
         ``target_sum``) in a copy.
     random_state
-        Seed of everything random (weights, batches, views, masks).
+        Seed of everything random (weights, batches, views, masks); ``sthist.settings.random_state`` by
+        default.
 
     Examples
     --------
@@ -99,11 +100,15 @@ class SthistModel:
         qc_column: str | None = None,
         layer: str = Key.layers.NORMALIZED,
         target_sum: float = TARGET_SUM,
-        random_state: int = 0,
+        random_state: int | None = None,
     ):
         import lightning as L
 
+        from sthist._settings import settings
         from sthist.data import SpotPatchDataset
+
+        if random_state is None:
+            random_state = settings.random_state
 
         self._method = get_method(method)
         if isinstance(k, bool) or int(k) != k or k < 1:

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._docs import doc_params
 from sthist.pl._tissue import (
+    axes_grid,
     draw_spots,
-    finish_figure,
+    finish,
     gene_list,
     panel_height,
     prediction_frame,
@@ -21,15 +23,18 @@ from sthist.pl._tissue import (
 )
 
 
+@doc_params
 def expression(
     sdata,
     genes: Sequence[str],
     *,
     key: str = Key.obsm.PREDICTION,
-    observed_layer: str | None = Key.layers.NORMALIZED,
+    layer: str | None = Key.layers.NORMALIZED,
     max_image_pixels: int = 1500,
     cmap: str = "viridis",
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
     image_key: str | None = None,
     table_key: str | None = None,
@@ -37,18 +42,51 @@ def expression(
 ):
     """Plot expression of ``genes`` at the spots over the H&E image: observed beside predicted.
 
-    Each gene gets a row: observed (from ``observed_layer``; left out when ``None``) and predicted
+    Each gene gets a row: observed (from ``layer``; left out when ``None``) and predicted
     (``table.obsm[key]``) share one colour scale (2nd-98th percentile of both) and one colour bar. Titles
     carry the gene and the Pearson r across spots. Spots are drawn at their true size; spots without a
     prediction (failed QC) are left uncoloured. The image is drawn from the pyramid level whose longer side
     is closest to ``max_image_pixels``; a scale bar gives the physical size when the section's scale is known.
 
+    Parameters
+    ----------
+    sdata
+        Section with the H&E image, the spots and a table holding ``obsm[key]``.
+    genes
+        One gene or several (one row each).
+    {key}
+    layer
+        Layer of observed expression (log1p units) drawn beside the prediction; ``None`` shows the
+        prediction alone.
+    max_image_pixels
+        Longer side (px) of the pyramid level drawn under the spots.
+    cmap
+        Colour map of expression.
+    title
+        Figure title.
+    {image_key}
+    {table_key}
+    {coordinate_system}
+    {plot_ax}
+    {plot_output}
+
     Returns
     -------
-    The matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
+    The matplotlib Figure (``None`` with ``show=True``).
 
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> sthist.pp.normalize(sections["toy1"].tables["table"])
+    >>> figure = sthist.pl.expression(sections["toy1"], model.genes[:2])
+    >>> len(figure.axes)  # two rows of observed and predicted, one colour bar per row
+    6
+    """
     from sthist.tl._metrics import gene_pearson
 
     genes, view, predicted = _predictions_on_tissue(
@@ -56,18 +94,14 @@ def expression(
     )
     table = view.table
     observed = None
-    if observed_layer is not None:
-        if observed_layer not in table.layers:
-            raise KeyError(f"No layer {observed_layer!r} with observed expression; pass observed_layer=None.")
-        observed = table[:, genes].to_df(layer=observed_layer)
+    if layer is not None:
+        if layer not in table.layers:
+            raise KeyError(f"No layer {layer!r} with observed expression; pass layer=None.")
+        observed = table[:, genes].to_df(layer=layer)
     units = provenance(table, key).get("units", "log1p normalised")
     columns = 1 if observed is None else 2
-    figure, axes = plt.subplots(
-        len(genes),
-        columns,
-        figsize=(4.6 * columns + 1.2, panel_height(view, 4.6) * len(genes)),
-        squeeze=False,
-        layout="constrained",
+    figure, axes = axes_grid(
+        ax, len(genes), columns, (4.6 * columns + 1.2, panel_height(view, 4.6) * len(genes)), what="panel"
     )
     for row, gene in enumerate(genes):
         values = {"predicted": predicted[gene].to_numpy(dtype=float)}
@@ -87,9 +121,10 @@ def expression(
             suffix = f" (r = {r:.2f})" if (label == "predicted" and r is not None) else ""
             ax.set_title(f"{gene}: {label}{suffix}")
         figure.colorbar(points, ax=axes[row, :].tolist(), shrink=0.8, label=f"{gene} ({units})")
-    return finish_figure(figure, title, save)
+    return finish(figure, figure, title=title, save=save, show=show)
 
 
+@doc_params
 def uncertainty(
     sdata,
     genes: Sequence[str],
@@ -99,6 +134,8 @@ def uncertainty(
     cmap: str = "viridis",
     uncertainty_cmap: str = "magma",
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
     image_key: str | None = None,
     table_key: str | None = None,
@@ -112,12 +149,44 @@ def uncertainty(
     that disagree: read the prediction there with care. Each panel has its own colour bar; genes the model
     flagged as unreliable in cross-validation are marked in the title.
 
+    Parameters
+    ----------
+    sdata
+        Section with the H&E image, the spots and a table holding ``obsm[key]`` and
+        ``obsm[key + '_uncertainty']``.
+    genes
+        One gene or several (one row each).
+    {key}
+    max_image_pixels
+        Longer side (px) of the pyramid level drawn under the spots.
+    cmap, uncertainty_cmap
+        Colour maps of the prediction and of its spread.
+    title
+        Figure title.
+    {image_key}
+    {table_key}
+    {coordinate_system}
+    {plot_ax}
+    {plot_output}
+
     Returns
     -------
-    The matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
+    The matplotlib Figure (``None`` with ``show=True``).
 
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> figure = sthist.pl.uncertainty(sections["toy1"], model.genes[0])
+    >>> [ax.get_title() for ax in figure.axes[:2]] == [
+    ...     f"{model.genes[0]}: predicted", f"{model.genes[0]}: uncertainty (spread)"
+    ... ]
+    True
+    """
     genes, view, predicted = _predictions_on_tissue(
         sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system
     )
@@ -133,13 +202,7 @@ def uncertainty(
             "(cmrcnet, bleep) estimate it from the spread of the retrieved spots."
         )
     unreliable = set(provenance(table, key).get("unreliable_genes", []))
-    figure, axes = plt.subplots(
-        len(genes),
-        2,
-        figsize=(11.6, panel_height(view, 4.6) * len(genes)),
-        squeeze=False,
-        layout="constrained",
-    )
+    figure, axes = axes_grid(ax, len(genes), 2, (11.6, panel_height(view, 4.6) * len(genes)), what="panel")
     for row, gene in enumerate(genes):
         flag = " — unreliable in CV" if gene in unreliable else ""
         for column, (label, frame, colours) in enumerate(
@@ -153,7 +216,7 @@ def uncertainty(
             points = draw_spots(ax, view, value, cmap=colours, vmin=vmin, vmax=vmax)
             ax.set_title(f"{gene}: {label}{flag}")
             figure.colorbar(points, ax=ax, shrink=0.8, label=f"{gene} {label.split()[0]}")
-    return finish_figure(figure, title, save)
+    return finish(figure, figure, title=title, save=save, show=show)
 
 
 def _predictions_on_tissue(sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system):

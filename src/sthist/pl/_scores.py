@@ -10,20 +10,23 @@ import pandas as pd
 
 from sthist._constants import Key
 from sthist._core._config import METHOD_NAMES
+from sthist._core._docs import doc_params
 from sthist._core._elements import as_table
-from sthist.pl._tissue import finish_figure, prediction_frame, save_figure
+from sthist.pl._tissue import axes_grid, finish, prediction_frame
 
 # Colours of the gene sets (colour-blind safe, Okabe–Ito).
 SET_COLOURS = {"HEG": "#E69F00", "HVG": "#0072B2", "MG": "#D55E00"}
 
 
+@doc_params
 def gene_scores(
     evaluation,
     *,
     key: str = Key.obsm.PREDICTION,
     n_labels: int = 5,
-    ax=None,
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
 ):
     """Per-gene Pearson r between observed and predicted expression, genes ranked, gene sets highlighted.
@@ -42,21 +45,36 @@ def gene_scores(
         Prediction key whose evaluation to read when ``evaluation`` is a SpatialData/AnnData.
     n_labels
         How many of the best-predicted genes to name.
-    ax
-        Axes to draw into; a new figure otherwise.
+    title
+        Axes title (default: how many genes have an undefined r).
+    {plot_ax}
+    {plot_output}
 
     Returns
     -------
-    The matplotlib Axes.
+    The matplotlib Axes (``None`` with ``show=True``).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=2, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> sthist.pp.normalize(sections["toy1"].tables["table"])
+    >>> sthist.tl.evaluate(sections["toy1"], n_top=5)
+    >>> ax = sthist.pl.gene_scores(sections["toy1"])
+    >>> len(ax.collections[0].get_offsets()) == len(model.genes)  # one dot per gene with a defined r
+    True
     """
-    import matplotlib.pyplot as plt
 
     genes = _per_gene_table(evaluation, key)
     ranked = genes.dropna(subset=["pearson"]).sort_values("pearson", ascending=False)
     n_nan = len(genes) - len(ranked)
     rank = pd.Series(np.arange(1, len(ranked) + 1), index=ranked.index)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    figure, axes = axes_grid(ax, 1, 1, (7.5, 4.2), what="panel")
+    ax = axes[0, 0]
     ax.scatter(rank, ranked["pearson"], s=9, color="0.72", linewidths=0, label=f"all ({len(genes)} genes)")
     set_columns = [c for c in genes.columns if c.startswith("in_")]
     for offset, column in enumerate(set_columns):
@@ -82,10 +100,10 @@ def gene_scores(
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     suffix = f"; {n_nan} genes constant, r undefined" if n_nan else ""
     ax.set_title(title or f"Per-gene accuracy{suffix}")
-    save_figure(ax.figure, save)
-    return ax
+    return finish(figure, ax, title=None, save=save, show=show)
 
 
+@doc_params
 def gene_correlation(
     sdata,
     *,
@@ -95,6 +113,8 @@ def gene_correlation(
     layer: str | None = Key.layers.NORMALIZED,
     cmap: str = "RdBu_r",
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
     table_key: str | None = None,
 ):
@@ -111,14 +131,36 @@ def gene_correlation(
         SpatialData with one table (or the AnnData table) holding observed expression and predictions.
     genes
         Genes to show; by default the ``n_genes`` predicted genes with the highest observed variance.
+    n_genes
+        Number of genes shown when ``genes`` is not given.
+    {key}
     layer
         Layer with observed expression in the prediction's units (``None``: ``X``).
+    cmap
+        Diverging colour map of the correlations.
+    title
+        Figure title (default: the gene–gene fidelity).
+    {table_key}
+    {plot_ax}
+    {plot_output}
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure (``None`` with ``show=True``).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=2, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> sthist.pp.normalize(sections["toy1"].tables["table"])
+    >>> figure = sthist.pl.gene_correlation(sections["toy1"], n_genes=8)
+    >>> figure.axes[0].get_title()
+    'observed gene–gene correlation'
     """
-    import matplotlib.pyplot as plt
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -148,29 +190,33 @@ def gene_correlation(
     names = [chosen[i] for i in order]
     fidelity = gene_gene_fidelity(observed, predicted)
     size = min(4.0 + 0.16 * len(names), 11.0)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1.2, size), layout="constrained")
-    for ax, (label, matrix) in zip(
+    figure, axes = axes_grid(ax, 1, 2, (2 * size + 1.2, size), what="matrix")
+    axes = list(axes[0])
+    for panel, (label, matrix) in zip(
         axes, [("observed", observed_corr), ("predicted", predicted_corr)], strict=True
     ):
-        image = ax.imshow(matrix[np.ix_(order, order)], cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        image = panel.imshow(
+            matrix[np.ix_(order, order)], cmap=cmap, vmin=-1, vmax=1, interpolation="nearest"
+        )
         font = max(4, min(9, 360 / len(names)))
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
-        ax.set_yticks(range(len(names)), names, fontsize=font)
-        ax.set_title(f"{label} gene–gene correlation")
-    figure.colorbar(image, ax=list(axes), shrink=0.7, label="Pearson r across spots")
-    figure.suptitle(title or f"Gene–gene fidelity r = {fidelity:.3f} over {len(names)} genes")
-    save_figure(figure, save)
-    return figure
+        panel.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
+        panel.set_yticks(range(len(names)), names, fontsize=font)
+        panel.set_title(f"{label} gene–gene correlation")
+    figure.colorbar(image, ax=axes, shrink=0.7, label="Pearson r across spots")
+    title = title or f"Gene–gene fidelity r = {fidelity:.3f} over {len(names)} genes"
+    return finish(figure, figure, title=title, save=save, show=show)
 
 
+@doc_params
 def cross_validation(
     results: pd.DataFrame,
     *,
     metric: str = "pearson_mean",
     gene_sets: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
-    ax=None,
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
 ):
     """Cross-validation results by method: each held-out section a dot, the mean a bar, one panel per gene set.
@@ -186,12 +232,26 @@ def cross_validation(
         Gene sets to show, one panel each (default: every set except ``'all'``).
     methods
         Methods in the order to show them (default: CMRCNet first, then the baselines present).
+    title
+        Figure title.
     ax
         An Axes (one gene set) or a sequence of Axes (one per gene set); a new figure otherwise.
+    {plot_output}
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure (``None`` with ``show=True``).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> results = sthist.tl.cross_validate(
+    ...     sthist.datasets.toy(3), groups="section", methods=["bleep", "ridge"], n_top=5,
+    ...     fit_options={"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5},
+    ... )
+    >>> figure = sthist.pl.cross_validation(results)
+    >>> [ax.get_title() for ax in figure.axes]
+    ['HEG@5', 'HVG@5']
     """
 
     required = {"method", "gene_set", "section", metric}
@@ -215,10 +275,9 @@ def cross_validation(
         absent = [m for m in methods if m not in present_methods]
         if absent:
             raise KeyError(f"Methods {absent} are not in the results; they have {present_methods}.")
-    figure, axes = _row_of_axes(
-        ax, len(gene_sets), "gene set", (1.2 + 0.9 * len(methods) * len(gene_sets) + 1.0 * len(gene_sets), 4),
-        sharey=True,
-    )  # fmt: skip
+    width = 1.2 + 0.9 * len(methods) * len(gene_sets) + 1.0 * len(gene_sets)
+    figure, axes = axes_grid(ax, 1, len(gene_sets), (width, 4), what="gene set", sharey=True)
+    axes = list(axes[0])
     sections = list(dict.fromkeys(results["section"]))
     rng = np.random.default_rng(0)
     for panel, gene_set in zip(axes, gene_sets, strict=True):
@@ -236,16 +295,18 @@ def cross_validation(
         panel.axhline(0, color="0.3", linewidth=0.8)
         panel.set_title(gene_set)
     axes[0].set_ylabel(f"{metric} per held-out section\n(bar: mean over {len(sections)} sections)")
-    return finish_figure(figure, title, save)
+    return finish(figure, figure, title=title, save=save, show=show)
 
 
+@doc_params
 def training_curves(
     models,
     *,
     components: Sequence[str] | None = None,
-    ax=None,
     log_scale: bool = True,
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
 ):
     """Training losses per epoch, one panel per loss component (total, contrastive, reconstruction, mse).
@@ -261,10 +322,24 @@ def training_curves(
         An Axes (one component) or a sequence of Axes (one per component); a new figure otherwise.
     log_scale
         Logarithmic loss axis where a component's losses span more than a decade.
+    title
+        Figure title.
+    {plot_output}
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure (``None`` with ``show=True``).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=2, batch_size=32, views=1, k=5
+    ... )
+    >>> figure = sthist.pl.training_curves(model)
+    >>> [ax.get_title() for ax in figure.axes]
+    ['loss', 'contrastive', 'reconstruction']
     """
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -279,7 +354,8 @@ def training_curves(
         absent = [c for c in components if c not in recorded]
         if absent:
             raise KeyError(f"Loss components {absent} were not recorded; recorded: {recorded}.")
-    figure, axes = _row_of_axes(ax, len(components), "component", (3.8 * len(components) + 0.6, 3.6))
+    figure, axes = axes_grid(ax, 1, len(components), (3.8 * len(components) + 0.6, 3.6), what="component")
+    axes = list(axes[0])
     for panel, component in zip(axes, components, strict=True):
         for position, (label, history) in enumerate(histories.items()):
             epochs = [r["epoch"] + 1 for r in history if component in r]
@@ -299,20 +375,7 @@ def training_curves(
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(histories) > 1:
             panel.legend(fontsize=8, frameon=False)
-    return finish_figure(figure, title, save)
-
-
-def _row_of_axes(ax, n: int, what: str, figsize: tuple[float, float], *, sharey: bool = False):
-    """A new figure with ``n`` Axes in a row, or the user's Axes (one or a sequence of ``n``)."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        figure, axes = plt.subplots(1, n, figsize=figsize, squeeze=False, layout="constrained", sharey=sharey)
-        return figure, list(axes[0])
-    axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
-    if len(axes) != n:
-        raise ValueError(f"Pass one Axes per {what}: {n} {what}s, {len(axes)} Axes.")
-    return axes[0].figure, axes
+    return finish(figure, figure, title=title, save=save, show=show)
 
 
 def _label_points(ax, points: list[tuple[str, float, float]], fontsize: float = 7) -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._docs import doc_params
 from sthist.pl._tissue import (
-    finish_figure,
+    axes_grid,
+    finish,
     frame_tissue,
     gene_list,
     panel_height,
@@ -19,6 +21,7 @@ from sthist.pl._tissue import (
 )
 
 
+@doc_params
 def tiles(
     sdata,
     genes: Sequence[str],
@@ -30,6 +33,8 @@ def tiles(
     cmap: str = "viridis",
     uncertainty_cmap: str = "magma",
     title: str | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | Path | None = None,
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
 ):
@@ -40,12 +45,45 @@ def tiles(
     retrieved spots beside it, each with its own colour bar. Areas without tiles (background, tissue below the
     tissue-fraction threshold) show the bare image. Genes flagged unreliable in cross-validation are marked.
 
+    Parameters
+    ----------
+    sdata
+        Section holding the tiles written by :func:`sthist.tl.predict_tiles`.
+    genes
+        One gene or several (one row each).
+    key
+        ``key_added`` of :func:`sthist.tl.predict_tiles`: the shapes ``key`` and the table
+        ``key + '_table'``.
+    uncertainty
+        Draw the spread of the retrieved spots beside the prediction (retrieval methods).
+    alpha
+        Opacity of the tile raster over the H&E.
+    max_image_pixels
+        Longer side (px) of the pyramid level drawn under the tiles.
+    cmap, uncertainty_cmap
+        Colour maps of the prediction and of its spread.
+    title
+        Figure title.
+    {coordinate_system}
+    {plot_ax}
+    {plot_output}
+
     Returns
     -------
-    The matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
+    The matplotlib Figure (``None`` with ``show=True``).
 
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict_tiles(sections["toy1"], model)
+    >>> figure = sthist.pl.tiles(sections["toy1"], model.genes[0], uncertainty=False)
+    >>> figure.axes[0].get_title() == f"{model.genes[0]}: predicted"
+    True
+    """
     genes = gene_list(genes)
     table_key = Key.tables.tiles(key)
     if table_key not in sdata.tables or key not in sdata.shapes:
@@ -76,10 +114,9 @@ def tiles(
         else set()
     )
     units = provenance(table, key).get("units", "log1p normalised")
-    figure, axes = plt.subplots(
-        len(genes), columns, figsize=(5.8 * columns, panel_height(view, 4.6) * len(genes)), squeeze=False,
-        layout="constrained",
-    )  # fmt: skip
+    figure, axes = axes_grid(
+        ax, len(genes), columns, (5.8 * columns, panel_height(view, 4.6) * len(genes)), what="panel"
+    )
     for row, gene in enumerate(genes):
         column = table.var_names.get_loc(gene)
         layers = [("predicted", np.asarray(table.X[:, column], dtype=float).ravel(), cmap)]
@@ -95,7 +132,7 @@ def tiles(
             image = draw_raster(ax, view, values, cmap=colours, vmin=vmin, vmax=vmax, alpha=alpha)
             ax.set_title(f"{gene}: {label}{flag}")
             figure.colorbar(image, ax=ax, shrink=0.8, label=f"{gene} {label} ({units})")
-    return finish_figure(figure, title, save)
+    return finish(figure, figure, title=title, save=save, show=show)
 
 
 def tile_raster(view, values: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,14 +153,34 @@ def gene_list(genes) -> list[str]:
     return genes
 
 
-def finish_figure(figure, title: str | None, save):
-    """Add the title, save when asked, and return the figure."""
+def axes_grid(ax, rows: int, columns: int, figsize: tuple[float, float], *, what: str, sharey: bool = False):
+    """A new figure with ``rows × columns`` Axes, or the user's Axes (one, or a sequence of ``rows × columns``).
+
+    Returns the figure and a 2-d array of Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        figure, axes = plt.subplots(
+            rows, columns, figsize=figsize, squeeze=False, layout="constrained", sharey=sharey
+        )
+        return figure, axes
+    axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+    n = rows * columns
+    if len(axes) != n:
+        raise ValueError(f"Pass one Axes per {what}: {n} {what}s, {len(axes)} Axes.")
+    return axes[0].figure, np.array(axes, dtype=object).reshape(rows, columns)
+
+
+def finish(figure, returned, *, title: str | None, save, show: bool | None):
+    """Title, save when asked, then show (returning ``None``) or return ``returned`` (scanpy's convention)."""
     if title:
         figure.suptitle(title)
-    save_figure(figure, save)
-    return figure
-
-
-def save_figure(figure, save) -> None:
     if save is not None:
         figure.savefig(save, dpi=110)
+    if show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+        return None
+    return returned

@@ -19,7 +19,7 @@ def normalize(
     adata: ad.AnnData,
     *,
     target_sum: float = 1e4,
-    counts_layer: str | None = None,
+    layer: str | None = None,
     key_added: str = Key.layers.NORMALIZED,
     inplace: bool = True,
     overwrite: bool = False,
@@ -34,8 +34,8 @@ def normalize(
         Table of spots × genes (for a SpatialData object: ``sdata.tables['table']``).
     target_sum
         Total counts per spot after scaling (1e4: log1p of counts per 10,000).
-    counts_layer
-        Layer holding raw counts; ``None`` uses ``adata.X``.
+    layer
+        Layer holding the raw counts; ``None`` uses ``adata.X``.
     key_added
         Layer to write; its settings go to ``adata.uns['sthist_normalization'][key_added]``.
     inplace
@@ -45,16 +45,27 @@ def normalize(
 
     Returns
     -------
-    ``None``, or the normalised matrix (sparse CSR float32 when the counts are sparse) when ``inplace=False``.
+    ``None`` with ``inplace=True``; writes ``adata.layers[key_added]`` (float32, sparse CSR when the counts
+    are sparse) and ``adata.uns['sthist_normalization'][key_added]`` (method, target_sum, counts, units).
+    With ``inplace=False``, the normalised matrix.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> import sthist
+    >>> adata = ad.AnnData(np.array([[1, 3], [0, 0]], dtype=np.float32))
+    >>> sthist.pp.normalize(adata, target_sum=4)
+    >>> adata.layers["sthist_log1p"].astype(float).round(3).tolist()
+    [[0.693, 1.386], [0.0, 0.0]]
     """
     if not np.isfinite(target_sum) or target_sum <= 0:
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
-    if counts_layer is not None and counts_layer not in adata.layers:
-        raise KeyError(f"No layer {counts_layer!r}; available layers: {sorted(adata.layers.keys())}.")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"No layer {layer!r}; available layers: {sorted(adata.layers.keys())}.")
     if inplace and key_added in adata.layers and not overwrite:
         raise ValueError(f"Layer {key_added!r} exists already; pass overwrite=True to replace it.")
-    counts = adata.X if counts_layer is None else adata.layers[counts_layer]
-    where = "adata.X" if counts_layer is None else f"adata.layers[{counts_layer!r}]"
+    counts = adata.X if layer is None else adata.layers[layer]
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if counts is None:
         raise ValueError(f"{where} is empty; the table holds no counts.")
     check_raw_counts(counts, where=where)

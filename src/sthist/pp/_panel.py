@@ -95,6 +95,16 @@ def select_genes(
     Returns
     -------
     Gene names, best first (or in the given order for an explicit list).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> for sdata in sections.values():
+    ...     sthist.pp.normalize(sdata.tables["table"])
+    >>> panel = sthist.pp.select_genes(sections, flavor="hvg", n_top=5)
+    >>> len(panel)
+    5
     """
     tables = _tables(sections)
     if genes is not None:

@@ -89,8 +89,19 @@ def cross_validate(
     Returns
     -------
     A tidy DataFrame: one row per fold, held-out section, method and gene set (HEG@n, HVG@n, MG, all), with
-    ``pearson_mean``, ``pearson_median``, ``spearman_mean``, ``mse_mean``, ``n_genes``, ``n_nan`` and
-    ``gene_gene_fidelity``.
+    ``pearson_mean``, ``pearson_median``, ``spearman_mean``, ``mse_mean``, ``n_genes``, ``n_nan``,
+    ``gene_gene_fidelity``, ``training_spots`` and ``panel_size`` (and the models, with ``return_models``).
+    Nothing is written into the sections.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> results = sthist.tl.cross_validate(
+    ...     sthist.datasets.toy(3), groups="section", methods=["bleep", "ridge"], n_top=5,
+    ...     fit_options={"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5},
+    ... )
+    >>> sorted(results["method"].unique()), sorted(results["held_out"].unique())
+    (['bleep', 'ridge'], ['toy0', 'toy1', 'toy2'])
     """
     from sthist.data import TokenCache
     from sthist.tl._fit import fit

@@ -48,7 +48,7 @@ def fit(
     qc_column: str | None = None,
     layer: str = Key.layers.NORMALIZED,
     target_sum: float = TARGET_SUM,
-    random_state: int = 0,
+    random_state: int | None = None,
     accelerator: str = "auto",
     devices: int | str | list = "auto",
     strategy: str = "auto",
@@ -106,7 +106,8 @@ def fit(
         Normalised expression layer; sections without it are normalised (log1p of counts per
         ``target_sum``) in a copy.
     random_state
-        Seed of everything random (weights, batches, views, masks).
+        Seed of everything random (weights, batches, views, masks); ``sthist.settings.random_state`` by
+        default.
     accelerator, devices, strategy, num_nodes, precision
         Passed to the Lightning trainer (e.g. ``strategy='ddp'``, ``devices=4``, ``num_nodes=2``).
     checkpoint_dir

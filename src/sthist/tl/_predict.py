@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._docs import doc_params
 from sthist._core._section import Section
 from sthist._logging import logger
 
 
+@doc_params
 def predict(
     sdata,
     model,
@@ -53,12 +55,40 @@ def predict(
         Must equal the model's patch size if given (a check, not a setting).
     qc_column
         Boolean ``obs`` column selecting spots; others get NaN.
-    inplace
-        Write into the table and return ``None``; otherwise return ``(prediction, uncertainty)`` DataFrames.
-    overwrite
-        Replace existing results under ``key_added`` (refused otherwise).
-    token_cache
-        A :class:`sthist.data.TokenCache` to reuse tokens computed by the same frozen encoder.
+    batch_size
+        Patches encoded at a time.
+    device
+        Torch device of the encoder (``'cpu'``, ``'cuda'``).
+    {element_keys}
+    {coordinate_system}
+    {inplace}
+    {overwrite}
+    {token_cache}
+
+    Returns
+    -------
+    ``None`` with ``inplace=True``; writes into the spots' table:
+
+    - ``obsm[key_added]``: predicted expression (DataFrame, spots × genes, log1p units; NaN for spots left
+      out by ``qc_column``);
+    - ``obsm[key_added + '_uncertainty']``: spread of the retrieved spots (same shape; NaN for regression
+      and ridge);
+    - ``uns[key_added]``: provenance (``method``, ``backbone``, ``weights_identity``, ``units``, ``genes``,
+      ``k``, ``patch_size_um``, ``training_sections``, ``spots_predicted``, ``unreliable_genes``,
+      ``sthist_version``).
+
+    With ``inplace=False``, ``(prediction, uncertainty)`` DataFrames and ``sdata`` untouched.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> sections["toy1"].tables["table"].obsm["sthist_pred"].shape == (100, len(model.genes))
+    True
     """
     import torch
 

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import RELIABILITY_THRESHOLD
+from sthist._core._docs import doc_params
 from sthist._logging import logger
 from sthist.tl._cross_validate import observed_expression, section_group
 from sthist.tl._metrics import gene_pearson
 
 
+@doc_params
 def gene_reliability(
     sections: Mapping,
     model,
@@ -27,7 +29,36 @@ def gene_reliability(
     out at a time; each held-out section is predicted and each gene's Pearson r across its spots is
     averaged over held-out sections. The result goes to ``model.config['gene_reliability']`` with
     ``threshold``; :func:`sthist.tl.predict` and :func:`sthist.tl.predict_tiles` then flag genes below it
-    instead of reporting them silently. ``sections`` should be the model's training sections.
+    instead of reporting them silently.
+
+    Parameters
+    ----------
+    sections
+        Dict of section name → SpatialData: the model's training sections.
+    model
+        A trained :class:`sthist.models.SthistModel`; its setup (method, panel, architecture, patch, k, seed)
+        and training settings are reused in each fold.
+    groups
+        ``'patient'`` or ``'section'``: what is left out in each fold.
+    threshold
+        Genes whose cross-validated r is below this are flagged unreliable.
+    {token_cache}
+
+    Returns
+    -------
+    Cross-validated Pearson r per gene (``reliability``). Writes into ``model.config``:
+    ``'gene_reliability'`` (gene → r, ``None`` where undefined), ``'reliability_threshold'`` and
+    ``'reliability_groups'``.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy(3)
+    >>> options = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5}
+    >>> model = sthist.tl.fit(sections, **options)
+    >>> reliability = sthist.tl.gene_reliability(sections, model, groups="section")
+    >>> len(reliability) == len(model.genes) and "gene_reliability" in model.config
+    True
     """
     from sthist.data import TokenCache
     from sthist.models import SthistModel

@@ -6,12 +6,14 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._docs import doc_params
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
 from sthist._logging import logger
 from sthist._settings import settings
 
 
+@doc_params
 def tile_grid(
     sdata,
     *,
@@ -29,7 +31,34 @@ def tile_grid(
     at least ``min_tissue_fraction`` of its square is tissue and it lies entirely inside the image.
     ``bounds`` = ``(x_min, y_min, x_max, y_max)`` in coordinate-system units keeps only tiles whose centre
     lies inside (for images that carry labels, rulers or thumbnails beside the section).
-    Returns a DataFrame with ``x``, ``y`` and ``tissue_fraction``.
+
+    Parameters
+    ----------
+    sdata
+        Section with an H&E image.
+    tile_size_um
+        Side of a tile in µm.
+    stride_um
+        Distance between tile centres in µm.
+    min_tissue_fraction
+        Keep a tile when at least this fraction (0-1) of its square is tissue.
+    {image_key}
+    {coordinate_system}
+    {microns_per_pixel}
+    bounds
+        ``(x_min, y_min, x_max, y_max)`` in coordinate-system units: keep tiles whose centre lies inside.
+
+    Returns
+    -------
+    A DataFrame with ``x``, ``y`` (tile centres, coordinate-system units) and ``tissue_fraction``.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sdata = sthist.datasets.toy(1)["toy0"]
+    >>> grid = sthist.tl.tile_grid(sdata, tile_size_um=112, stride_um=112)
+    >>> list(grid.columns), bool((grid["tissue_fraction"] >= 0.5).all())
+    (['x', 'y', 'tissue_fraction'], True)
     """
     section = Section.resolve(
         sdata,
@@ -91,6 +120,7 @@ def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, b
     )
 
 
+@doc_params
 def predict_tiles(
     sdata,
     model,
@@ -116,10 +146,36 @@ def predict_tiles(
     patches dominate: about 0.3 GiB for EfficientNet-Lite0 at 16 patches of 224 px). ``bounds`` restricts the
     tiles to a rectangle of the coordinate system (see :func:`tile_grid`).
 
-    Writes, into ``sdata``:
+    Parameters
+    ----------
+    sdata
+        Section with an H&E image (spots and tables are not needed).
+    model
+        A trained :class:`sthist.models.SthistModel`.
+    {image_key}
+    stride_um
+        Distance between tile centres in µm (default: the model's patch size, tiles side by side).
+    min_tissue_fraction
+        Keep a tile when at least this fraction (0-1) of its square is tissue.
+    key_added
+        Name of the tiles' shapes; their table is ``key_added + '_table'``.
+    batch_size
+        Patches encoded at a time.
+    chunk_tiles
+        Tiles read, encoded and predicted per step (bounds memory).
+    device
+        Torch device of the encoder (``'cpu'``, ``'cuda'``).
+    {coordinate_system}
+    {microns_per_pixel}
+    bounds
+        ``(x_min, y_min, x_max, y_max)`` in coordinate-system units: keep tiles whose centre lies inside.
+    {overwrite}
 
-    - ``shapes[key_added]``: one circle per tile, centred on the tile, diameter ``stride_um`` (µm as
-      coordinate-system units);
+    Returns
+    -------
+    ``None``; writes into ``sdata``:
+
+    - ``shapes[key_added]``: one circle per tile, centred on the tile, diameter ``stride_um`` µm;
     - ``tables[key_added + '_table']``: a table annotating those shapes: ``X`` = predicted expression (tiles × genes,
       log1p units), ``layers['uncertainty']`` = spread over the retrieved neighbours, ``obs`` with
       ``tissue_fraction``, ``obsm['spatial']`` = centres, ``var['reliability']`` = the model's per-gene
@@ -128,6 +184,18 @@ def predict_tiles(
 
     When ``sdata`` is backed by a zarr store (``sdata.path``), both elements are also written to it,
     each atomically (see :func:`sthist.io.write_elements`).
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict_tiles(sections["toy1"], model, stride_um=128)
+    >>> tiles = sections["toy1"].tables["sthist_tiles_table"]
+    >>> tiles.n_vars == len(model.genes) and "uncertainty" in tiles.layers
+    True
     """
     import anndata as ad
     import geopandas as gpd
