@@ -46,6 +46,29 @@ def test_expression_plot(predicted, tmp_path):
         sthist.pl.expression(sdata, ["NOPE"])
 
 
+def test_plots_draw_into_given_axes_and_show(predicted, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    sdata, model = predicted
+    genes = model.genes[:2]
+    figure, axes = plt.subplots(2, 2)
+    assert sthist.pl.expression(sdata, genes, ax=axes) is figure
+    assert all(ax.images and ax.collections for ax in axes.ravel())  # H&E and spots in each given panel
+    np.testing.assert_allclose(
+        axes[1, 1].collections[0].get_array(), sdata.tables["table"].obsm["sthist_pred"][genes[1]].to_numpy()
+    )
+    with pytest.raises(ValueError, match="Pass one Axes per panel: 4 panels, 1 Axes"):
+        sthist.pl.expression(sdata, genes, ax=axes[0, 0])
+    _, pair = plt.subplots(1, 2)
+    sthist.pl.gene_correlation(sdata, genes=model.genes[:4], ax=pair)
+    assert pair[0].get_title() == "observed gene–gene correlation" and pair[1].images
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    assert sthist.pl.uncertainty(sdata, genes[0], show=True) is None and shown == [True]
+    assert sthist.pl.training_curves(model, show=True) is None and shown == [True, True]
+    plt.close("all")
+
+
 def test_expression_plot_has_scale_bar_and_skips_unpredicted_spots(predicted, tmp_path):
     sdata, model = predicted
     table = sdata.tables["table"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,10 +23,14 @@ from sthist.pl._tissue import (
     tissue_view,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from spatialdata import SpatialData
+
 
 @doc_params
 def expression(
-    sdata,
+    sdata: SpatialData,
     genes: Sequence[str],
     *,
     key: str = Key.obsm.PREDICTION,
@@ -39,7 +44,7 @@ def expression(
     image_key: str | None = None,
     table_key: str | None = None,
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
-):
+) -> Figure | None:
     """Plot expression of ``genes`` at the spots over the H&E image: observed beside predicted.
 
     Each gene gets a row: observed (from ``layer``; left out when ``None``) and predicted
@@ -126,7 +131,7 @@ def expression(
 
 @doc_params
 def uncertainty(
-    sdata,
+    sdata: SpatialData,
     genes: Sequence[str],
     *,
     key: str = Key.obsm.PREDICTION,
@@ -140,7 +145,7 @@ def uncertainty(
     image_key: str | None = None,
     table_key: str | None = None,
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
-):
+) -> Figure | None:
     """Plot the prediction of ``genes`` beside its uncertainty, over the H&E image.
 
     The uncertainty is the spread (standard deviation) of the expression of the ``k`` retrieved reference

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,12 @@ from sthist._core._config import METHOD_NAMES
 from sthist._core._docs import doc_params
 from sthist._core._elements import as_table
 from sthist.pl._tissue import axes_grid, finish, prediction_frame
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from spatialdata import SpatialData
 
 # Colours of the gene sets (colour-blind safe, Okabe–Ito).
 SET_COLOURS = {"HEG": "#E69F00", "HVG": "#0072B2", "MG": "#D55E00"}
@@ -28,7 +35,7 @@ def gene_scores(
     ax=None,
     show: bool | None = None,
     save: str | Path | None = None,
-):
+) -> Axes | None:
     """Per-gene Pearson r between observed and predicted expression, genes ranked, gene sets highlighted.
 
     Every gene of the panel is a grey dot at its rank; genes among the highly expressed (HEG@n), highly
@@ -105,7 +112,7 @@ def gene_scores(
 
 @doc_params
 def gene_correlation(
-    sdata,
+    sdata: SpatialData | AnnData,
     *,
     genes: Sequence[str] | None = None,
     n_genes: int = 30,
@@ -117,7 +124,7 @@ def gene_correlation(
     show: bool | None = None,
     save: str | Path | None = None,
     table_key: str | None = None,
-):
+) -> Figure | None:
     """Gene–gene correlation across spots, observed beside predicted, in the same (clustered) gene order.
 
     A model that learned tissue programmes reproduces the observed blocks of co-expressed genes; one that
@@ -218,7 +225,7 @@ def cross_validation(
     ax=None,
     show: bool | None = None,
     save: str | Path | None = None,
-):
+) -> Figure | None:
     """Cross-validation results by method: each held-out section a dot, the mean a bar, one panel per gene set.
 
     Parameters
@@ -308,7 +315,7 @@ def training_curves(
     ax=None,
     show: bool | None = None,
     save: str | Path | None = None,
-):
+) -> Figure | None:
     """Training losses per epoch, one panel per loss component (total, contrastive, reconstruction, mse).
 
     Parameters

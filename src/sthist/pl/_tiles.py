@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,10 +21,14 @@ from sthist.pl._tissue import (
     tissue_view,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from spatialdata import SpatialData
+
 
 @doc_params
 def tiles(
-    sdata,
+    sdata: SpatialData,
     genes: Sequence[str],
     *,
     key: str = Key.shapes.TILES,
@@ -37,7 +42,7 @@ def tiles(
     show: bool | None = None,
     save: str | Path | None = None,
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
-):
+) -> Figure | None:
     """Map predicted expression over a whole section: one square per tile, drawn over the H&E.
 
     Reads the shapes ``key`` and the table ``key + '_table'`` written by :func:`sthist.tl.predict_tiles`.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,10 @@ from sthist._core._docs import doc_params
 from sthist._core._elements import as_table
 from sthist._logging import logger
 from sthist.tl._metrics import gene_pearson, top_genes
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 
 def evaluation_frames(
@@ -117,7 +122,7 @@ def gene_gene_fidelity(observed: pd.DataFrame, predicted: pd.DataFrame) -> float
 
 @doc_params
 def evaluate(
-    sdata,
+    sdata: SpatialData | AnnData,
     *,
     key: str = Key.obsm.PREDICTION,
     layer: str | None = Key.layers.NORMALIZED,
@@ -127,7 +132,7 @@ def evaluate(
     key_added: str | None = None,
     inplace: bool = True,
     overwrite: bool = False,
-):
+) -> dict | None:
     """Compare predictions in ``table.obsm[key]`` with the observed expression of the same spots.
 
     Per gene: Pearson and Spearman correlation across spots, MSE, and membership in HEG@n (top ``n_top``

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from sthist._constants import Key
 from sthist._core._config import (
@@ -16,13 +16,18 @@ from sthist._core._config import (
 )
 from sthist._core._docs import doc_params
 
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from sthist.models import SthistModel
+
 #: Defaults shown in :func:`fit`'s signature come from the configuration dataclasses, their only home.
 _ARCHITECTURE, _TRAINING = ArchitectureConfig(), TrainingConfig()
 
 
 @doc_params
 def fit(
-    sdata,
+    sdata: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     *,
     genes: Sequence[str] | None = None,
     method: Literal["cmrcnet", "bleep", "regression", "ridge"] = "cmrcnet",
@@ -57,7 +62,7 @@ def fit(
     checkpoint_dir: str | None = None,
     resume_from: str | None = None,
     token_cache=None,
-):
+) -> SthistModel:
     """Train a model that predicts expression from H&E patches.
 
     The scanpy-style entry point: it builds a :class:`sthist.models.SthistModel` (data contract, gene panel,

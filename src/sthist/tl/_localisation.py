@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,9 @@ from scipy import stats
 
 from sthist._constants import Key
 from sthist._core._docs import doc_params
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -42,7 +46,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 @doc_params
 def localisation(
-    adata,
+    adata: AnnData,
     *,
     genes: Sequence[str] = ("ERBB2", "GRB7", "KRT8", "KRT18"),
     key: str = Key.obsm.PREDICTION,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,13 @@ from sthist._core._docs import doc_params
 from sthist._core._section import Section
 from sthist._logging import logger
 
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
 
 @doc_params
 def predict(
-    sdata,
+    sdata: SpatialData,
     model,
     *,
     key_added: str = Key.obsm.PREDICTION,
@@ -32,7 +36,7 @@ def predict(
     inplace: bool = True,
     overwrite: bool = False,
     token_cache=None,
-):
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Predict expression at the spots of a section from its H&E image.
 
     Parameters

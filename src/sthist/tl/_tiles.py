@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
@@ -12,10 +14,13 @@ from sthist._core._section import Section
 from sthist._logging import logger
 from sthist._settings import settings
 
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
 
 @doc_params
 def tile_grid(
-    sdata,
+    sdata: SpatialData,
     *,
     tile_size_um: float,
     stride_um: float,
@@ -122,7 +127,7 @@ def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, b
 
 @doc_params
 def predict_tiles(
-    sdata,
+    sdata: SpatialData,
     model,
     *,
     image_key: str | None = None,
