@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import sthist
-from sthist.tl._metrics import gene_pearson, top_genes
+from sthist._core._metrics import gene_pearson, top_genes
 
 pytestmark = pytest.mark.realdata
 

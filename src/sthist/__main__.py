@@ -26,7 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import sthist
-    from sthist.tl._metrics import gene_pearson, top_genes
+    from sthist._core._metrics import gene_pearson, top_genes
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -276,6 +276,11 @@ class Section:
             fractions[i] = (covered & disc).sum() / max(disc.sum(), 1)
         return pd.Series(fractions, index=self.table.obs_names, name=Key.obs.QC_TISSUE_FRACTION)
 
+    def with_spots(self, sdata: SpatialData, *, shapes_key: str, table_key: str) -> Section:
+        """The same image, scale and pyramid with other spots (e.g. tiles) held by ``sdata``."""
+        elements = SpotElements(self.image_key, shapes_key, table_key, self.coordinate_system)
+        return dataclasses.replace(self, sdata=sdata, elements=elements)
+
     def with_table(self, table: ad.AnnData) -> Section:
         """The same section with its table replaced in a new SpatialData object (the original is untouched)."""
         from spatialdata import SpatialData

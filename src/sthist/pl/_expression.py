@@ -92,7 +92,7 @@ def expression(
     >>> len(figure.axes)  # two rows of observed and predicted, one colour bar per row
     6
     """
-    from sthist.tl._metrics import gene_pearson
+    from sthist._core._metrics import gene_pearson
 
     genes, view, predicted = _predictions_on_tissue(
         sdata, genes, key, max_image_pixels, image_key, table_key, coordinate_system

@@ -171,7 +171,7 @@ def gene_correlation(
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
-    from sthist.tl._evaluate import gene_gene_fidelity
+    from sthist.tl import gene_gene_fidelity
 
     table = as_table(sdata, table_key, obsm_key=key)
     prediction_frame(table, key, [])  # checks that predictions are there

@@ -12,8 +12,8 @@ from scipy import sparse, stats
 from sthist._constants import Key
 from sthist._core._docs import doc_params
 from sthist._core._elements import as_table
+from sthist._core._metrics import gene_pearson, top_genes
 from sthist._logging import logger
-from sthist.tl._metrics import gene_pearson, top_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData

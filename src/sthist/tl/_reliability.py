@@ -9,9 +9,9 @@ import pandas as pd
 
 from sthist._constants import RELIABILITY_THRESHOLD
 from sthist._core._docs import doc_params
+from sthist._core._metrics import gene_pearson
 from sthist._logging import logger
 from sthist.tl._cross_validate import observed_expression, section_group
-from sthist.tl._metrics import gene_pearson
 
 
 @doc_params

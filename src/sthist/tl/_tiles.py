@@ -259,10 +259,11 @@ def predict_tiles(
         images={image_key: sdata.images[image_key]}, shapes={key_added: shapes}, tables={table_key: placeholder},
         attrs=sdata.attrs,
     )  # fmt: skip
+    # The tiles are the spots of a section that shares the resolved image, scale and pyramid.
+    tiles = section.with_spots(view, shapes_key=key_added, table_key=table_key)
     dataset = SpotPatchDataset(
-        view, patch_size_um=tile_size_um, patch_size_px=model.config["patch"]["size_px"], in_memory=False,
-        coordinate_system=coordinate_system,
-    )  # fmt: skip
+        tiles, patch_size_um=tile_size_um, patch_size_px=model.config["patch"]["size_px"], in_memory=False
+    )
     order = names.get_indexer(dataset.spots["obs_name"])
     genes = model.genes
     prediction = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
