@@ -25,9 +25,14 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 # The tutorial notebook is stored with its outputs (``make tutorial``); the docs build shows them as stored.
 nb_execution_mode = "off"
 nb_merge_streams = True
-exclude_patterns = ["_build", "**.ipynb_checkpoints"]
-# No network on the build machines: keep cross-project links off unless an inventory is reachable.
-intersphinx_mapping = {}
+exclude_patterns = ["_build", "_inventories", "**.ipynb_checkpoints"]
+# The build machines have no network: each project's inventory is read from docs/_inventories (written by
+# its build.py, listing the objects these docs link to) before the online one is tried.
+intersphinx_mapping = {
+    "anndata": ("https://anndata.readthedocs.io/en/stable/", ("_inventories/anndata.inv", None)),
+    "spatialdata": ("https://spatialdata.scverse.org/en/stable/", ("_inventories/spatialdata.inv", None)),
+    "torch": ("https://docs.pytorch.org/docs/stable/", ("_inventories/torch.inv", None)),
+}
 html_theme = "furo"
 html_title = "sthist"
 suppress_warnings = ["config.cache"]

@@ -265,6 +265,7 @@ def _check_new_file(path: str, overwrite: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sthist`` argument parser with its subcommands."""
     training = TrainingConfig()
     parser = argparse.ArgumentParser(
         prog="sthist",
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (``sys.argv[1:]`` by default); returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"

@@ -1,5 +1,7 @@
-"""Plots: expression and uncertainty on tissue, whole-slide tile maps, per-gene and gene–gene accuracy,
-cross-validation, training curves."""
+"""Plots: expression and uncertainty on tissue, tile maps, per-gene and gene–gene accuracy, training.
+
+Whole-slide tile maps, cross-validation summaries and training curves included.
+"""
 
 from sthist.pl._expression import expression, uncertainty
 from sthist.pl._scores import cross_validation, gene_correlation, gene_scores, training_curves

@@ -75,7 +75,6 @@ def gene_scores(
     >>> len(ax.collections[0].get_offsets()) == len(model.genes)  # one dot per gene with a defined r
     True
     """
-
     genes = _per_gene_table(evaluation, key)
     ranked = genes.dropna(subset=["pearson"]).sort_values("pearson", ascending=False)
     n_nan = len(genes) - len(ranked)
@@ -260,7 +259,6 @@ def cross_validation(
     >>> [ax.get_title() for ax in figure.axes]
     ['HEG@5', 'HVG@5']
     """
-
     required = {"method", "gene_set", "section", metric}
     missing = required - set(results.columns)
     if missing:

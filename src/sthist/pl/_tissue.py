@@ -25,7 +25,7 @@ class TissueView:
 
     @property
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """x and y limits (y inverted, image convention) framing the spots with a margin of two diameters."""
+        """X and y limits (y inverted, image convention) framing the spots with a margin of two diameters."""
         margin = self.diameters.max() * 2
         x = (max(self.xy[:, 0].min() - margin, 0), min(self.xy[:, 0].max() + margin, self.rgb.shape[1]))
         y = (min(self.xy[:, 1].max() + margin, self.rgb.shape[0]), max(self.xy[:, 1].min() - margin, 0))
