@@ -65,7 +65,7 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
             raise ValueError(f"{store / kind / name} exists already; pass overwrite=True to replace it.")
     staging = store.parent / f".{store.name}.sthist-{uuid.uuid4().hex}"
     try:
-        subset = {kind: {} for kind in _KINDS}
+        subset: dict[str, dict] = {kind: {} for kind in _KINDS}
         for kind, name in elements:
             subset[kind][name] = getattr(sdata, kind)[name]
         SpatialData(**subset).write(staging / "elements.zarr")

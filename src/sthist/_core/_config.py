@@ -22,11 +22,11 @@ class _Record:
     """Conversion to and from the plain dict stored in ``config.json``."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
 
     @classmethod
     def from_dict(cls, values: dict):
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known: {sorted(known)}.")

@@ -154,6 +154,8 @@ class Section:
         else:
             elements = None
             image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
+        if image_key is None:  # resolve_elements always names the image when it is required
+            raise ValueError("The section has no image.")
         try:
             scale = get_microns_per_pixel(
                 sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
@@ -169,15 +171,24 @@ class Section:
             name = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.SECTION, "section0")
         return cls(sdata, str(name), elements, image_key, coordinate_system, scale, levels)
 
-    def _spot_elements(self) -> SpotElements:
+    @property
+    def spots(self) -> SpotElements:
+        """Names of image, spots and table (an error for a section resolved without spots)."""
         if self.elements is None:
             raise ValueError(f"Section {self.name!r} was resolved without spots.")
         return self.elements
 
+    @property
+    def scale(self) -> float:
+        """µm per unit of the coordinate system (an error says how to record it when unknown)."""
+        if self.microns_per_pixel is None:
+            return get_microns_per_pixel(self.sdata, coordinate_system=self.coordinate_system)
+        return self.microns_per_pixel
+
     @cached_property
     def table(self) -> ad.AnnData:
         """Rows of the table that annotate the spots (a view when the table annotates several regions)."""
-        elements = self._spot_elements()
+        elements = self.spots
         table = self.sdata.tables[elements.table_key]
         _, region_key, _ = table_region(table)
         in_region = np.asarray(table.obs[region_key] == elements.shapes_key)
@@ -193,7 +204,7 @@ class Section:
         """Spot centres (x, y) in the coordinate system, in table row order."""
         from spatialdata.transformations import get_transformation
 
-        elements = self._spot_elements()
+        elements = self.spots
         shapes = self.sdata.shapes[elements.shapes_key]
         geometry = shapes.geometry.loc[self._instances]
         if not (geometry.geom_type == "Point").all():
@@ -210,7 +221,7 @@ class Section:
     @property
     def radii(self) -> np.ndarray:
         """Spot radii in coordinate-system units, in table row order."""
-        elements = self._spot_elements()
+        elements = self.spots
         shapes = self.sdata.shapes[elements.shapes_key]
         if "radius" not in shapes.columns:
             raise ValueError(
@@ -220,7 +231,7 @@ class Section:
 
     def level_for(self, target_microns_per_pixel: float, *, slack: float = 1.0) -> ImageLevel:
         """The coarsest pyramid level at least as fine as the target resolution (µm/px)."""
-        return coarsest_level(self.levels, self.microns_per_pixel, target_microns_per_pixel, slack=slack)
+        return coarsest_level(self.levels, self.scale, target_microns_per_pixel, slack=slack)
 
     def patch_geometry(self, patch: PatchConfig, *, level: int | None = None) -> PatchGeometry:
         """Where each spot's patch lies in the pyramid level the patch resolution needs.
@@ -234,7 +245,7 @@ class Section:
             raise ValueError(f"level must be between 0 and {len(self.levels) - 1}, got {level}.")
         else:
             chosen = self.levels[level]
-        scale = self.microns_per_pixel
+        scale = self.scale
         return PatchGeometry(
             level=chosen,
             level_microns_per_pixel=(chosen.pixel_size[0] * scale, chosen.pixel_size[1] * scale),
@@ -258,7 +269,7 @@ class Section:
         level, mask = self.tissue
         centres = to_pixels(level, self.centres)
         if spot_diameter_um is not None:
-            radii_system = np.full(len(centres), spot_diameter_um / 2 / self.microns_per_pixel)
+            radii_system = np.full(len(centres), spot_diameter_um / 2 / self.scale)
         else:
             radii_system = self.radii
         radii = radii_system / np.asarray(level.pixel_size).mean()
@@ -285,7 +296,7 @@ class Section:
         """The same section with its table replaced in a new SpatialData object (the original is untouched)."""
         from spatialdata import SpatialData
 
-        elements = self._spot_elements()
+        elements = self.spots
         sdata = SpatialData(
             images=dict(self.sdata.images),
             shapes=dict(self.sdata.shapes),

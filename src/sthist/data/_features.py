@@ -53,6 +53,8 @@ def encode_patches(
         rows = np.array([row for row, _, _ in chunk])
         columns = np.array([view for _, _, view in chunk])
         output[rows, columns] = tokens.to("cpu", dtype)
+    if output is None:
+        raise ValueError("No patch to encode (empty dataset or indices).")
     return output
 
 

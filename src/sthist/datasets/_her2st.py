@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,7 @@ def _load_section(section: str, *, with_image: bool, scale_factors: Sequence[int
 def _check_registration(sdata, section: str) -> None:
     from sthist.pp import qc_spots
 
-    qc = qc_spots(sdata, inplace=False)
+    qc = cast("pd.DataFrame", qc_spots(sdata, inplace=False))  # inplace=False returns the columns
     fraction = float(qc[Key.obs.QC_ON_TISSUE].mean())
     sdata.attrs[Key.attrs.ROOT][Key.attrs.REGISTRATION] = fraction
     if fraction < REGISTRATION_WARNING_FRACTION:

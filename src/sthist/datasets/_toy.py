@@ -55,7 +55,11 @@ def toy(
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
     from spatialdata.transformations import Identity
 
-    scales = [microns_per_pixel] * n_sections if np.isscalar(microns_per_pixel) else list(microns_per_pixel)
+    scales = (
+        list(microns_per_pixel)
+        if isinstance(microns_per_pixel, list | tuple)
+        else [microns_per_pixel] * n_sections
+    )
     if len(scales) != n_sections:
         raise ValueError("Give one microns_per_pixel per section.")
     rng = np.random.default_rng(random_state)

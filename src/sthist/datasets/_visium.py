@@ -7,16 +7,20 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
 from sthist.datasets._registry import dataset_dir, fetch, registry
 
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
 #: Diameter of a Visium spot in µm (10x Genomics specification).
 VISIUM_SPOT_DIAMETER_UM = 65.0
 
 
-def visium(path: str | Path, *, dataset_id: str | None = None) -> object:
+def visium(path: str | Path, *, dataset_id: str | None = None) -> SpatialData:
     """Read a Space Ranger output folder with ``spatialdata_io.visium`` and record its physical scale.
 
     The full-resolution coordinate system is named ``'global'`` (spatialdata-io names it after the dataset);
@@ -64,7 +68,7 @@ def visium(path: str | Path, *, dataset_id: str | None = None) -> object:
     return sdata
 
 
-def seurat_visium(*, folder: str | Path | None = None) -> object:
+def seurat_visium(*, folder: str | Path | None = None) -> SpatialData:
     """The tiny real Visium output shipped with the Debian package ``r-cran-seurat`` (mouse brain, 100 genes).
 
     For testing Visium reading: files are read from ``settings.data_dir / 'seurat-visium'``, verified against

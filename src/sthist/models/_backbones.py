@@ -217,8 +217,8 @@ def get_backbone_config(name: str) -> BackboneConfig:
             )
         return timm.create_model(name, pretrained=bool(pretrained), num_classes=0)
 
-    cfg = get_pretrained_cfg(name)
-    cfg = {} if cfg is None else cfg.to_dict()
+    pretrained_cfg = get_pretrained_cfg(name)
+    cfg: dict = {} if pretrained_cfg is None else pretrained_cfg.to_dict()
     return BackboneConfig(
         name=name,
         input_size=int((cfg.get("input_size") or (3, 224, 224))[-1]),
@@ -256,11 +256,13 @@ class ImageEncoder(nn.Module):
     @property
     def embed_dim(self) -> int:
         """Channels of each output token."""
-        return int(self.config.embed_dim if self.config.embed_dim is not None else self.model.num_features)
+        if self.config.embed_dim is not None:
+            return self.config.embed_dim
+        return int(self.model.num_features)  # type: ignore[arg-type]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
-        features = self.model.forward_features(x)
+        x = (images.float() - self.mean) / self.std  # type: ignore[operator]
+        features = self.model.forward_features(x)  # type: ignore[operator]
         if features.ndim == 4:  # CNN feature map (B, C, h, w) → tokens
             return features.flatten(2).transpose(1, 2)
         return features[:, self.prefix_tokens :]
@@ -277,5 +279,5 @@ def create_encoder(name: str, *, pretrained: bool | str = True) -> ImageEncoder:
         pretrained = False
     model = config.build(pretrained)
     if config.embed_dim is None:
-        config = dataclasses.replace(config, embed_dim=int(model.num_features))
+        config = dataclasses.replace(config, embed_dim=int(model.num_features))  # type: ignore[arg-type]
     return ImageEncoder(config, model)

@@ -73,7 +73,9 @@ class Retrieval(Method):
         )
 
     @torch.inference_mode()
-    def reference(self, module: ContrastiveModel, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+    def reference(self, module: nn.Module, expression: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not isinstance(module, ContrastiveModel):
+            raise TypeError(f"Retrieval needs a ContrastiveModel, got {type(module).__name__}.")
         embeddings = torch.cat([module.spot_embedding(chunk) for chunk in expression.split(1024)])
         return {
             "bank.embeddings": torch.nn.functional.normalize(embeddings, dim=1),

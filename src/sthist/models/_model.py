@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,7 +123,7 @@ class SthistModel:
         backbone = backbone or DEFAULT_BACKBONE
         encoder = create_encoder(backbone, pretrained=pretrained)
         patch = PatchConfig(size_um=patch_size_um, size_px=encoder.config.input_size)
-        self._dataset = SpotPatchDataset(
+        self._dataset: SpotPatchDataset | None = SpotPatchDataset(
             resolved, genes=genes, layer=layer, patch_size_um=patch.size_um, patch_size_px=patch.size_px,
             qc_column=qc_column,
         )  # fmt: skip
@@ -131,7 +132,7 @@ class SthistModel:
         module = self._method.build(
             token_dim=encoder.embed_dim, n_genes=len(genes), architecture=architecture
         )
-        self.config = {
+        self.config: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "versions": versions(),
             "method": self._method.name,
@@ -237,6 +238,10 @@ class SthistModel:
             )
             self.tensors = self._method.fit_closed_form(tokens[:, 0], expression)
         else:
+            module = self.module
+            if module is None:
+                raise ValueError(f"The {self.method} method has no trainable module.")
+            train_data: torch.utils.data.Dataset
             if training.fine_tune:
                 dataset.augment = True
                 train_data = dataset
@@ -248,14 +253,14 @@ class SthistModel:
                 train_data = TokenDataset(tokens, expression, augment=True)
             try:
                 self.history = fit_module(
-                    self.module, self.encoder if training.fine_tune else None, train_data, training,
+                    module, self.encoder if training.fine_tune else None, train_data, training,
                     random_state=self.config["seed"], gpu=gpu, accelerator=accelerator, devices=devices,
                     strategy=strategy, num_nodes=num_nodes, precision=precision, checkpoint_dir=checkpoint_dir,
                     resume_from=resume_from,
                 )  # fmt: skip
             finally:
                 dataset.augment = False
-            self.module = self.module.cpu().eval()
+            self.module = module.cpu().eval()
             self.encoder = self.encoder.cpu().eval()
             self.tensors = self._method.reference(self.module, expression)
         self.config["training"] = training.to_dict()
@@ -374,13 +379,15 @@ class SthistModel:
         return load(folder)
 
 
-def _normalised_sections(sections: dict[str, Section], layer: str, target_sum: float) -> tuple[dict, dict]:
+def _normalised_sections(
+    sections: dict[str, Section], layer: str, target_sum: float
+) -> tuple[dict[str, Section], dict]:
     """Sections whose tables carry the normalised layer; tables lacking it are normalised in a copy."""
     from sthist.pp import normalize
 
     prepared, record = {}, None
     for name, section in sections.items():
-        table = section.sdata.tables[section.elements.table_key]
+        table = section.sdata.tables[section.spots.table_key]
         if layer not in table.layers:
             table = table.copy()
             normalize(table, target_sum=target_sum, key_added=layer)
@@ -397,7 +404,7 @@ def _normalised_sections(sections: dict[str, Section], layer: str, target_sum: f
             )
         record = section_record
         prepared[name] = section
-    return prepared, record
+    return prepared, record or {}
 
 
 def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[str]:

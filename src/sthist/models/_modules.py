@@ -203,7 +203,7 @@ class ContrastiveModel(_TokenModel):
         image = self.image_head(projected.mean(dim=1))
         spot = self.spot_head(expression)
         contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
-        if self.reconstruction is None:
+        if self.reconstruction is None or self.gene_tokenizer is None:
             return {"loss": contrastive, "contrastive": contrastive.detach()}
         reconstructed = self.reconstruction(projected, self.gene_tokenizer(expression))
         reconstruction = F.mse_loss(reconstructed, image)

@@ -7,6 +7,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -40,7 +41,7 @@ class TrainingModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         tokens = batch["tokens"] if self.encoder is None else self.encoder(batch["image"])
-        losses = self.model.losses(tokens, batch["expression"])
+        losses = self.model.losses(tokens, batch["expression"])  # type: ignore[operator]
         self.log("loss", losses["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(tokens))
         for name, value in losses.items():
             self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + float(value.detach())
@@ -77,7 +78,7 @@ class TrainingModule(L.LightningModule):
 def fit_module(
     module: torch.nn.Module,
     encoder: torch.nn.Module | None,
-    train_data: torch.utils.data.Dataset,
+    train_data: Any,
     training: TrainingConfig,
     *,
     random_state: int,
@@ -90,7 +91,7 @@ def fit_module(
     checkpoint_dir: str | None,
     resume_from: str | None,
 ) -> list[dict[str, float]]:
-    """Run the Lightning trainer over ``train_data``; returns the per-epoch mean losses.
+    """Run the Lightning trainer over ``train_data`` (a map-style dataset); returns the per-epoch mean losses.
 
     With ``encoder`` the encoder is trained too (end to end, mixed precision on GPU); otherwise items are
     cached tokens.
@@ -106,7 +107,7 @@ def fit_module(
         num_workers=settings.num_workers,
     )
     root = checkpoint_dir or tempfile.mkdtemp(prefix="sthist-fit-")
-    callbacks = []
+    callbacks: list[L.Callback] = []
     if checkpoint_dir is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -120,7 +121,7 @@ def fit_module(
             devices=devices,
             strategy=strategy,
             num_nodes=num_nodes,
-            precision=precision or ("bf16-mixed" if gpu and encoder is not None else "32-true"),
+            precision=precision or ("bf16-mixed" if gpu and encoder is not None else "32-true"),  # type: ignore[arg-type]
             default_root_dir=root,
             callbacks=callbacks,
             enable_checkpointing=checkpoint_dir is not None,

@@ -199,7 +199,7 @@ def uncertainty(
     spread_key = Key.obsm.uncertainty(key)
     if spread_key not in table.obsm:
         raise KeyError(f"No uncertainty under table.obsm[{spread_key!r}]; run `sthist.tl.predict` first.")
-    spread = prediction_frame(table, spread_key, genes)
+    spread = prediction_frame(table, spread_key, list(genes))
     if spread.isna().all().all():
         method = provenance(table, key).get("method", "this model")
         raise ValueError(
@@ -235,4 +235,4 @@ def _predictions_on_tissue(sdata, genes, key, max_image_pixels, image_key, table
         coordinate_system=coordinate_system,
         obsm_key=key,
     )
-    return genes, view, prediction_frame(view.table, key, genes)
+    return genes, view, prediction_frame(view.table, key, list(genes))

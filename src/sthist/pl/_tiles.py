@@ -127,7 +127,7 @@ def tiles(
         layers = [("predicted", np.asarray(table.X[:, column], dtype=float).ravel(), cmap)]
         if show_spread:
             layers.append(
-                ("uncertainty", np.asarray(spread[:, column], dtype=float).ravel(), uncertainty_cmap)
+                ("uncertainty", np.asarray(spread[:, column], dtype=np.float64).ravel(), uncertainty_cmap)  # type: ignore[index]
             )
         flag = " — unreliable in CV" if gene in unreliable else ""
         for ax, (label, values, colours) in zip(axes[row], layers, strict=True):

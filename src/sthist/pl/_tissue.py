@@ -165,11 +165,11 @@ def axes_grid(ax, rows: int, columns: int, figsize: tuple[float, float], *, what
             rows, columns, figsize=figsize, squeeze=False, layout="constrained", sharey=sharey
         )
         return figure, axes
-    axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+    given = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
     n = rows * columns
-    if len(axes) != n:
-        raise ValueError(f"Pass one Axes per {what}: {n} {what}s, {len(axes)} Axes.")
-    return axes[0].figure, np.array(axes, dtype=object).reshape(rows, columns)
+    if len(given) != n:
+        raise ValueError(f"Pass one Axes per {what}: {n} {what}s, {len(given)} Axes.")
+    return given[0].figure, np.array(given, dtype=object).reshape(rows, columns)
 
 
 def finish(figure, returned, *, title: str | None, save, show: bool | None):

@@ -134,9 +134,10 @@ def select_genes(
                 "Gene names (var_names) must be unique; call `adata.var_names_make_unique()` first."
             )
         shared = table.var_names if shared is None else shared.intersection(table.var_names, sort=False)
-    if len(shared) == 0:
+    if shared is None or len(shared) == 0:
         raise ValueError("The sections share no gene.")
-    scores, passes = [], np.ones(len(shared), dtype=bool)
+    scores: list[np.ndarray] = []
+    passes = np.ones(len(shared), dtype=np.bool_)
     for name, table in tables.items():
         if layer not in table.layers:
             raise KeyError(
@@ -144,7 +145,7 @@ def select_genes(
             )
         columns = table.var_names.get_indexer(shared)
         mean, variance, detected = _column_stats(table.layers[layer][:, columns])
-        passes &= detected >= min_detection
+        passes = passes & (detected >= min_detection)
         scores.append(mean if flavor == "heg" else variance)
     score = pd.Series(np.mean(scores, axis=0), index=shared)[passes]
     if score.empty:

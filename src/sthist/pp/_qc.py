@@ -128,7 +128,7 @@ def qc_spots(
         coordinate_system=coordinate_system,
         microns_per_pixel=microns_per_pixel,
     )
-    table_key = section.elements.table_key
+    table_key = section.spots.table_key
     table = sdata.tables[table_key]
     columns = [Key.obs.QC_IN_IMAGE, Key.obs.QC_TISSUE_FRACTION, Key.obs.QC_ON_TISSUE, Key.obs.QC_PASS]
     if inplace and not overwrite and any(c in table.obs for c in columns):

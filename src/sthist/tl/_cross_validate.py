@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -127,13 +128,16 @@ def cross_validate(
         test = {name: sdata for name, sdata in sections.items() if membership[name] == held_out}
         for method in methods:
             logger.info("fold %d (%s held out): fitting %s on %s", fold, held_out, method, list(train))
-            model = fit(train, method=method, token_cache=cache, **options)
+            model = fit(train, method=method, token_cache=cache, **options)  # type: ignore[arg-type]
             if return_models:
                 models[(held_out, method)] = model
             target_sum = model.config["normalization"]["target_sum"]
             for name, sdata in test.items():
-                predicted, _ = predict(
-                    sdata, model, inplace=False, token_cache=cache, qc_column=options.get("qc_column")
+                predicted, _ = cast(
+                    "tuple[pd.DataFrame, pd.DataFrame]",
+                    predict(
+                        sdata, model, inplace=False, token_cache=cache, qc_column=options.get("qc_column")
+                    ),
                 )
                 predicted = predicted.dropna()
                 observed = observed_expression(sdata, model.genes, target_sum).loc[predicted.index]

@@ -159,7 +159,7 @@ def fit(
     model = SthistModel(
         sdata,
         method=method,
-        genes=genes,
+        genes=None if genes is None else list(genes),
         n_top_genes=n_top_genes,
         backbone=backbone,
         pretrained=pretrained,

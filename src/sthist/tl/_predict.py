@@ -125,7 +125,7 @@ def predict(
         table_key=table_key,
         coordinate_system=coordinate_system,
     )
-    elements = section.elements
+    elements = section.spots
     table = sdata.tables[elements.table_key]
     uncertainty_key = Key.obsm.uncertainty(key_added)
     if inplace and not overwrite:
@@ -165,11 +165,11 @@ def predict(
         means.append(mean)
         spreads.append(spread)
     columns = [model.genes.index(g) for g in chosen]
-    mean = torch.cat(means)[:, columns].numpy()
-    spread = torch.cat(spreads)[:, columns].numpy()
+    mean_values = torch.cat(means)[:, columns].numpy()
+    spread_values = torch.cat(spreads)[:, columns].numpy()
     index = pd.Index(dataset.spots["obs_name"].to_numpy())
-    prediction = pd.DataFrame(mean, index=index, columns=chosen).reindex(table.obs_names)
-    uncertainty = pd.DataFrame(spread, index=index, columns=chosen).reindex(table.obs_names)
+    prediction = pd.DataFrame(mean_values, index=index, columns=chosen).reindex(table.obs_names)
+    uncertainty = pd.DataFrame(spread_values, index=index, columns=chosen).reindex(table.obs_names)
     if not inplace:
         return prediction, uncertainty
     table.obsm[key_added] = prediction

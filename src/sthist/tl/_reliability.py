@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -77,8 +78,9 @@ def gene_reliability(
         for name, sdata in sections.items():
             if membership[name] != held_out:
                 continue
-            predicted, _ = predict(
-                sdata, fold_model, inplace=False, token_cache=cache, qc_column=config["qc_column"]
+            predicted, _ = cast(
+                "tuple[pd.DataFrame, pd.DataFrame]",
+                predict(sdata, fold_model, inplace=False, token_cache=cache, qc_column=config["qc_column"]),
             )
             predicted = predicted.dropna()
             observed = observed_expression(sdata, model.genes, config["normalization"]["target_sum"]).loc[

@@ -90,7 +90,7 @@ def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, b
             raise ValueError(
                 f"bounds must be (x_min, y_min, x_max, y_max) with x_min < x_max and y_min < y_max, got {bounds!r}."
             )
-    scale = section.microns_per_pixel
+    scale = section.scale
     full = section.levels[0]
     height, width = full.shape
     # Image extent in coordinate-system units (axis-aligned: scale and translation).
@@ -233,7 +233,7 @@ def predict_tiles(
     grid = _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds)
     if grid.empty:
         raise ValueError("No tile lies on tissue; lower min_tissue_fraction or check the image.")
-    scale = section.microns_per_pixel
+    scale = section.scale
     n_tiles = len(grid)
     names = pd.Index([f"tile{i}" for i in range(n_tiles)], name="tile")
     shapes = ShapesModel.parse(
