@@ -15,6 +15,7 @@ from sthist._core._config import (
     K_NEIGHBOURS,
     METHOD_NAMES,
     N_TOP_GENES,
+    ArchitectureConfig,
     PatchConfig,
     TrainingConfig,
 )
@@ -157,6 +158,10 @@ def _fit(args: argparse.Namespace) -> int:
         k=args.k,
         views=args.views,
         fine_tune=args.fine_tune,
+        token_layers=args.token_layers,
+        detach_target=args.detach_target,
+        center_expression=args.center_expression,
+        center_tokens=args.center_tokens,
         patch_size_um=args.patch_size_um,
         qc_column=args.qc_column,
         random_state=args.seed,
@@ -187,7 +192,15 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"wrote shapes[{args.key!r}] and tables[{Key.tables.tiles(args.key)!r}] into {args.store}")
         return 0
     table_key = resolve_elements(sdata).table_key
-    sthist.tl.predict(sdata, model, key_added=args.key, overwrite=args.overwrite, qc_column=args.qc_column)
+    sthist.tl.predict(
+        sdata,
+        model,
+        key_added=args.key,
+        overwrite=args.overwrite,
+        qc_column=args.qc_column,
+        tta_views=args.tta_views,
+        smooth_um=args.smooth_um,
+    )
     # The table keeps everything it had and gains the predictions; it is rewritten atomically.
     write_elements(sdata, [("tables", table_key)], overwrite=True)
     print(f"wrote tables[{table_key!r}].obsm[{args.key!r}] into {args.store}")
@@ -356,6 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"patch side in µm (default: {PatchConfig.size_um:g})",
     )
     fit.add_argument("--qc-column", default=None, help="boolean obs column selecting training spots")
+    architecture = ArchitectureConfig()
+    fit.add_argument(
+        "--token-layers",
+        type=int,
+        default=architecture.token_layers,
+        help=f"trainable transformer layers over the token grid (default: {architecture.token_layers})",
+    )
+    fit.add_argument(
+        "--detach-target", action="store_true", help="reconstruct a detached copy of the image embedding"
+    )
+    fit.add_argument(
+        "--center-expression",
+        action="store_true",
+        help="shift each training section's expression to the training mean (targets and retrieval bank)",
+    )
+    fit.add_argument(
+        "--center-tokens",
+        action="store_true",
+        help="replace each section's mean encoder channel vector by the training mean (frozen encoder)",
+    )
     fit.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )
@@ -390,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tiles: keep tiles whose centre lies in this rectangle (coordinate-system units)",
     )
     predict.add_argument("--qc-column", default=None, help="boolean obs column selecting spots")
+    predict.add_argument(
+        "--tta-views",
+        type=int,
+        default=1,
+        help="dihedral views predicted and averaged per patch (default: 1)",
+    )
+    predict.add_argument(
+        "--smooth-um", type=float, default=None, help="average predictions over spots within this many µm"
+    )
     predict.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )

@@ -77,6 +77,15 @@ class ArchitectureConfig(_Record):
         Contrastive temperature τ.
     dropout
         Dropout probability of heads and attention.
+    token_layers
+        Trainable transformer layers over the projected token grid, shared by the contrastive and the
+        reconstruction paths (0: none, the tokens are only projected). Without positional embeddings, so the
+        encoded patch is invariant to the dihedral transforms of its token grid. With the encoder frozen
+        (the fast path) they give the reconstruction branch something to shape.
+    detach_target
+        Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the
+        branch and the token layers through the masked tokens only, and cannot pull the embedding the
+        contrastive loss aligns towards whatever is easiest to reconstruct.
     """
 
     embedding_dim: int = 256
@@ -86,11 +95,23 @@ class ArchitectureConfig(_Record):
     mask_ratio: float = 0.5
     temperature: float = 1.0
     dropout: float = 0.1
+    token_layers: int = 0
+    detach_target: bool = False
 
     def __post_init__(self):
         _positive_integers(self, ("embedding_dim", "gene_tokens", "heads", "fusion_blocks"))
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}.")
+        if (
+            isinstance(self.token_layers, bool)
+            or int(self.token_layers) != self.token_layers
+            or self.token_layers < 0
+        ):
+            raise ValueError(f"token_layers must be a non-negative integer, got {self.token_layers!r}.")
+        if self.embedding_dim % self.heads:
+            raise ValueError(
+                f"embedding_dim ({self.embedding_dim}) must be divisible by heads ({self.heads})."
+            )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,14 @@ F = TypeVar("F", bound=Callable | type)
 
 #: Each entry is inserted where a docstring says ``{name}`` (at 4 spaces of indentation, inside Parameters).
 SHARED_PARAMETERS = {
+    "centering": """center_expression
+        Shift each training section's expression to the mean over all training spots, for the targets and the
+        retrieval bank: the model learns variation within sections rather than differences between sections
+        (depth, patient). Pearson r within a section is unaffected by the shift.
+    center_tokens
+        Fast path: replace each section's mean encoder channel vector by the training mean, in training and
+        (with the predicted section's own mean) at prediction: a feature-space normalisation of stain and
+        scanner differences.""",
     "fit_sections": """Training sections: a SpatialData object, a list or a dict of them (image, spots, table with
         raw counts; physical scale recorded). Nothing is written into them.""",
     "fit_method": """method

@@ -60,6 +60,7 @@ class SthistModel:
     qc_column
         Boolean ``obs`` column selecting training spots (e.g. ``'sthist_pass_qc'``).
     {fit_layer}
+    {centering}
     {random_state}
 
     Examples
@@ -86,6 +87,8 @@ class SthistModel:
         qc_column: str | None = None,
         layer: str = Key.layers.NORMALIZED,
         target_sum: float = TARGET_SUM,
+        center_expression: bool = False,
+        center_tokens: bool = False,
         random_state: int | None = None,
     ):
         import lightning as L
@@ -136,6 +139,7 @@ class SthistModel:
             },
             "architecture": {"token_dim": encoder.embed_dim, "n_genes": len(genes), **architecture.to_dict()},
             "training": None,
+            "centering": {"expression": bool(center_expression), "tokens": bool(center_tokens)},
             "k": int(k),
             "qc_column": qc_column,
             "seed": int(random_state),
@@ -213,7 +217,15 @@ class SthistModel:
                 f"Only {len(dataset)} training spots for batch_size={training.batch_size}; lower batch_size "
                 "or add sections."
             )
+        if training.fine_tune and self.centering["tokens"]:
+            raise ValueError(
+                "center_tokens applies to the frozen-encoder fast path (cached tokens); it cannot be combined "
+                "with fine_tune=True."
+            )
         expression = torch.from_numpy(dataset.expression)
+        sections = torch.from_numpy(dataset.spots["section"].cat.codes.to_numpy(dtype="int64"))
+        if self.centering["expression"]:
+            expression = _recentre(expression, sections)
         gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         device = "cuda" if gpu else "cpu"
         identity = f"{self.config['backbone']['name']}|{self.config['backbone']['weights_identity']}"
@@ -221,7 +233,8 @@ class SthistModel:
             tokens = tokens_of(
                 dataset, self.encoder, identity=identity, views=1, device=device, token_cache=token_cache
             )
-            self.tensors = self._method.fit_closed_form(tokens[:, 0], expression)
+            tokens = self._centred_tokens(tokens, sections)
+            self.tensors.update(self._method.fit_closed_form(tokens[:, 0], expression))
         else:
             module = self.module
             if module is None:
@@ -235,6 +248,7 @@ class SthistModel:
                     dataset, self.encoder, identity=identity, views=training.views, device=device,
                     token_cache=token_cache,
                 )  # fmt: skip
+                tokens = self._centred_tokens(tokens, sections)
                 train_data = TokenDataset(tokens, expression, augment=True)
             try:
                 self.history = fit_module(
@@ -247,7 +261,7 @@ class SthistModel:
                 dataset.augment = False
             self.module = module.cpu().eval()
             self.encoder = self.encoder.cpu().eval()
-            self.tensors = self._method.reference(self.module, expression)
+            self.tensors.update(self._method.reference(self.module, expression))
         self.config["training"] = training.to_dict()
         self.config["backbone"]["fine_tuned"] = bool(training.fine_tune)
         logger.info(
@@ -257,6 +271,36 @@ class SthistModel:
             len(self.config["training_sections"]),
         )
         return self
+
+    def _centred_tokens(self, tokens: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
+        """Training tokens with each section's mean channel vector replaced by the training mean."""
+        if not self.centering["tokens"]:
+            return tokens
+        channels = tokens.float().mean(dim=(1, 2))  # (spots, channels): mean over views and token positions
+        overall = channels.mean(dim=0)
+        self.tensors = {**self.tensors, "tokens.mean": overall}
+        shift = torch.zeros_like(channels)
+        for code in sections.unique():
+            members = sections == code
+            shift[members] = overall - channels[members].mean(dim=0)
+        return (tokens.float() + shift[:, None, None, :]).to(tokens.dtype)
+
+    def section_token_shift(self, section_mean: torch.Tensor | None) -> torch.Tensor | None:
+        """What to add to the tokens of a section whose mean channel vector is ``section_mean``.
+
+        ``None`` when the model does not centre tokens. Centring needs the section's mean over its spots
+        (or tiles): :func:`sthist.tl.predict` passes the mean over all predicted spots.
+        """
+        if not self.centering["tokens"]:
+            return None
+        if section_mean is None:
+            raise ValueError("This model centres tokens per section; pass the section's mean channel vector.")
+        return self.tensors["tokens.mean"] - section_mean.float()
+
+    @property
+    def centering(self) -> dict[str, bool]:
+        """Whether expression and tokens are centred per section (``{'expression': …, 'tokens': …}``)."""
+        return {"expression": False, "tokens": False, **self.config.get("centering", {})}
 
     @property
     def is_trained(self) -> bool:
@@ -311,6 +355,8 @@ class SthistModel:
             "patch_size_um": self.patch.size_um,
             "k": self.k,
             "qc_column": self.config["qc_column"],
+            "center_expression": self.centering["expression"],
+            "center_tokens": self.centering["tokens"],
             "random_state": self.config["seed"],
         }
 
@@ -323,16 +369,20 @@ class SthistModel:
 
     @torch.inference_mode()
     def predict_tokens(
-        self, tokens: torch.Tensor, *, k: int | None = None
+        self, tokens: torch.Tensor, *, k: int | None = None, section_mean: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Expression (spots × genes, log1p units) and its spread over the retrieved neighbours from tokens.
 
         Retrieval methods average the expression of the ``k`` reference spots whose expression embeddings
         are most similar (cosine) to the patch's image embedding; the spread is their standard deviation.
-        Regression and ridge give no spread (NaN).
+        Regression and ridge give no spread (NaN). ``section_mean`` is the mean channel vector of the
+        section's tokens, needed when the model centres tokens per section.
         """
         if not self.is_trained:
             raise ValueError("The model is not trained yet; call model.train() first.")
+        shift = self.section_token_shift(section_mean)
+        if shift is not None:
+            tokens = tokens.float() + shift
         return self._method.predict(self.module, self.tensors, tokens, self.k if k is None else int(k))
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
@@ -404,6 +454,20 @@ def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[
     return heg + [g for g in hvg if g not in set(heg)]
 
 
+def _recentre(expression: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
+    """Each section's expression shifted so that its mean equals the mean over all training spots.
+
+    The model then learns how expression varies within a section, not how sections differ in depth or
+    patient; predictions come out on the training level, and per-section correlations are unaffected.
+    """
+    overall = expression.mean(dim=0)
+    centred = expression.clone()
+    for code in sections.unique():
+        members = sections == code
+        centred[members] += overall - expression[members].mean(dim=0)
+    return centred
+
+
 def versions() -> dict[str, str]:
     return {name: version(name) for name in ("sthist", "torch", "timm")}
 
@@ -421,6 +485,7 @@ def upgrade_config(config: dict) -> dict:
     config["qc_column"] = hyper.pop("qc_column", None)
     hyper["fine_tune"] = bool(config["backbone"].get("fine_tuned", False))
     config["training"] = hyper
+    config["centering"] = {"expression": False, "tokens": False}
     config["format_version"] = FORMAT_VERSION
     return config
 

@@ -159,10 +159,22 @@ class _TokenModel(nn.Module):
     def __init__(self, token_dim: int, architecture: ArchitectureConfig):
         super().__init__()
         self.architecture = architecture
-        self.token_projection = nn.Linear(token_dim, architecture.embedding_dim)
+        dim = architecture.embedding_dim
+        self.token_projection = nn.Linear(token_dim, dim)
+        self.token_encoder: nn.Module | None = None
+        if architecture.token_layers:
+            layer = nn.TransformerEncoderLayer(
+                dim, architecture.heads, 2 * dim, architecture.dropout, activation="gelu", batch_first=True,
+                norm_first=True,
+            )  # fmt: skip
+            self.token_encoder = nn.TransformerEncoder(
+                layer, architecture.token_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+            )
 
     def image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.token_projection(tokens.float())
+        """Projected (and, with ``token_layers``, encoded) image tokens (B, N, embedding_dim)."""
+        projected = self.token_projection(tokens.float())
+        return projected if self.token_encoder is None else self.token_encoder(projected)
 
 
 class ContrastiveModel(_TokenModel):
@@ -206,7 +218,8 @@ class ContrastiveModel(_TokenModel):
         if self.reconstruction is None or self.gene_tokenizer is None:
             return {"loss": contrastive, "contrastive": contrastive.detach()}
         reconstructed = self.reconstruction(projected, self.gene_tokenizer(expression))
-        reconstruction = F.mse_loss(reconstructed, image)
+        target = image.detach() if self.architecture.detach_target else image
+        reconstruction = F.mse_loss(reconstructed, target)
         loss = torch.log1p(contrastive) + torch.log1p(reconstruction)
         return {"loss": loss, "contrastive": contrastive.detach(), "reconstruction": reconstruction.detach()}
 

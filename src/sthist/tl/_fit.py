@@ -47,12 +47,16 @@ def fit(
     heads: int = _ARCHITECTURE.heads,
     fusion_blocks: int = _ARCHITECTURE.fusion_blocks,
     dropout: float = _ARCHITECTURE.dropout,
+    token_layers: int = _ARCHITECTURE.token_layers,
+    detach_target: bool = _ARCHITECTURE.detach_target,
     views: int = _TRAINING.views,
     fine_tune: bool = _TRAINING.fine_tune,
     patch_size_um: float = PatchConfig.size_um,
     qc_column: str | None = None,
     layer: str = Key.layers.NORMALIZED,
     target_sum: float = TARGET_SUM,
+    center_expression: bool = False,
+    center_tokens: bool = False,
     random_state: int | None = None,
     accelerator: str = "auto",
     devices: int | str | list = "auto",
@@ -81,9 +85,10 @@ def fit(
     {fit_k}
     temperature
         Contrastive temperature τ.
-    mask_ratio, embedding_dim, gene_tokens, heads, fusion_blocks, dropout
+    mask_ratio, embedding_dim, gene_tokens, heads, fusion_blocks, dropout, token_layers, detach_target
         Architecture: fraction of masked token entries, embedding size d, gene tokens, attention heads,
-        fusion blocks of the reconstruction branch, dropout.
+        fusion blocks of the reconstruction branch, dropout, trainable transformer layers over the token grid
+        and whether the reconstruction target is detached (:class:`sthist.models.ArchitectureConfig`).
     views
         Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
     fine_tune
@@ -95,6 +100,7 @@ def fit(
     {fit_patch}
     {qc_column}
     {fit_layer}
+    {centering}
     {random_state}
     {trainer}
     {token_cache}
@@ -133,6 +139,8 @@ def fit(
         mask_ratio=mask_ratio,
         temperature=temperature,
         dropout=dropout,
+        token_layers=token_layers,
+        detach_target=detach_target,
     )
     model = SthistModel(
         sdata,
@@ -147,6 +155,8 @@ def fit(
         qc_column=qc_column,
         layer=layer,
         target_sum=target_sum,
+        center_expression=center_expression,
+        center_tokens=center_tokens,
         random_state=random_state,
     )
     return model.train(

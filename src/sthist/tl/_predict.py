@@ -29,6 +29,8 @@ def predict(
     qc_column: str | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    tta_views: int = 1,
+    smooth_um: float | None = None,
     image_key: str | None = None,
     shapes_key: str | None = None,
     table_key: str | None = None,
@@ -63,6 +65,12 @@ def predict(
         Patches encoded at a time.
     device
         Torch device of the encoder (``'cpu'``, ``'cuda'``).
+    tta_views
+        Test-time augmentation: predict each of the first ``tta_views`` dihedral views of every patch
+        (1-8) and average the predictions and spreads.
+    smooth_um
+        Average each spot's prediction with those of the predicted spots whose centres lie within this
+        distance (µm); ``None`` leaves predictions as they are. The spread is not smoothed.
     {element_keys}
     {coordinate_system}
     {inplace}
@@ -109,6 +117,10 @@ def predict(
             f"The model was trained on {contract['patch']['size_um']:g} µm patches; predicting with "
             f"{patch_size_um:g} µm patches would show it a different tissue scale."
         )
+    if isinstance(tta_views, bool) or int(tta_views) != tta_views or not 1 <= tta_views <= 8:
+        raise ValueError(f"tta_views must be an integer between 1 and 8 (dihedral views), got {tta_views!r}.")
+    if smooth_um is not None and (not np.isfinite(smooth_um) or smooth_um <= 0):
+        raise ValueError(f"smooth_um must be a positive distance in µm (or None), got {smooth_um!r}.")
     if genes is not None:
         unknown = [g for g in genes if g not in model.genes]
         if unknown:
@@ -155,18 +167,26 @@ def predict(
         dataset,
         model.encoder,
         identity=f"{backbone['name']}|{backbone['weights_identity']}",
+        views=tta_views,
         batch_size=batch_size,
         device=device,
         token_cache=None if backbone["fine_tuned"] else token_cache,
-    )[:, 0]
-    means, spreads = [], []
-    for chunk in tokens.split(256):
-        mean, spread = model.predict_tokens(chunk, k=k)
-        means.append(mean)
-        spreads.append(spread)
+    )
+    section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
     columns = [model.genes.index(g) for g in chosen]
-    mean_values = torch.cat(means)[:, columns].numpy()
-    spread_values = torch.cat(spreads)[:, columns].numpy()
+    mean_values = np.zeros((len(dataset), len(columns)), dtype=np.float32)
+    spread_values = np.zeros_like(mean_values)
+    for view in range(tta_views):
+        means, spreads = [], []
+        for chunk in tokens[:, view].split(256):
+            mean, spread = model.predict_tokens(chunk, k=k, section_mean=section_mean)
+            means.append(mean)
+            spreads.append(spread)
+        mean_values += torch.cat(means)[:, columns].numpy() / tta_views
+        spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
+    if smooth_um is not None:
+        centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
+        mean_values = smooth(mean_values, centres_um, smooth_um)
     index = pd.Index(dataset.spots["obs_name"].to_numpy())
     prediction = pd.DataFrame(mean_values, index=index, columns=chosen).reindex(table.obs_names)
     uncertainty = pd.DataFrame(spread_values, index=index, columns=chosen).reindex(table.obs_names)
@@ -184,6 +204,8 @@ def predict(
         "patch_size_um": contract["patch"]["size_um"],
         "training_sections": list(contract["training_sections"]),
         "spots_predicted": int(len(dataset)),
+        "tta_views": int(tta_views),
+        "smooth_um": None if smooth_um is None else float(smooth_um),
         "unreliable_genes": [g for g in model.unreliable_genes if g in chosen],
         Key.uns.VERSION: contract["versions"]["sthist"],
     }
@@ -191,3 +213,17 @@ def predict(
         "added table.obsm[%r], table.obsm[%r] and table.uns[%r]", key_added, uncertainty_key, key_added
     )
     return None
+
+
+def smooth(values: np.ndarray, centres_um: np.ndarray, radius_um: float) -> np.ndarray:
+    """Mean of each row of ``values`` over the rows whose centres lie within ``radius_um`` (itself included)."""
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(centres_um).query_pairs(radius_um, output_type="ndarray")
+    n = len(centres_um)
+    rows = np.r_[np.arange(n), pairs[:, 0], pairs[:, 1]]
+    cols = np.r_[np.arange(n), pairs[:, 1], pairs[:, 0]]
+    adjacency = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    weights = sparse.diags(1.0 / np.asarray(adjacency.sum(axis=1)).ravel()) @ adjacency
+    return np.asarray(weights @ values, dtype=values.dtype)

@@ -14,6 +14,9 @@ from sthist._core._section import Section
 from sthist._logging import logger
 from sthist._settings import settings
 
+#: Tiles encoded to estimate a section's mean channel vector for models that centre tokens per section.
+TOKEN_MEAN_TILES = 512
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
@@ -268,13 +271,21 @@ def predict_tiles(
     genes = model.genes
     prediction = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
     spread = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
+    section_mean = None
+    if model.centering["tokens"]:
+        # Centring needs the section's mean channel vector: estimated from tiles spread over the section.
+        sample = np.unique(np.linspace(0, n_tiles - 1, min(n_tiles, TOKEN_MEAN_TILES)).astype(int))
+        tokens = encode_patches(
+            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample
+        )
+        section_mean = tokens[:, 0].float().mean(dim=(0, 1))
     progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
     for start in range(0, n_tiles, chunk_tiles):
         indices = range(start, min(start + chunk_tiles, n_tiles))
         tokens = encode_patches(
             dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices
         )
-        mean, deviation = model.predict_tokens(tokens[:, 0])
+        mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
         prediction[order[start : indices.stop]] = mean.numpy()
         spread[order[start : indices.stop]] = deviation.numpy()
         progress.update(len(indices))

@@ -1,0 +1,164 @@
+"""Options that help predictions carry over to unseen sections: token layers, detached reconstruction target,
+per-section centring of expression and tokens, test-time augmentation, smoothing over neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import sthist
+from sthist.models import ArchitectureConfig, ContrastiveModel, TrainingConfig
+from sthist.models._model import _recentre
+from sthist.tl._predict import smooth
+
+FAST = {"backbone": "tiny", "patch_size_um": 64, "k": 5, "max_epochs": 2, "batch_size": 32, "views": 2}
+
+
+@pytest.fixture(scope="module")
+def sections():
+    sthist.settings.progress = False
+    return sthist.datasets.toy(3, grid=8, n_genes=12, random_state=5)
+
+
+def test_token_layers_are_trained_and_ignore_the_order_of_tokens():
+    torch.manual_seed(0)
+    architecture = ArchitectureConfig(embedding_dim=16, heads=2, token_layers=2)
+    model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, reconstruction=True).eval()
+    assert model.token_encoder is not None and len(model.token_encoder.layers) == 2
+    tokens = torch.randn(4, 9, 8)
+    rotated = tokens.view(4, 3, 3, 8).rot90(1, dims=(1, 2)).reshape(4, 9, 8)  # a quarter turn of the grid
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_embedding(rotated), model.image_embedding(tokens))
+    losses = model.train().losses(tokens, torch.rand(4, 5))
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in model.token_encoder.parameters())
+    with pytest.raises(ValueError, match="non-negative integer"):
+        ArchitectureConfig(token_layers=-1)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_detached_target_keeps_reconstruction_out_of_the_image_head(detach, monkeypatch):
+    from sthist.models import _modules
+
+    monkeypatch.setattr(
+        _modules, "bleep_loss", lambda image, spot, temperature: (image.sum() + spot.sum()) * 0
+    )
+    torch.manual_seed(0)
+    architecture = ArchitectureConfig(
+        embedding_dim=16, heads=2, token_layers=1, detach_target=detach, dropout=0
+    )
+    model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, reconstruction=True)
+    model.losses(torch.randn(6, 9, 8), torch.rand(6, 5))["loss"].backward()
+    head = torch.cat([p.grad.abs().flatten() for p in model.image_head.parameters()])
+    encoder = torch.cat([p.grad.abs().flatten() for p in model.token_encoder.parameters()])
+    assert (head.max() == 0) == detach  # only the joint target pulls the embedding towards the reconstruction
+    assert encoder.max() > 0  # the token layers learn from the reconstruction either way
+
+
+def test_recentre_puts_every_section_on_the_training_mean():
+    expression = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [12.0, 2.0]])
+    sections = torch.tensor([0, 0, 1, 1])
+    centred = _recentre(expression, sections)
+    torch.testing.assert_close(centred[:2].mean(0), expression.mean(0))
+    torch.testing.assert_close(centred[2:].mean(0), expression.mean(0))
+    torch.testing.assert_close(centred[1] - centred[0], expression[1] - expression[0])  # within-section kept
+
+
+def test_centred_expression_fills_the_bank_on_one_level(sections):
+    train = {k: sections[k] for k in ("toy0", "toy1")}
+    model = sthist.tl.fit(train, center_expression=True, **FAST)
+    assert model.centering == {"expression": True, "tokens": False}
+    bank = model.tensors["bank.expression"]
+    n0 = model.config["training_sections"]["toy0"]
+    torch.testing.assert_close(bank[:n0].mean(0), bank[n0:].mean(0), rtol=1e-5, atol=1e-5)
+    predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
+    assert predicted.notna().all().all()
+
+
+def test_centred_tokens_make_predictions_blind_to_a_section_wide_shift(sections):
+    train = {k: sections[k] for k in ("toy0", "toy1")}
+    for method in ("cmrcnet", "ridge"):
+        model = sthist.tl.fit(train, method=method, center_tokens=True, **FAST)
+        assert "tokens.mean" in model.tensors
+        tokens = torch.randn(10, 4, 32)
+        shift = torch.randn(32)  # a stain change seen in feature space
+        plain = model.predict_tokens(tokens, section_mean=tokens.mean(dim=(0, 1)))[0]
+        shifted = model.predict_tokens(tokens + shift, section_mean=(tokens + shift).mean(dim=(0, 1)))[0]
+        torch.testing.assert_close(plain, shifted, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="mean channel vector"):
+            model.predict_tokens(tokens)
+    predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
+    assert predicted.notna().all().all()
+    tiled = sthist.datasets.toy(3, grid=8, n_genes=12, random_state=5)["toy2"]  # a copy: tiles add a table
+    sthist.tl.predict_tiles(tiled, model, stride_um=128)
+    assert np.isfinite(tiled.tables["sthist_tiles_table"].X).all()
+    with pytest.raises(ValueError, match="fine_tune=True"):
+        sthist.models.SthistModel(train, center_tokens=True, backbone="tiny", patch_size_um=64, k=5).train(
+            TrainingConfig(fine_tune=True, max_epochs=1, batch_size=32)
+        )
+
+
+def test_test_time_augmentation_averages_the_dihedral_views(sections):
+    model = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, **FAST)
+    cache = sthist.data.TokenCache()
+    once, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache)
+    twice, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache, tta_views=2)
+    dataset = sthist.data.SpotPatchDataset(sections["toy2"], patch_size_um=64, patch_size_px=32)
+    tokens = sthist.data.encode_patches(dataset, model.encoder, views=2)
+    by_hand = (model.predict_tokens(tokens[:, 0])[0] + model.predict_tokens(tokens[:, 1])[0]) / 2
+    index = dataset.spots["obs_name"].to_numpy()
+    np.testing.assert_allclose(twice.loc[index].to_numpy(), by_hand.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(once.to_numpy(), twice.to_numpy())
+    with pytest.raises(ValueError, match="tta_views must be an integer between 1 and 8"):
+        sthist.tl.predict(sections["toy2"], model, tta_views=9)
+
+
+def test_smoothing_over_neighbours_in_microns(sections):
+    values = np.array([[1.0], [3.0], [10.0]], dtype=np.float32)
+    centres = np.array([[0.0, 0.0], [50.0, 0.0], [200.0, 0.0]])
+    np.testing.assert_allclose(smooth(values, centres, 60.0), [[2.0], [2.0], [10.0]])
+    model = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, **FAST)
+    plain, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
+    tight, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, smooth_um=1.0)  # spots 150 µm apart
+    smoothed, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, smooth_um=160.0)
+    pd.testing.assert_frame_equal(plain, tight)
+    assert smoothed.var().mean() < plain.var().mean()
+    with pytest.raises(ValueError, match="smooth_um must be a positive distance"):
+        sthist.tl.predict(sections["toy2"], model, smooth_um=0)
+
+
+def test_options_from_the_command_line_are_recorded(tmp_path):
+    import spatialdata as sd
+
+    from sthist.__main__ import main
+
+    toy = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=3)
+    stores = []
+    for name, sdata in toy.items():
+        sdata.write(tmp_path / f"{name}.zarr")
+        stores.append(str(tmp_path / f"{name}.zarr"))
+    fit = ["--backbone", "tiny", "--epochs", "1", "--batch-size", "16", "--k", "5", "--token-layers", "1"]
+    fit += ["--detach-target", "--center-expression", "--center-tokens", "--output", str(tmp_path / "model")]
+    assert main(["fit", stores[0], *fit]) == 0
+    model = sthist.models.load(tmp_path / "model")
+    assert model.architecture.token_layers == 1 and model.architecture.detach_target
+    assert model.centering == {"expression": True, "tokens": True}
+    assert (
+        main(
+            [
+                "predict",
+                stores[1],
+                "--model",
+                str(tmp_path / "model"),
+                "--tta-views",
+                "2",
+                "--smooth-um",
+                "200",
+            ]
+        )
+        == 0
+    )
+    provenance = sd.read_zarr(stores[1]).tables["table"].uns["sthist_pred"]
+    assert provenance["tta_views"] == 2 and provenance["smooth_um"] == 200.0
