@@ -6,6 +6,7 @@ from sthist.tl._fit import fit
 from sthist.tl._localisation import auroc, localisation
 from sthist.tl._predict import predict
 from sthist.tl._reliability import gene_reliability
+from sthist.tl._select import select_settings
 from sthist.tl._tiles import predict_tiles, tile_grid
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "localisation",
     "predict",
     "predict_tiles",
+    "select_settings",
     "tile_grid",
 ]

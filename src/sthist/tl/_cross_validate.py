@@ -58,6 +58,7 @@ def cross_validate(
     n_top: int = 50,
     marker_genes: Sequence[str] | None = None,
     fit_options: Mapping | None = None,
+    predict_options: Mapping | None = None,
     token_cache=None,
     return_models: bool = False,
 ):
@@ -82,6 +83,8 @@ def cross_validate(
         Marker genes (MG) to summarise.
     fit_options
         Further keyword arguments of :func:`sthist.tl.fit`, the same for every method and fold.
+    predict_options
+        Keyword arguments of :func:`sthist.tl.predict` (e.g. ``tta_views``, ``smooth_um``).
     token_cache
         A :class:`sthist.data.TokenCache`; by default one is made so that each section is encoded once.
     return_models
@@ -121,6 +124,10 @@ def cross_validate(
     for reserved in ("method", "token_cache", "sdata"):
         if reserved in options:
             raise ValueError(f"fit_options must not set {reserved!r}.")
+    at_predict = dict(predict_options or {})
+    for reserved in ("inplace", "token_cache", "qc_column", "model", "sdata"):
+        if reserved in at_predict:
+            raise ValueError(f"predict_options must not set {reserved!r}.")
     cache = token_cache if token_cache is not None else TokenCache()
     rows, models = [], {}
     for fold, held_out in enumerate(distinct):
@@ -136,7 +143,12 @@ def cross_validate(
                 predicted, _ = cast(
                     "tuple[pd.DataFrame, pd.DataFrame]",
                     predict(
-                        sdata, model, inplace=False, token_cache=cache, qc_column=options.get("qc_column")
+                        sdata,
+                        model,
+                        inplace=False,
+                        token_cache=cache,
+                        qc_column=options.get("qc_column"),
+                        **at_predict,
                     ),
                 )
                 predicted = predicted.dropna()
