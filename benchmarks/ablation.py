@@ -68,6 +68,8 @@ def main() -> None:
     cache = TokenCache()
     markers = sthist.datasets.her2st_marker_genes
     patient = {name: section_group(name, sdata, "patient") for name, sdata in sections.items()}
+    # Encode every section once before timing, so that no arm's fit time includes the encoding.
+    sthist.tl.fit(sections, method="bleep", token_cache=cache, **{**base, "max_epochs": 1})
     rows, auroc, fit_seconds = [], [], {}
     for arm, (method, fit_options, predict_options) in arms.items():
         fit_seconds[arm] = 0.0
@@ -120,7 +122,8 @@ def main() -> None:
         "",
         "Mean over the held-out sections (A1, B4, C2–C6; patients A, B, C each held out once) of the mean Pearson "
         "r across spots (HEG@50/HVG@50: top 50 panel genes of that section by mean/variance; MG: markers); "
-        "ERBB2 AUROC: predicted ERBB2 separating invasive cancer on A1; fit time summed over the three folds. "
+        "ERBB2 AUROC: predicted ERBB2 separating invasive cancer on A1; fit time summed over the three folds "
+        "(tokens cached before timing). "
         "Measured on the test folds: a report, not a choice of defaults.",
         "",
         markdown_table(mean),

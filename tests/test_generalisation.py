@@ -179,3 +179,19 @@ def test_select_settings_ranks_candidates_on_inner_folds_only(sections):
         sthist.tl.select_settings(train, {"x": {"k": 3}}, groups="section", fit_options=shared)
     with pytest.raises(ValueError, match="gene_sets must be among"):
         sthist.tl.select_settings(train, candidates, groups="section", gene_sets=["XYZ"])
+
+
+def test_fine_tuning_trains_on_the_centred_targets(sections, monkeypatch):
+    from sthist.models import _training
+
+    seen = {}
+    original = _training.fit_module
+
+    def recording(module, encoder, train_data, training, **options):
+        seen["targets"] = torch.stack([train_data[i]["expression"] for i in range(len(train_data))])
+        return original(module, encoder, train_data, training, **options)
+
+    monkeypatch.setattr(_training, "fit_module", recording)
+    train = {k: sections[k] for k in ("toy0", "toy1")}
+    model = sthist.tl.fit(train, fine_tune=True, center_expression=True, **{**FAST, "max_epochs": 1})
+    torch.testing.assert_close(seen["targets"], model.tensors["bank.expression"])

@@ -242,7 +242,8 @@ class SthistModel:
             train_data: torch.utils.data.Dataset
             if training.fine_tune:
                 dataset.augment = True
-                train_data = dataset
+                # Patches from the dataset, targets as prepared here (centred when asked).
+                train_data = _WithTargets(dataset, expression) if self.centering["expression"] else dataset
             else:
                 tokens = tokens_of(
                     dataset, self.encoder, identity=identity, views=training.views, device=device,
@@ -452,6 +453,19 @@ def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[
     heg = select_genes(tables, flavor="heg", n_top=n_top, layer=layer)
     hvg = select_genes(tables, flavor="hvg", n_top=n_top, layer=layer)
     return heg + [g for g in hvg if g not in set(heg)]
+
+
+class _WithTargets(torch.utils.data.Dataset):
+    """Items of a patch dataset with their expression replaced by prepared targets (same order)."""
+
+    def __init__(self, dataset, targets: torch.Tensor):
+        self.dataset, self.targets = dataset, targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "expression": self.targets[index]}
 
 
 def _recentre(expression: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
