@@ -24,8 +24,9 @@ def test_efficientnet_lite0_matches_reference_implementation():
         expected = reference.extract_features((images.float() / 255 - 0.5) / 0.5)
         tokens = encoder(images)
     assert tokens.shape == (2, 49, 1280)
+    # float32 through 16 blocks: kernels differ between CPUs (AMD/Intel, BLAS builds) by ~1e-5 here.
     np.testing.assert_allclose(
-        tokens.numpy(), expected.flatten(2).transpose(1, 2).numpy(), rtol=1e-5, atol=1e-5
+        tokens.numpy(), expected.flatten(2).transpose(1, 2).numpy(), rtol=1e-4, atol=1e-4
     )
     # The ImageNet weights matter: a random network gives different features.
     random_tokens = create_encoder("efficientnet_lite0", pretrained=False)(images)

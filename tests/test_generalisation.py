@@ -167,12 +167,17 @@ def test_options_from_the_command_line_are_recorded(tmp_path):
 def test_select_settings_ranks_candidates_on_inner_folds_only(sections):
     shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5}
     train = {k: sections[k] for k in ("toy0", "toy1")}  # toy2 plays the outer held-out section: never used
-    candidates = {"bleep": {"method": "bleep"}, "ridge centred": {"method": "ridge", "center_expression": True}}
+    candidates = {
+        "bleep": {"method": "bleep"},
+        "ridge centred": {"method": "ridge", "center_expression": True},
+    }
     ranking = sthist.tl.select_settings(train, candidates, groups="section", fit_options=shared)
     assert list(ranking.index) == sorted(candidates, key=lambda c: -ranking.loc[c, "score"])
     assert ranking.attrs["best"] == ranking.index[0]
     direct = sthist.tl.cross_validate(train, groups="section", methods=["bleep"], fit_options=shared)
-    expected = direct[direct["gene_set"].isin(["HEG@50", "HVG@50"])].groupby("gene_set")["pearson_mean"].mean()
+    expected = (
+        direct[direct["gene_set"].isin(["HEG@50", "HVG@50"])].groupby("gene_set")["pearson_mean"].mean()
+    )
     assert ranking.loc["bleep", "score"] == pytest.approx(expected.mean())
     assert set(direct["section"]) == {"toy0", "toy1"}
     with pytest.raises(ValueError, match="names no method"):
