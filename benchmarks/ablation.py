@@ -56,7 +56,7 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
-    from sthist.tl._cross_validate import observed_expression, section_group
+    from sthist.tl._cross_validate import aligned_frames, section_group
     from sthist.tl._evaluate import evaluation_frames
 
     arms = ARMS if args.arms == ["all"] else {name: ARMS[name] for name in args.arms}
@@ -89,8 +89,7 @@ def main() -> None:
                     qc_column="sthist_pass_qc",
                     **predict_options,
                 )
-                predicted = predicted.dropna()
-                observed = observed_expression(sdata, model.genes, 1e4).loc[predicted.index]
+                observed, predicted = aligned_frames(sdata, predicted, 1e4)
                 result = evaluation_frames(observed, predicted, n_top=50, marker_genes=markers)
                 for gene_set, summary in result["summary"].iterrows():
                     rows.append({"arm": arm, "method": method, "held_out": held_out, "section": name,

@@ -28,7 +28,7 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
-    from sthist.tl._cross_validate import observed_expression, section_group
+    from sthist.tl._cross_validate import aligned_frames, section_group
     from sthist.tl._evaluate import evaluation_frames
 
     sthist.settings.progress = False
@@ -49,8 +49,7 @@ def main() -> None:
                     predicted, _ = sthist.tl.predict(
                         sdata, model, k=k, inplace=False, token_cache=cache, qc_column="sthist_pass_qc"
                     )
-                    predicted = predicted.dropna()
-                    observed = observed_expression(sdata, model.genes, 1e4).loc[predicted.index]
+                    observed, predicted = aligned_frames(sdata, predicted, 1e4)
                     summary = evaluation_frames(observed, predicted)["summary"]
                     rows.append(
                         {

@@ -51,7 +51,7 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
-    from sthist.tl._cross_validate import observed_expression, section_group
+    from sthist.tl._cross_validate import aligned_frames, section_group
     from sthist.tl._evaluate import evaluation_frames
 
     sthist.settings.progress = False
@@ -79,8 +79,7 @@ def main() -> None:
                 predicted, _ = sthist.tl.predict(
                     sdata, model, inplace=False, token_cache=cache, qc_column=base["qc_column"]
                 )
-                predicted = predicted.dropna()
-                observed = observed_expression(sdata, model.genes, 1e4).loc[predicted.index]
+                observed, predicted = aligned_frames(sdata, predicted, 1e4)
                 summary = evaluation_frames(observed, predicted, n_top=50, marker_genes=markers)["summary"]
                 rows += [{"held_out": held_out, "section": name, "method": method, "chosen": best,
                           "gene_set": gene_set, "pearson_mean": row["pearson_mean"]}

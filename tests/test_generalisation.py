@@ -200,3 +200,18 @@ def test_fine_tuning_trains_on_the_centred_targets(sections, monkeypatch):
     train = {k: sections[k] for k in ("toy0", "toy1")}
     model = sthist.tl.fit(train, fine_tune=True, center_expression=True, **{**FAST, "max_epochs": 1})
     torch.testing.assert_close(seen["targets"], model.tensors["bank.expression"])
+
+
+def test_cross_validation_scores_only_the_genes_a_held_out_section_measures():
+    toy = sthist.datasets.toy(3, grid=6, n_genes=10, random_state=2)
+    table = toy["toy2"].tables["table"]
+    dropped = table.var_names[0]
+    toy["toy2"].tables["table"] = table[:, 1:].copy()  # toy2 does not measure the first gene
+    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 16, "views": 1, "k": 5}
+    results = sthist.tl.cross_validate(toy, groups="section", methods=["ridge"], fit_options=shared)
+    held_out = results[(results["section"] == "toy2") & (results["gene_set"] == "all")]
+    # The model trained without toy2 predicts the first gene; toy2 is scored on the others.
+    assert int(held_out["n_genes"].iloc[0]) == int(held_out["panel_size"].iloc[0]) - 1
+    from sthist.tl._cross_validate import observed_expression
+
+    assert dropped not in observed_expression(toy["toy2"], [dropped, table.var_names[1]], 1e4).columns

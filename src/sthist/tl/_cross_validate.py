@@ -36,18 +36,37 @@ def section_group(name: str, sdata, groups: str) -> str:
 
 
 def observed_expression(sdata, genes: list[str], target_sum: float) -> pd.DataFrame:
-    """Log-normalised expression of ``genes`` (from raw counts), without writing into ``sdata``."""
+    """Log-normalised expression of those ``genes`` the section measures (from raw counts), nothing written.
+
+    Sections can measure different genes (HER2ST's do): genes of a panel that a held-out section lacks are
+    left out of its columns and logged, so they are not scored on it.
+    """
     from sthist.pp import normalize
 
     table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
     normalised = normalize(table, target_sum=target_sum, inplace=False)
     columns = table.var_names.get_indexer(genes)
-    if (columns < 0).any():
-        missing = [g for g, c in zip(genes, columns, strict=True) if c < 0]
-        raise KeyError(f"Genes {missing[:10]} of the panel are not measured in the held-out section.")
-    values = normalised[:, columns]
+    missing = [g for g, c in zip(genes, columns, strict=True) if c < 0]
+    if missing:
+        logger.info(
+            "%d panel genes are not measured in the section and are not scored: %s",
+            len(missing),
+            missing[:10],
+        )
+    measured = [g for g, c in zip(genes, columns, strict=True) if c >= 0]
+    values = normalised[:, columns[columns >= 0]]
     values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
-    return pd.DataFrame(values, index=table.obs_names, columns=genes)
+    return pd.DataFrame(values, index=table.obs_names, columns=measured)
+
+
+def aligned_frames(sdata, predicted: pd.DataFrame, target_sum: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Observed and predicted expression of one held-out section over the same spots and genes.
+
+    Spots without a prediction (left out by QC) and panel genes the section does not measure are dropped.
+    """
+    predicted = predicted.dropna()
+    observed = observed_expression(sdata, list(predicted.columns), target_sum)
+    return observed.loc[predicted.index], predicted[list(observed.columns)]
 
 
 def cross_validate(
@@ -151,8 +170,7 @@ def cross_validate(
                         **at_predict,
                     ),
                 )
-                predicted = predicted.dropna()
-                observed = observed_expression(sdata, model.genes, target_sum).loc[predicted.index]
+                observed, predicted = aligned_frames(sdata, predicted, target_sum)
                 result = evaluation_frames(observed, predicted, n_top=n_top, marker_genes=marker_genes)
                 for gene_set, summary in result["summary"].iterrows():
                     rows.append(

@@ -12,7 +12,7 @@ from sthist._constants import RELIABILITY_THRESHOLD
 from sthist._core._docs import doc_params
 from sthist._core._metrics import gene_pearson
 from sthist._logging import logger
-from sthist.tl._cross_validate import observed_expression, section_group
+from sthist.tl._cross_validate import aligned_frames, section_group
 
 
 @doc_params
@@ -82,10 +82,7 @@ def gene_reliability(
                 "tuple[pd.DataFrame, pd.DataFrame]",
                 predict(sdata, fold_model, inplace=False, token_cache=cache, qc_column=config["qc_column"]),
             )
-            predicted = predicted.dropna()
-            observed = observed_expression(sdata, model.genes, config["normalization"]["target_sum"]).loc[
-                predicted.index
-            ]
+            observed, predicted = aligned_frames(sdata, predicted, config["normalization"]["target_sum"])
             per_section.append(gene_pearson(observed, predicted).rename(name))
     reliability = pd.concat(per_section, axis=1).mean(axis=1).rename("reliability")
     model.config["gene_reliability"] = {
