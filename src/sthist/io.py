@@ -28,7 +28,8 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
     sdata
         A SpatialData object backed by a zarr store.
     elements
-        ``(kind, name)`` pairs, e.g. ``[("shapes", "sthist_tiles"), ("tables", "sthist_tiles_table")]``.
+        ``(kind, name)`` pairs, e.g. ``[("shapes", key), ("tables", key + "_table")]`` for the tiles of
+        :func:`sthist.tl.predict_tiles`.
     overwrite
         Replace elements of the same name in the store.
 

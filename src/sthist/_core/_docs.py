@@ -65,7 +65,7 @@ SHARED_PARAMETERS = {
         Side of the square patch centred on each spot, in µm, and its side after resampling, in pixels
         (the encoder's input size).""",
     "qc_column": """qc_column
-        Boolean ``obs`` column selecting the spots to use (e.g. ``'sthist_pass_qc'`` from
+        Boolean ``obs`` column selecting the spots to use (e.g. ``sthist_pass_qc`` from
         :func:`sthist.pp.qc_spots`); all spots by default.""",
     "inplace": """inplace
         Write the results into the object and return ``None`` (scanpy's convention); otherwise return them

@@ -82,7 +82,7 @@ class SpotPatchDataset(torch.utils.data.Dataset):
     augment
         Apply a random one of the 8 dihedral transforms (rotations by 90°, flips) to each item.
     qc_column
-        Boolean ``obs`` column selecting the spots to use (e.g. ``'sthist_pass_qc'`` from
+        Boolean ``obs`` column selecting the spots to use (e.g. ``sthist_pass_qc`` from
         :func:`sthist.pp.qc_spots`); all spots by default.
     in_memory
         Force the in-memory (``True``) or lazy (``False``) path; by default chosen by level size.

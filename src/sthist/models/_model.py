@@ -58,7 +58,7 @@ class SthistModel:
     {fit_patch}
     {fit_k}
     qc_column
-        Boolean ``obs`` column selecting training spots (e.g. ``'sthist_pass_qc'``).
+        Boolean ``obs`` column selecting training spots (e.g. ``sthist_pass_qc``).
     {fit_layer}
     {centering}
     {random_state}

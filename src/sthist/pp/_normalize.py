@@ -37,7 +37,7 @@ def normalize(
     layer
         Layer holding the raw counts; ``None`` uses ``adata.X``.
     key_added
-        Layer to write; its settings go to ``adata.uns['sthist_normalization'][key_added]``.
+        Layer to write; its settings go to ``adata.uns``, entry ``sthist_normalization``, key ``key_added``.
     inplace
         Write into ``adata`` and return ``None``; otherwise return the normalised matrix.
     overwrite
@@ -46,7 +46,7 @@ def normalize(
     Returns
     -------
     ``None`` with ``inplace=True``; writes ``adata.layers[key_added]`` (float32, sparse CSR when the counts
-    are sparse) and ``adata.uns['sthist_normalization'][key_added]`` (method, target_sum, counts, units).
+    are sparse) and ``adata.uns``, entry ``sthist_normalization``, key ``key_added`` (method, target_sum, counts, units).
     With ``inplace=False``, the normalised matrix.
 
     Examples

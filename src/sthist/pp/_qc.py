@@ -101,11 +101,11 @@ def qc_spots(
     -------
     ``None`` with ``inplace=True``; it writes into the table:
 
-    - ``obs['sthist_in_image']``: the spot's patch lies entirely inside the image;
-    - ``obs['sthist_tissue_fraction']``: fraction of the spot's disc covered by the tissue mask;
-    - ``obs['sthist_on_tissue']``: that fraction is at least ``min_tissue_fraction``;
-    - ``obs['sthist_pass_qc']``: both;
-    - ``uns['sthist_qc']``: the settings.
+    - ``obs`` column ``sthist_in_image``: the spot's patch lies entirely inside the image;
+    - ``obs`` column ``sthist_tissue_fraction``: fraction of the spot's disc covered by the tissue mask;
+    - ``obs`` column ``sthist_on_tissue``: that fraction is at least ``min_tissue_fraction``;
+    - ``obs`` column ``sthist_pass_qc``: both;
+    - ``uns`` entry ``sthist_qc``: the settings.
 
     With ``inplace=False``, these four columns as a DataFrame (spots × 4), ``sdata`` untouched.
 
