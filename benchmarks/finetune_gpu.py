@@ -56,10 +56,7 @@ def export(folder: Path) -> None:
     panels = {}
     for held_out in sorted(set(patient.values())):
         train = {n: s for n, s in sections.items() if patient[n] != held_out}
-        heg = sthist.pp.select_genes(train, flavor="heg", n_top=250)
-        panels[held_out] = heg + [
-            g for g in sthist.pp.select_genes(train, flavor="hvg", n_top=250) if g not in heg
-        ]
+        panels[held_out] = sthist.pp.select_genes(train, flavor="heg+hvg", n_top=250)
     genes = sorted(set().union(*panels.values()))
     dataset = SpotPatchDataset(sections, genes=genes, qc_column="sthist_pass_qc", patch_size_um=112.0)
     blobs = []

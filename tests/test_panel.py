@@ -58,3 +58,15 @@ def test_accepts_spatialdata_dict(toy):
         sthist.pp.normalize(sdata.tables["table"])
     panel = sthist.pp.select_genes(toy, n_top=5)
     assert len(panel) == 5 and len(set(panel)) == 5
+
+
+def test_heg_plus_hvg_is_the_union_in_order():
+    sections = sthist.datasets.toy(2, grid=5, n_genes=20, random_state=4)
+    for sdata in sections.values():
+        sthist.pp.normalize(sdata.tables["table"])
+    heg = sthist.pp.select_genes(sections, flavor="heg", n_top=6)
+    hvg = sthist.pp.select_genes(sections, flavor="hvg", n_top=6)
+    union = sthist.pp.select_genes(sections, flavor="heg+hvg", n_top=6)
+    assert union[:6] == heg and union[6:] == [g for g in hvg if g not in heg]
+    with pytest.raises(ValueError, match="flavor must be 'heg', 'hvg' or 'heg\\+hvg'"):
+        sthist.pp.select_genes(sections, flavor="top")

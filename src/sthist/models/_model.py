@@ -450,9 +450,7 @@ def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[
     tables = {name: section.table for name, section in sections.items()}
     if genes is not None:
         return select_genes(tables, genes=genes)
-    heg = select_genes(tables, flavor="heg", n_top=n_top, layer=layer)
-    hvg = select_genes(tables, flavor="hvg", n_top=n_top, layer=layer)
-    return heg + [g for g in hvg if g not in set(heg)]
+    return select_genes(tables, flavor="heg+hvg", n_top=n_top, layer=layer)
 
 
 class _WithTargets(torch.utils.data.Dataset):

@@ -63,7 +63,7 @@ def _column_stats(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def select_genes(
     sections: SpatialData | ad.AnnData | Sequence | Mapping,
     *,
-    flavor: Literal["heg", "hvg"] = "heg",
+    flavor: Literal["heg", "hvg", "heg+hvg"] = "heg",
     n_top: int | None = 250,
     genes: Sequence[str] | None = None,
     min_detection: float = 0.1,
@@ -82,9 +82,10 @@ def select_genes(
     sections
         One or several sections: AnnData tables, SpatialData objects with one table, or a dict of them.
     flavor
-        ``"heg"`` (top by mean expression) or ``"hvg"`` (top by variance).
+        ``"heg"`` (top by mean expression), ``"hvg"`` (top by variance), or ``"heg+hvg"``: the top
+        ``n_top`` HEG followed by those of the top ``n_top`` HVG not among them (``tl.fit``'s default panel).
     n_top
-        Number of genes; ``None`` keeps all genes that pass the filters.
+        Number of genes (of each ranking for ``"heg+hvg"``); ``None`` keeps all genes that pass the filters.
     genes
         An explicit panel instead of a ranking: every gene must be present in every section.
     min_detection
@@ -121,8 +122,13 @@ def select_genes(
                     f"{' ...' if len(missing) > 10 else ''}."
                 )
         return genes
+    if flavor == "heg+hvg":
+        heg = select_genes(sections, flavor="heg", n_top=n_top, min_detection=min_detection, layer=layer)
+        hvg = select_genes(sections, flavor="hvg", n_top=n_top, min_detection=min_detection, layer=layer)
+        chosen = set(heg)
+        return heg + [g for g in hvg if g not in chosen]
     if flavor not in ("heg", "hvg"):
-        raise ValueError(f"flavor must be 'heg' or 'hvg', got {flavor!r}.")
+        raise ValueError(f"flavor must be 'heg', 'hvg' or 'heg+hvg', got {flavor!r}.")
     if n_top is not None and (int(n_top) != n_top or n_top < 1):
         raise ValueError(f"n_top must be a positive integer or None, got {n_top!r}.")
     if not 0 <= min_detection <= 1:
