@@ -37,7 +37,7 @@ def test_explicit_list_and_missing_genes():
     assert sthist.pp.select_genes([one, two], genes=["a"]) == ["a"]
     with pytest.raises(KeyError, match=r"not measured in section 1: \['b'\]"):
         sthist.pp.select_genes([one, two], genes=["a", "b"])
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match="more than once"):
         sthist.pp.select_genes([one], genes=["a", "a"])
 
 

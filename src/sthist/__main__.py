@@ -59,7 +59,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     test = args.test_section
     if test not in sections:
-        raise SystemExit(f"--test-section must be one of {list(sections)}")
+        raise UserError(f"--test-section must be one of {list(sections)}")
     train = {name: sdata for name, sdata in sections.items() if name != test}
     results, models = [], {}
     for method in ["cmrcnet", *(["ridge"] if args.baseline else [])]:
@@ -123,29 +123,98 @@ def _markdown(rows: list[dict]) -> str:
     return markdown_table(rows)
 
 
-def _read_store(path: str, microns_per_pixel: float | None):
+def _read_store(path: str, microns_per_pixel: float | None, *, flag: str = "STORE"):
     import spatialdata as sd
 
     import sthist
+    from sthist._constants import DEFAULT_COORDINATE_SYSTEM
+    from sthist._core._scale import checked_scale
 
     store = Path(path)
     if not store.exists():
-        raise SystemExit(f"error: {store} does not exist (expected a SpatialData zarr store)")
-    sdata = sd.read_zarr(store)
+        raise UserError(f"{store} does not exist (expected a SpatialData zarr store)")
+    if not store.is_dir():
+        raise UserError(f"{store} is a file, not a SpatialData zarr store (a folder ending in .zarr)")
+    if not any((store / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs")):
+        raise UserError(f"{store} is not a zarr store (no zarr.json or .zgroup inside); give the SpatialData store")
+    try:
+        sdata = sd.read_zarr(store)
+    except Exception as error:  # spatialdata's many ways of failing on foreign folders
+        raise UserError(f"{store} could not be read as a SpatialData store ({type(error).__name__}: {error})") from error
     if microns_per_pixel is not None:
-        sthist.pp.set_microns_per_pixel(sdata, microns_per_pixel, source="given on the command line")
+        given = checked_scale(microns_per_pixel, "--microns-per-pixel")
+        recorded = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.MICRONS_PER_PIXEL, {})
+        if isinstance(recorded, dict) and DEFAULT_COORDINATE_SYSTEM in recorded:
+            stored = float(recorded[DEFAULT_COORDINATE_SYSTEM])
+            if abs(given / stored - 1) > 0.01:
+                ratio = max(given / stored, stored / given)
+                raise UserError(
+                    f"--microns-per-pixel {given:g} differs from the {stored:g} µm/px recorded in {store} "
+                    f"({ratio:.3g}× apart); drop the flag to use the recorded scale, or correct the store with "
+                    "sthist.pp.set_microns_per_pixel"
+                )
+        sthist.pp.set_microns_per_pixel(sdata, given, source="given on the command line")
     return sdata
+
+
+def _section_names(paths: list[str]) -> list[str]:
+    """Names of training stores: their file names, with as many parent folders as needed to tell them apart."""
+    resolved = [Path(p).resolve() for p in paths]
+    repeated = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if repeated:
+        raise UserError(f"{repeated[0]} is given more than once; give each training store once")
+    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
+        names = ["/".join([*p.parent.parts[len(p.parent.parts) - depth + 1 :], p.stem]) for p in resolved]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in resolved]
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is the first (or only) of a multi-process Lightning run."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _check_devices(accelerator: str, devices: str) -> None:
+    import os
+
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"--accelerator {accelerator} asks for a GPU, but torch sees none here; use --accelerator cpu")
+    if devices == "auto" or not devices.lstrip("-").isdigit():
+        return
+    count = int(devices)
+    if count < 1 and count != -1:
+        raise UserError(f"--devices must be a positive number of devices, -1 (all) or auto; got {devices}")
+    available = (os.cpu_count() or 1) if on_cpu else torch.cuda.device_count()
+    if count > available:
+        what = "CPU cores" if on_cpu else "GPUs"
+        raise UserError(
+            f"--devices {count} asks for more than the {available} {what} here; use --devices {available} or fewer"
+            + (" (or --accelerator gpu on a GPU machine)" if on_cpu else "")
+        )
 
 
 def _fit(args: argparse.Namespace) -> int:
     import sthist
 
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; give a folder for the model")
     if (output / "config.json").exists() and not args.overwrite:
-        raise SystemExit(f"error: {output} already holds a model; pass --overwrite or another --output")
-
-    sections = {Path(p).stem: _read_store(p, args.microns_per_pixel) for p in args.stores}
-    genes = Path(args.genes).read_text().split() if args.genes else None
+        raise UserError(f"{output} already holds a model; pass --overwrite or another --output")
+    _check_devices(args.accelerator, str(args.devices))
+    genes = None
+    if args.genes:
+        if not Path(args.genes).is_file():
+            raise UserError(f"--genes {args.genes} is not a file (one gene name per line)")
+        genes = Path(args.genes).read_text().split()
+    names = _section_names(args.stores)
+    sections = {name: _read_store(p, args.microns_per_pixel) for name, p in zip(names, args.stores, strict=True)}
     model = sthist.tl.fit(
         sections,
         genes=genes,
@@ -168,6 +237,8 @@ def _fit(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         devices=args.devices,
     )
+    if not _is_rank_zero():
+        return 0  # one process of a multi-device run: the first saves and reports
     model.save(args.output, overwrite=args.overwrite)
     print(f"fitted {model!r}; saved to {args.output}")
     return 0
@@ -175,10 +246,13 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import sthist
+    from sthist._core._checks import check_key_name
     from sthist._core._elements import resolve_elements
-    from sthist.io import write_elements
+    from sthist.io import check_writable, update_table
 
+    check_key_name(args.key, "--key")
     sdata = _read_store(args.store, args.microns_per_pixel)
+    check_writable(args.store)
     model = sthist.models.load(args.model)
     if args.tiles:
         sthist.tl.predict_tiles(
@@ -188,6 +262,7 @@ def _predict(args: argparse.Namespace) -> int:
             key_added=args.key,
             overwrite=args.overwrite,
             bounds=args.bounds,
+            max_tiles=None if args.max_tiles == 0 else args.max_tiles,
         )
         print(f"wrote shapes[{args.key!r}] and tables[{Key.tables.tiles(args.key)!r}] into {args.store}")
         return 0
@@ -201,8 +276,15 @@ def _predict(args: argparse.Namespace) -> int:
         tta_views=args.tta_views,
         smooth_um=args.smooth_um,
     )
-    # The table keeps everything it had and gains the predictions; it is rewritten atomically.
-    write_elements(sdata, [("tables", table_key)], overwrite=True)
+    # Under the store's lock, the table is read again and gains the predictions; other processes' results
+    # written meanwhile are kept, and the table is replaced atomically.
+    update_table(
+        sdata,
+        table_key,
+        obsm=[args.key, Key.obsm.uncertainty(args.key)],
+        uns=[args.key],
+        overwrite=args.overwrite,
+    )
     print(f"wrote tables[{table_key!r}].obsm[{args.key!r}] into {args.store}")
     return 0
 
@@ -212,6 +294,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sthist._core._elements import resolve_elements
     from sthist._core._report import markdown_table
 
+    if args.output:
+        _check_new_file(args.output, args.overwrite)
     sdata = _read_store(args.store, None)
     table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
     if args.layer not in table.layers:
@@ -223,7 +307,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(result["summary"]))
     print(f"gene–gene correlation fidelity: {result['gene_gene_fidelity']:.3f} over {result['spots']} spots")
     if args.output:
-        _check_new_file(args.output, args.overwrite)
         result["genes"].to_csv(args.output, index_label="gene")
         print(f"wrote per-gene scores to {args.output}")
     return 0
@@ -241,7 +324,7 @@ def _plot(args: argparse.Namespace) -> int:
     sdata = _read_store(args.store, None)
     args.key = args.key or (Key.shapes.TILES if args.kind == "tiles" else Key.obsm.PREDICTION)
     if args.kind in ("expression", "uncertainty", "tiles") and not args.genes:
-        raise SystemExit(f"error: --genes is required for --kind {args.kind}")
+        raise UserError(f"--genes is required for --kind {args.kind}")
     if args.kind == "tiles":
         sthist.pl.tiles(sdata, args.genes, key=args.key, save=args.output)
         print(f"wrote {args.output}")
@@ -249,8 +332,8 @@ def _plot(args: argparse.Namespace) -> int:
     try:
         args.table = table_holding(sdata, args.table, obsm_key=args.key)
     except ValueError:
-        raise SystemExit(
-            f"error: the store holds several tables {sorted(sdata.tables)} with predictions under {args.key!r}; "
+        raise UserError(
+            f"the store holds several tables {sorted(sdata.tables)} with predictions under {args.key!r}; "
             "choose one with --table"
         ) from None
     table = sdata.tables[args.table]
@@ -273,8 +356,12 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _check_new_file(path: str, overwrite: bool) -> None:
+    if Path(path).is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
     if Path(path).exists() and not overwrite:
-        raise SystemExit(f"error: {path} exists; pass --overwrite or choose another file")
+        raise UserError(f"{path} exists; pass --overwrite or choose another file")
+    if not Path(path).parent.is_dir():
+        raise UserError(f"--output {path}: the folder {Path(path).parent} does not exist")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         "images in pixels; expression in log1p of counts per 10,000.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error instead of one line"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -422,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
         help="with --tiles: keep tiles whose centre lies in this rectangle (coordinate-system units)",
     )
+    predict.add_argument(
+        "--max-tiles",
+        type=int,
+        default=250_000,
+        help="with --tiles: refuse grids of more tiles than this before encoding (0: no limit; default: 250000)",
+    )
     predict.add_argument("--qc-column", default=None, help="boolean obs column selecting spots")
     predict.add_argument(
         "--tta-views",
@@ -487,13 +583,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UserError(Exception):
+    """A mistake in the command line or its input, reported as one line."""
+
+
+#: Python keywords in sthist's messages and the command-line flags that set them.
+_FLAGS = {
+    "key_added": "--key",
+    "qc_column": "--qc-column",
+    "batch_size": "--batch-size",
+    "microns_per_pixel": "--microns-per-pixel",
+    "stride_um": "--stride-um",
+    "n_top_genes": "--n-top-genes",
+    "n_top": "--n-top",
+    "learning_rate": "--learning-rate",
+    "max_epochs": "--epochs",
+    "patch_size_um": "--patch-size-um",
+    "tta_views": "--tta-views",
+    "smooth_um": "--smooth-um",
+    "max_tiles": "--max-tiles",
+    "table_key": "--table",
+    "token_layers": "--token-layers",
+    "random_state": "--seed",
+}
+
+
+def cli_message(message: str) -> str:
+    """``message`` with Python keywords replaced by the flags that set them (``overwrite=True`` → ``--overwrite``)."""
+    import re
+
+    message = re.sub(r"`?\boverwrite=True`?", "--overwrite", message)
+    for keyword, flag in _FLAGS.items():
+        message = re.sub(rf"`?\b{keyword}\b(=(?=[\s`.,;)]|$))?`?", flag, message)
+    for keyword, flag in (("k", "--k"), ("views", "--views"), ("genes", "--genes")):
+        message = re.sub(rf"(?<![\w.\[]){keyword}=", f"{flag} ", message)
+    return " ".join(message.split())
+
+
+#: Errors that report a mistake in the input (one line); anything else is a fault (one line and --debug).
+_USER_ERRORS = (
+    UserError,
+    ValueError,
+    KeyError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    TimeoutError,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line with ``argv`` (``sys.argv[1:]`` by default); returns the exit status."""
+    """Run the command line with ``argv`` (``sys.argv[1:]`` by default); returns the exit status.
+
+    A mistake in the input prints one line, ``sthist <command>: error: …`` naming the flag to change, and
+    returns 2; an unexpected failure prints one line and returns 1. ``--debug`` shows the traceback instead.
+    """
+    import warnings
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
-    return args.run(args)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"sthist {args.command}: interrupted; the store and the model folder are as they were", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as error:
+        if args.debug:
+            raise
+        text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"sthist {args.command}: error: {cli_message(str(text))}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        print(
+            f"sthist {args.command}: failed: {type(error).__name__}: {' '.join(str(error).split())[:500]} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        warnings.showwarning = shown
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each on stderr (``sthist: warning: …``), without source lines."""
+    print(f"sthist: warning: {cli_message(str(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ class Key:
     class checkpoint:
         #: Training history stored in Lightning checkpoints.
         HISTORY = "sthist_history"
+        #: Metadata entry of a saved model's weights file holding the digest of its config.
+        CONFIG_DIGEST = "sthist_config_sha256"
 
     @staticmethod
     def prediction(method: str) -> str:

@@ -1,27 +1,155 @@
-"""Writing results into a SpatialData zarr store: each element atomically, nothing existing lost silently."""
+"""Writing results into a SpatialData zarr store: writers exclude each other, each element moves in atomically,
+and nothing the store held is lost, even when a write fails or the process is killed half-way.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from sthist._logging import logger
 
-__all__ = ["write_elements"]
+__all__ = ["check_writable", "store_lock", "update_table", "write_elements"]
 
 _KINDS = ("images", "labels", "points", "shapes", "tables")
+#: Lock file inside a store; every sthist writer holds it while it changes the store.
+LOCK_FILE = ".sthist.lock"
+#: Seconds a writer waits for another writer of the same store before giving up.
+LOCK_TIMEOUT_S = 3600.0
+_STAGING = ".sthist-staging-"
+_REPLACED = "replaced"
+
+
+def _store_path(sdata) -> Path:
+    if sdata.path is None:
+        raise ValueError(
+            "The SpatialData object is not backed by a zarr store; write it first with `sdata.write(path)`."
+        )
+    return Path(sdata.path)
+
+
+def check_writable(store: str | Path) -> None:
+    """Refuse, before any work, a store that is missing or cannot be written (read-only folder or file system).
+
+    Parameters
+    ----------
+    store
+        Path of the zarr store.
+
+    Returns
+    -------
+    ``None``; a :class:`PermissionError` or :class:`FileNotFoundError` says what is wrong.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import sthist
+    >>> store = pathlib.Path(tempfile.mkdtemp()) / "section.zarr"
+    >>> sthist.datasets.toy(1)["toy0"].write(store)
+    >>> sthist.io.check_writable(store)
+    """
+    store = Path(store)
+    if not store.is_dir():
+        raise FileNotFoundError(f"{store} is not a zarr store (no such folder).")
+    probe = store / f".sthist-write-test-{uuid.uuid4().hex}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(
+            f"{store} cannot be written ({error.strerror}); sthist writes results into the store. Copy it somewhere "
+            "writable or fix its permissions."
+        ) from None
+
+
+@contextlib.contextmanager
+def store_lock(store: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the writer lock of a zarr store (a lock file inside it), so that writers exclude each other.
+
+    The lock is re-entrant within a process. Stale staging folders of writers that were killed are
+    recovered as soon as the lock is taken (see :func:`write_elements`).
+
+    Parameters
+    ----------
+    store
+        Path of the zarr store.
+    timeout
+        Seconds to wait for another writer before giving up with a :class:`TimeoutError`.
+
+    Returns
+    -------
+    A context manager; the store is locked inside the ``with`` block.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import sthist
+    >>> store = pathlib.Path(tempfile.mkdtemp()) / "section.zarr"
+    >>> sthist.datasets.toy(1)["toy0"].write(store)
+    >>> with sthist.io.store_lock(store):
+    ...     pass  # read, change and write elements here
+    """
+    from filelock import FileLock
+    from filelock import Timeout as LockTimeout
+
+    store = Path(store)
+    check_writable(store)
+    lock = _locks.setdefault(store.resolve(), FileLock(store / LOCK_FILE, thread_local=False))
+    try:
+        lock.acquire(timeout=timeout)
+    except LockTimeout:
+        raise TimeoutError(
+            f"Another process has been writing into {store} for {timeout:g} s (lock {store / LOCK_FILE}); "
+            "wait for it to finish."
+        ) from None
+    try:
+        if lock.lock_counter == 1:
+            _recover(store)
+        yield
+    finally:
+        lock.release()
+
+
+_locks: dict[Path, Any] = {}
+
+
+def _staging_folders(store: Path) -> list[Path]:
+    return sorted(store.parent.glob(f".{store.name}{_STAGING}*"))
+
+
+def _recover(store: Path) -> None:
+    """Put back elements that a killed writer had moved aside, then remove its staging folder."""
+    for staging in _staging_folders(store):
+        replaced = staging / _REPLACED
+        for kind_folder in sorted(replaced.iterdir()) if replaced.is_dir() else []:
+            for old in sorted(kind_folder.iterdir()):
+                target = store / kind_folder.name / old.name
+                if not target.exists():
+                    os.replace(old, target)
+                    logger.warning(
+                        "restored %s/%s of %s from an interrupted write (%s)",
+                        kind_folder.name,
+                        old.name,
+                        store,
+                        staging,
+                    )
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: bool = False) -> None:
     """Write in-memory elements of ``sdata`` into its zarr store (``sdata.path``), one atomic step each.
 
-    Each element is first written completely into a temporary store beside the target, then moved into
-    place by a directory rename; the store's consolidated metadata is refreshed last. An interruption
-    before the move leaves the store as it was (the temporary store is removed, or ignored if the process
-    died); existing elements are replaced only with ``overwrite=True``.
+    The store's writer lock (:func:`store_lock`) is held throughout. Each element is first written
+    completely into a staging store beside the target, then moved into place by a directory rename; an
+    element it replaces is moved aside first and put back if anything fails (an error, Ctrl-C). A writer
+    killed between the two renames leaves the old element in its staging folder; the next writer puts it
+    back. The store's consolidated metadata is refreshed last. Existing elements are replaced only with
+    ``overwrite=True``.
 
     Parameters
     ----------
@@ -50,21 +178,25 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
     >>> bool(sd.read_zarr(store).tables["table"].obs["checked"].all())
     True
     """
-    from spatialdata import SpatialData
-
-    if sdata.path is None:
-        raise ValueError(
-            "The SpatialData object is not backed by a zarr store; write it first with `sdata.write(path)`."
-        )
-    store = Path(sdata.path)
+    store = _store_path(sdata)
     for kind, name in elements:
         if kind not in _KINDS:
             raise ValueError(f"Unknown element kind {kind!r}; expected one of {_KINDS}.")
         if name not in getattr(sdata, kind):
             raise KeyError(f"sdata.{kind} has no element {name!r} to write.")
-        if (store / kind / name).exists() and not overwrite:
-            raise ValueError(f"{store / kind / name} exists already; pass overwrite=True to replace it.")
-    staging = store.parent / f".{store.name}.sthist-{uuid.uuid4().hex}"
+    with store_lock(store):
+        for kind, name in elements:
+            if (store / kind / name).exists() and not overwrite:
+                raise ValueError(f"{store / kind / name} exists already; pass overwrite=True to replace it.")
+        _write_locked(sdata, store, elements)
+
+
+def _write_locked(sdata, store: Path, elements: Sequence[tuple[str, str]]) -> None:
+    from spatialdata import SpatialData
+
+    staging = store.parent / f".{store.name}{_STAGING}{uuid.uuid4().hex}"
+    moved_aside: list[tuple[Path, Path]] = []  # (old element aside, its place in the store)
+    moved_in: list[Path] = []
     try:
         subset: dict[str, dict] = {kind: {} for kind in _KINDS}
         for kind, name in elements:
@@ -77,9 +209,101 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
                 (store / kind).mkdir()
                 shutil.copy2(staged / kind / "zarr.json", store / kind / "zarr.json")
             if target.exists():
-                os.replace(target, staging / f"replaced-{kind}-{name}")
+                aside = staging / _REPLACED / kind / name
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, aside)
+                moved_aside.append((aside, target))
             os.replace(staged / kind / name, target)
-            logger.info("wrote %s/%s into %s", kind, name, store)
+            moved_in.append(target)
         sdata.write_consolidated_metadata()
+    except BaseException:
+        # Undo: the new elements out, the old ones back, so that the store is as it was.
+        for target in moved_in:
+            shutil.rmtree(target, ignore_errors=True)
+        for aside, target in moved_aside:
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)
+        with contextlib.suppress(Exception):
+            sdata.write_consolidated_metadata()
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for kind, name in elements:
+        logger.info("wrote %s/%s into %s", kind, name, store)
+
+
+def update_table(
+    sdata,
+    table_key: str,
+    *,
+    obsm: Sequence[str] = (),
+    uns: Sequence[str] = (),
+    overwrite: bool = False,
+) -> None:
+    """Add ``obsm`` and ``uns`` entries of an in-memory table to the same table in the store, keeping the rest.
+
+    Under the store's writer lock the table is read again from the store, so that entries another process
+    wrote since ``sdata`` was read are kept; the given entries are added to it (existing ones replaced only
+    with ``overwrite=True``) and the table is written back atomically. ``sdata`` then holds the merged table.
+
+    Parameters
+    ----------
+    sdata
+        A SpatialData object backed by a zarr store, whose table ``table_key`` holds the new entries.
+    table_key
+        Name of the table.
+    obsm
+        ``obsm`` keys to add.
+    uns
+        ``uns`` keys to add.
+    overwrite
+        Replace entries of the same name that the stored table has already.
+
+    Returns
+    -------
+    ``None``; the store's table and ``sdata.tables[table_key]`` hold the entries.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> import spatialdata as sd
+    >>> import sthist
+    >>> sdata = sthist.datasets.toy(1)["toy0"]
+    >>> store = pathlib.Path(tempfile.mkdtemp()) / "section.zarr"
+    >>> sdata.write(store)
+    >>> sdata.tables["table"].obsm["score"] = np.ones((sdata.tables["table"].n_obs, 2))
+    >>> sthist.io.update_table(sdata, "table", obsm=["score"])
+    >>> sd.read_zarr(store).tables["table"].obsm["score"].shape
+    (100, 2)
+    """
+    import anndata as ad
+
+    store = _store_path(sdata)
+    if table_key not in sdata.tables:
+        raise KeyError(f"sdata.tables has no table {table_key!r}.")
+    table = sdata.tables[table_key]
+    with store_lock(store):
+        stored_path = store / "tables" / table_key
+        if not stored_path.exists():
+            _write_locked(sdata, store, [("tables", table_key)])
+            return
+        stored = ad.read_zarr(stored_path)
+        if not stored.obs_names.equals(table.obs_names):
+            raise ValueError(
+                f"Table {table_key!r} in {store} no longer has the rows it had when it was read (another process "
+                "rewrote it); read the store again and repeat."
+            )
+        clashes = [f"obsm[{k!r}]" for k in obsm if k in stored.obsm] + [
+            f"uns[{k!r}]" for k in uns if k in stored.uns
+        ]
+        if clashes and not overwrite:
+            raise ValueError(
+                f"Table {table_key!r} in {store} already has {clashes}; pass overwrite=True or another key."
+            )
+        for key in obsm:
+            stored.obsm[key] = table.obsm[key]
+        for key in uns:
+            stored.uns[key] = table.uns[key]
+        sdata.tables[table_key] = stored
+        _write_locked(sdata, store, [("tables", table_key)])

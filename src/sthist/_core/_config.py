@@ -14,8 +14,24 @@ import numpy as np
 def _positive_integers(config, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or int(value) != value or value < 1:
+        if not is_positive_integer(value):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def is_positive_integer(value) -> bool:
+    """Whether ``value`` is an integer ≥ 1 (an int or an integral float; not a bool, NaN or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return bool(np.isfinite(value) and int(value) == value and value >= 1)
+
+
+def _non_negative_numbers(config, names: tuple[str, ...], *, positive: tuple[str, ...] = ()) -> None:
+    for name in names:
+        value = getattr(config, name)
+        valid = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+        if not valid or not np.isfinite(value) or value < 0 or (name in positive and value == 0):
+            kind = "a positive" if name in positive else "a non-negative"
+            raise ValueError(f"{name} must be {kind} finite number, got {value!r}.")
 
 
 class _Record:
@@ -138,6 +154,9 @@ class TrainingConfig(_Record):
 
     def __post_init__(self):
         _positive_integers(self, ("max_epochs", "batch_size", "views"))
+        _non_negative_numbers(
+            self, ("learning_rate", "weight_decay", "min_learning_rate"), positive=("learning_rate",)
+        )
         if self.views > 8:
             raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {self.views}.")
 

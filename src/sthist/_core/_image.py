@@ -105,3 +105,38 @@ def to_pixels(level: ImageLevel, xy: np.ndarray) -> np.ndarray:
     """Map coordinate-system points (n, 2) to level pixel coordinates (n, 2)."""
     homogeneous = np.c_[xy, np.ones(len(xy))]
     return (homogeneous @ level.to_pixels.T)[:, :2]
+
+
+def missing_chunks(level: ImageLevel) -> tuple[int, int]:
+    """(missing, total) chunks of the zarr arrays a level is read from; (0, 0) for in-memory data.
+
+    zarr reads a chunk that is not stored as its fill value, so pixels of an interrupted copy read as black
+    without an error.
+    """
+    import zarr
+
+    data = level.data.data
+    graph = getattr(data, "dask", None)
+    if graph is None:
+        return 0, 0
+    missing = total = 0
+    for value in graph.values():
+        if isinstance(value, zarr.Array):
+            total += int(value.nchunks)
+            missing += int(value.nchunks) - int(value.nchunks_initialized)
+    return missing, total
+
+
+def warn_missing_chunks(level: ImageLevel, image_key: str) -> None:
+    """Warn when chunks of the level are absent from its zarr store (they read as black pixels)."""
+    import warnings
+
+    missing, total = missing_chunks(level)
+    if missing:
+        warnings.warn(
+            f"{missing} of {total} chunks of image {image_key!r} (level {level.index}) are not in its zarr store and "
+            "read as black (zarr's fill value). If the store was copied or downloaded, the copy is incomplete; "
+            "copy it again. (A store may also leave out chunks that are entirely black.)",
+            UserWarning,
+            stacklevel=3,
+        )

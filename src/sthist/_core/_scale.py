@@ -47,9 +47,7 @@ def set_microns_per_pixel(
     >>> sthist.pp.get_microns_per_pixel(sdata)
     0.5
     """
-    value = float(microns_per_pixel)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"microns_per_pixel must be a positive finite number, got {microns_per_pixel!r}.")
+    value = checked_scale(microns_per_pixel, "microns_per_pixel")
     attrs = sdata.attrs.setdefault(Key.attrs.ROOT, {})
     attrs.setdefault(Key.attrs.MICRONS_PER_PIXEL, {})[coordinate_system] = value
     attrs.setdefault(Key.attrs.SCALE_SOURCE, {})[coordinate_system] = source
@@ -85,20 +83,48 @@ def get_microns_per_pixel(
     2.0
     """
     if microns_per_pixel is not None:
-        value = float(microns_per_pixel)
-        if not np.isfinite(value) or value <= 0:
-            raise ValueError(
-                f"microns_per_pixel must be a positive finite number, got {microns_per_pixel!r}."
-            )
-        return value
+        return checked_scale(microns_per_pixel, "microns_per_pixel")
     recorded = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.MICRONS_PER_PIXEL, {})
+    if not isinstance(recorded, dict):
+        raise ValueError(
+            f"sdata.attrs[{Key.attrs.ROOT!r}][{Key.attrs.MICRONS_PER_PIXEL!r}] must map coordinate systems to µm "
+            f"per unit, got {recorded!r}; record the scale with `sthist.pp.set_microns_per_pixel(sdata, value)`."
+        )
     if coordinate_system not in recorded:
         raise ValueError(
             f"The physical scale of coordinate system {coordinate_system!r} is unknown. Pass "
             "`microns_per_pixel=` or record it once with `sthist.pp.set_microns_per_pixel(sdata, value)` "
             "(sthist's loaders record it; for Visium it follows from the 65 µm spot diameter)."
         )
-    return float(recorded[coordinate_system])
+    return checked_scale(
+        recorded[coordinate_system],
+        f"the scale recorded in sdata.attrs[{Key.attrs.ROOT!r}][{Key.attrs.MICRONS_PER_PIXEL!r}]"
+        f"[{coordinate_system!r}]",
+    )
+
+
+#: Plausible µm per unit of a coordinate system: from sub-cellular scans (0.05) to coarse thumbnails (100).
+MICRONS_PER_PIXEL_RANGE = (0.01, 100.0)
+
+
+def checked_scale(value, what: str) -> float:
+    """``value`` as µm per unit, refused unless a finite number inside :data:`MICRONS_PER_PIXEL_RANGE`."""
+    low, high = MICRONS_PER_PIXEL_RANGE
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not np.isfinite(number) or number <= 0:
+        raise ValueError(
+            f"{what} must be a positive number of µm per pixel, got {value!r}; record the right value with "
+            "`sthist.pp.set_microns_per_pixel(sdata, value)`."
+        )
+    if not low <= number <= high:
+        raise ValueError(
+            f"{what} is {number:g} µm per pixel, outside the plausible range {low:g}-{high:g} (H&E scans are "
+            "about 0.25-1 µm/px, Visium hires images about 2-5); check the value and its unit."
+        )
+    return number
 
 
 def fit_microns_per_pixel(
@@ -106,9 +132,12 @@ def fit_microns_per_pixel(
 ) -> tuple[float, float]:
     """Least-squares fit of spot pixel coordinates against array coordinates.
 
-    Fits ``pixel = A @ array + b`` (a full affine map, so rotation and anisotropy are absorbed) and returns
+    Fits ``pixel = A @ array + b`` (a full affine map, so a rotation of the array is absorbed) and returns
     (µm per pixel, root-mean-square residual in pixels). One array step is ``pitch_um`` µm; the scale is the
-    square root of the area ratio, ``pitch_um / sqrt(|det A|)``.
+    square root of the area ratio, ``pitch_um / sqrt(|det A|)``. sthist uses one scale for both axes:
+    when the pixels are not square (x and y scales more than 1 % apart) a warning gives both, since
+    patches are then stretched by their ratio; give the image a ``Scale`` transformation to a coordinate
+    system with square units to remove it.
 
     Parameters
     ----------
@@ -145,4 +174,18 @@ def fit_microns_per_pixel(
             "Spot array coordinates are degenerate (collinear); the physical scale cannot be fitted."
         )
     rms = float(np.sqrt(((design @ coef - pixel_xy) ** 2).sum(axis=1).mean()))
-    return float(pitch_um / np.sqrt(det)), rms
+    scale = float(pitch_um / np.sqrt(det))
+    # Row i of the array → pixel map (coef[:2, i] here) has length pitch / (µm per pixel along axis i).
+    scale_x, scale_y = (float(pitch_um / np.linalg.norm(coef[:2, axis])) for axis in (0, 1))
+    if abs(scale_x / scale_y - 1) > 0.01:
+        import warnings
+
+        warnings.warn(
+            f"The pixels are not square: {scale_x:.4g} µm/px along x and {scale_y:.4g} µm/px along y "
+            f"({abs(scale_x / scale_y - 1):.1%} apart). sthist uses one scale, {scale:.4g} µm/px (their geometric "
+            "mean), so patches are stretched by that ratio; for exact geometry give the image a Scale "
+            "transformation to a coordinate system with square units.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return scale, rms

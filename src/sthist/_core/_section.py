@@ -18,7 +18,7 @@ import pandas as pd
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._config import PatchConfig
 from sthist._core._elements import SpotElements, resolve_elements, table_region
-from sthist._core._image import ImageLevel, image_levels, to_pixels
+from sthist._core._image import ImageLevel, image_levels, to_pixels, warn_missing_chunks
 from sthist._core._scale import get_microns_per_pixel
 from sthist._core._tissue import TISSUE_MASK_MICRONS_PER_PIXEL, tissue_mask
 
@@ -245,6 +245,7 @@ class Section:
             raise ValueError(f"level must be between 0 and {len(self.levels) - 1}, got {level}.")
         else:
             chosen = self.levels[level]
+        warn_missing_chunks(chosen, self.image_key)
         scale = self.scale
         return PatchGeometry(
             level=chosen,

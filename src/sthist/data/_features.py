@@ -79,8 +79,9 @@ class TokenCache:
     """Encoder tokens per section, reused across fits that share encoder, patch geometry and spots.
 
     Cross-validation and benchmarks fit many models on overlapping sections with the same frozen encoder;
-    with a cache each section is encoded once. Keys hold the section name, its spots, the encoder's weights
-    identity, the patch geometry and the number of views, so a cached entry is used only where it is valid.
+    with a cache each section is encoded once. Entries are keyed by content, never by a section's name: a
+    digest of the image (level shapes, placement and the pixels of sample patches) and of the patch boxes,
+    with the encoder's weights identity and the patch size, so a cached entry is used only where it is valid.
     """
 
     def __init__(self):
@@ -100,8 +101,7 @@ class TokenCache:
         parts = []
         for position, name in enumerate(dataset.sections):
             start, stop = int(dataset._offsets[position]), int(dataset._offsets[position + 1])
-            spots = tuple(dataset.spots["obs_name"].iloc[start:stop])
-            key = (name, spots, identity, dataset.patch_size_um, dataset.patch_size_px)
+            key = (section_digest(dataset, position), identity, dataset.patch_size_um, dataset.patch_size_px)
             cached = self._entries.get(key)
             if cached is None or cached.shape[1] < views:
                 cached = encode_patches(
@@ -111,6 +111,27 @@ class TokenCache:
                 self._entries[key] = cached
             parts.append(cached[:, :views])
         return torch.cat(parts)
+
+
+#: Patches whose pixels enter a section's content digest.
+DIGEST_PATCHES = 16
+
+
+def section_digest(dataset: SpotPatchDataset, position: int) -> str:
+    """Digest of what one section of ``dataset`` shows the encoder: image geometry, patch boxes, sample pixels."""
+    import hashlib
+
+    section = dataset._sections[position]
+    digest = hashlib.sha256()
+    level = section.geometry.level
+    digest.update(repr((level.index, level.shape, str(level.data.dtype))).encode())
+    digest.update(np.ascontiguousarray(level.to_pixels, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(section.boxes, dtype=np.float64).tobytes())
+    start = int(dataset._offsets[position])
+    count = len(section.rows)
+    for spot in np.unique(np.linspace(0, count - 1, min(count, DIGEST_PATCHES)).astype(int)):
+        digest.update(dataset.patch(start + int(spot)).tobytes())
+    return digest.hexdigest()
 
 
 def tokens_of(

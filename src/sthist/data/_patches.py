@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import sparse
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._checks import boolean_column
 from sthist._core._config import PatchConfig
 from sthist._core._section import PatchGeometry, resolve_sections
 from sthist._settings import settings
@@ -134,7 +135,7 @@ class SpotPatchDataset(torch.utils.data.Dataset):
                             else "."
                         )
                     )
-                selected = table.obs[qc_column].to_numpy(dtype=bool)
+                selected = boolean_column(table, qc_column, section=name)
             outside = selected & ~geometry.inside
             if outside.any():
                 raise ValueError(

@@ -50,6 +50,35 @@ class Method:
         """Tensors kept beside the trained module (the retrieval bank); none by default."""
         return {}
 
+    def state_shapes(self, *, token_dim: int, n_genes: int, embedding_dim: int) -> dict[str, tuple]:
+        """Shapes of the tensors kept beside the module (``None`` for a size the model chooses)."""
+        return {}
+
+    def check_state(
+        self, state: dict[str, torch.Tensor], *, token_dim: int, n_genes: int, embedding_dim: int, source
+    ) -> None:
+        """Refuse a saved state that lacks a tensor the method predicts with or holds one of the wrong shape."""
+        expected = self.state_shapes(token_dim=token_dim, n_genes=n_genes, embedding_dim=embedding_dim)
+        missing = [name for name in expected if name not in state]
+        if missing:
+            raise ValueError(f"{source} lacks the tensors {missing} that a {self.name} model predicts with.")
+        sizes: dict[int, int] = {}
+        for name, shape in expected.items():
+            actual = tuple(state[name].shape)
+            free = [i for i, size in enumerate(shape) if size is None]
+            matches = len(actual) == len(shape) and all(
+                size is None or size == got for size, got in zip(shape, actual, strict=True)
+            )
+            # Sizes the model chooses (None) must agree between tensors: the first axis of the bank.
+            for i in free:
+                if matches and sizes.setdefault(i, actual[i]) != actual[i]:
+                    matches = False
+            if not matches:
+                raise ValueError(
+                    f"{source}: tensor {name!r} has shape {actual}, but this {self.name} model needs "
+                    f"{tuple('any' if s is None else s for s in shape)}; the weights do not belong to its config."
+                )
+
     @torch.inference_mode()
     def predict(
         self, module: nn.Module | None, state: dict[str, torch.Tensor], tokens: torch.Tensor, k: int
@@ -82,6 +111,9 @@ class Retrieval(Method):
             "bank.expression": expression.clone(),
         }
 
+    def state_shapes(self, *, token_dim, n_genes, embedding_dim):
+        return {"bank.embeddings": (None, embedding_dim), "bank.expression": (None, n_genes)}
+
     @torch.inference_mode()
     def predict(self, module, state, tokens, k):
         query = torch.nn.functional.normalize(module.image_embedding(tokens), dim=1)
@@ -109,6 +141,15 @@ class Ridge(Method):
 
     def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         return fit_ridge(tokens.float().mean(dim=1), expression)
+
+    def state_shapes(self, *, token_dim, n_genes, embedding_dim):
+        return {
+            "ridge.mean": (token_dim,),
+            "ridge.std": (token_dim,),
+            "ridge.components": (None, token_dim),
+            "ridge.coefficients": (None, n_genes),
+            "ridge.offset": (n_genes,),
+        }
 
     @torch.inference_mode()
     def predict(self, module, state, tokens, k):

@@ -7,7 +7,12 @@ patch geometry, backbone) and delegates what differs between methods to a strate
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,7 @@ from typing import Any
 import torch
 
 from sthist._constants import RELIABILITY_THRESHOLD, Key
+from sthist._core._checks import check_positive_integer, gene_list
 from sthist._core._config import (
     DEFAULT_BACKBONE,
     K_NEIGHBOURS,
@@ -31,9 +37,12 @@ from sthist.models._backbones import create_encoder, file_sha256, weights_identi
 from sthist.models._methods import get_method
 
 #: Version of the saved-model folder layout; loading refuses newer formats and converts older ones.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: Metadata entry of the weights file holding the digest of the config (format 3 on).
+CONFIG_DIGEST = Key.checkpoint.CONFIG_DIGEST
+_SAVING, _REPLACED = ".sthist-saving-", ".sthist-replaced-"
 
 
 @doc_params
@@ -100,8 +109,9 @@ class SthistModel:
             random_state = settings.random_state
 
         self._method = get_method(method)
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        check_positive_integer(k, "k")
+        check_positive_integer(n_top_genes, "n_top_genes")
+        genes = gene_list(genes)
         architecture = architecture or ArchitectureConfig()
         resolved = resolve_sections(sections)
         resolved, normalisation = _normalised_sections(resolved, layer, target_sum)
@@ -117,6 +127,7 @@ class SthistModel:
         )  # fmt: skip
         if self._method.retrieval and k > len(self._dataset):
             raise ValueError(f"k={k} exceeds the {len(self._dataset)} training spots; choose a smaller k.")
+        _check_variation(self._dataset, genes)
         module = self._method.build(
             token_dim=encoder.embed_dim, n_genes=len(genes), architecture=architecture
         )
@@ -387,25 +398,45 @@ class SthistModel:
         return self._method.predict(self.module, self.tensors, tokens, self.k if k is None else int(k))
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (refuses to replace them unless asked)."""
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (refuses to replace them unless asked).
+
+        The model is written completely into a new folder beside ``folder`` and then swapped in by renames, so
+        a failed or killed save leaves the previous model loadable (:meth:`load` and the next save put it
+        back if the swap was cut half-way). Other files in ``folder`` are kept. The config's digest is kept
+        in the weights file and the weights' checksum in the config, so neither can change unnoticed. Files
+        are readable as the process's umask allows (like any file it writes). In a multi-process (DDP) run
+        only the first process writes.
+        """
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
         from safetensors.torch import save_file
 
         if not self.is_trained:
             raise ValueError("The model is not trained yet; call model.train() before saving it.")
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"{folder} is a file, not a folder; choose a folder for the model.")
+        _recover_save(folder)
         if not overwrite and any((folder / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE)):
             raise FileExistsError(f"{folder} already holds a saved model; pass overwrite=True to replace it.")
-        tensors = {f"encoder.{k}": v for k, v in self.encoder.model.state_dict().items()}
-        if self.module is not None:
-            tensors.update({f"model.{k}": v for k, v in self.module.state_dict().items()})
-        tensors.update(self.tensors)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, folder / WEIGHTS_FILE)
-        config = dict(self.config)
-        config["weights_sha256"] = file_sha256(folder / WEIGHTS_FILE)
-        config["history"] = self.history
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        if getattr(rank_zero_only, "rank", 0) != 0:
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder.parent / f".{folder.name}{_SAVING}{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            tensors = {f"encoder.{k}": v for k, v in self.encoder.model.state_dict().items()}
+            if self.module is not None:
+                tensors.update({f"model.{k}": v for k, v in self.module.state_dict().items()})
+            tensors.update(self.tensors)
+            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            config = json.loads(json.dumps({**self.config, "history": self.history}))
+            save_file(tensors, staging / WEIGHTS_FILE, metadata={CONFIG_DIGEST: config_digest(config)})
+            config["weights_sha256"] = file_sha256(staging / WEIGHTS_FILE)
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            _apply_umask(staging)
+            _swap_in(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         logger.info("saved model to %s", folder)
         return folder
 
@@ -441,6 +472,27 @@ def _normalised_sections(
         record = section_record
         prepared[name] = section
     return prepared, record or {}
+
+
+def _check_variation(dataset, genes: list[str]) -> None:
+    """Refuse a panel with nothing to learn (every gene constant over the training spots); warn about some."""
+    import warnings
+
+    expression = dataset.expression
+    constant = expression.max(axis=0) == expression.min(axis=0)
+    if constant.all():
+        raise ValueError(
+            f"Every gene of the panel is constant over the {len(expression)} training spots (e.g. all counts "
+            "zero); there is nothing to learn. Check the counts in the tables and the gene panel."
+        )
+    if constant.any():
+        names = [g for g, c in zip(genes, constant, strict=True) if c]
+        warnings.warn(
+            f"{len(names)} of {len(genes)} panel genes are constant over the training spots and will be predicted "
+            f"as that constant: {names[:10]}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[str]:
@@ -485,9 +537,9 @@ def versions() -> dict[str, str]:
 
 
 def upgrade_config(config: dict) -> dict:
-    """Convert the config of an older saved model to the current layout (format 1 → 2)."""
+    """Convert the config of an older saved model to the current layout (formats 1 and 2 → 3)."""
     if config.get("format_version", FORMAT_VERSION) >= 2:
-        return config
+        return {**config, "format_version": FORMAT_VERSION}
     config = dict(config)
     hyper = dict(config.pop("hyperparameters"))
     architecture = dict(config["architecture"])
@@ -504,18 +556,24 @@ def upgrade_config(config: dict) -> dict:
 
 def load(folder: str | Path) -> SthistModel:
     """Read a model saved by :meth:`SthistModel.save`, validating format, files, checksum and contents."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    with contextlib.suppress(OSError):  # a read-only location: read what is there
+        _recover_save(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder holding a saved sthist model.")
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete sthist model: missing {missing}.")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{config_path} is not valid JSON ({error}).") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} does not hold a model config (a JSON object).")
     for key in (
         "format_version",
         "method",
@@ -527,15 +585,18 @@ def load(folder: str | Path) -> SthistModel:
     ):
         if key not in config:
             raise ValueError(f"{config_path} lacks {key!r}; it was not written by sthist or is damaged.")
-    if config["format_version"] > FORMAT_VERSION:
+    found = config["format_version"]
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise ValueError(f"{config_path}: format_version must be a positive integer, got {found!r}; the file is damaged.")
+    if found > FORMAT_VERSION:
         raise ValueError(
-            f"{folder} was saved in model format {config['format_version']} by sthist "
+            f"{folder} was saved in model format {found} by sthist "
             f"{config.get('versions', {}).get('sthist', '?')}; this sthist reads format {FORMAT_VERSION} and "
             "older. Upgrade sthist."
         )
     try:
         method = get_method(config["method"])
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise ValueError(f"{config_path}: unknown method {config['method']!r}.") from error
     if file_sha256(weights_path) != config["weights_sha256"]:
         raise ValueError(
@@ -543,20 +604,130 @@ def load(folder: str | Path) -> SthistModel:
             "damaged after saving."
         )
     try:
+        with safe_open(weights_path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
         tensors = load_file(weights_path)
     except SafetensorError as error:
         raise ValueError(f"{weights_path} is not a valid safetensors file ({error}).") from error
+    if found >= 3:
+        if metadata.get(CONFIG_DIGEST) != config_digest(config):
+            raise ValueError(
+                f"{config_path} was changed after saving (its digest no longer matches the one kept in "
+                f"{WEIGHTS_FILE}); an edited config (gene order, patch size) would mislabel predictions. Use the "
+                "config as saved, or fit and save the model again."
+            )
+    else:
+        logger.warning(
+            "%s was saved in model format %d, before configs were protected by a digest; save it again to protect it.",
+            folder,
+            found,
+        )
+    config = upgrade_config(config)
+    _check_config(config, config_path)
     backbone = config["backbone"]
     encoder = create_encoder(backbone["name"], pretrained=False)
-    encoder.model.load_state_dict(_take(tensors, "encoder."), strict=True)
-    config = upgrade_config(config)
     sizes = {k: config["architecture"][k] for k in ("token_dim", "n_genes")}
     architecture = {k: v for k, v in config["architecture"].items() if k not in sizes}
-    module = method.build(**sizes, architecture=ArchitectureConfig.from_dict(architecture))
-    if module is not None:
-        module.load_state_dict(_take(tensors, "model."), strict=True)
+    try:
+        encoder.model.load_state_dict(_take(tensors, "encoder."), strict=True)
+        module = method.build(**sizes, architecture=ArchitectureConfig.from_dict(architecture))
+        if module is not None:
+            module.load_state_dict(_take(tensors, "model."), strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{weights_path} does not fit the model its config describes: {first}") from None
+    method.check_state(
+        tensors,
+        token_dim=sizes["token_dim"],
+        n_genes=sizes["n_genes"],
+        embedding_dim=architecture.get("embedding_dim", ArchitectureConfig.embedding_dim),
+        source=str(weights_path),
+    )
+    if config.get("centering", {}).get("tokens") and tuple(tensors.get("tokens.mean", torch.empty(0)).shape) != (
+        sizes["token_dim"],
+    ):
+        raise ValueError(f"{weights_path} lacks the training mean of the tokens that this model centres on.")
     history = config.pop("history", [])
     return SthistModel._restore(config, encoder, module, tensors, history)
+
+
+def _check_config(config: dict, source: Path) -> None:
+    """Refuse configs whose contents cannot describe a model (checked before anything is built)."""
+    genes = config["genes"]
+    if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
+        raise ValueError(f"{source}: 'genes' must be a non-empty list of gene names.")
+    if len(set(genes)) != len(genes):
+        raise ValueError(f"{source}: 'genes' names some genes twice; the file is damaged.")
+    try:
+        PatchConfig.from_dict(config["patch"])
+        n_genes = config["architecture"]["n_genes"]
+        token_dim = config["architecture"]["token_dim"]
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"{source}: invalid patch or architecture ({error}).") from None
+    if n_genes != len(genes):
+        raise ValueError(f"{source}: the architecture predicts {n_genes} genes but 'genes' names {len(genes)}.")
+    if isinstance(token_dim, bool) or not isinstance(token_dim, int) or token_dim < 1:
+        raise ValueError(f"{source}: architecture token_dim must be a positive integer, got {token_dim!r}.")
+
+
+def config_digest(config: dict) -> str:
+    """SHA-256 of a model config in canonical JSON, without the weights' checksum (which it protects)."""
+    content = {k: v for k, v in config.items() if k != "weights_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give ``folder`` and its files the permissions the process's umask allows (safetensors writes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Move the complete new model in ``staging`` to ``folder``; the old folder is moved aside, then merged back.
+
+    Files of the old folder other than the model's are moved into the new one. A process killed between the
+    renames leaves ``.<name>.sthist-replaced-*`` beside ``folder``; :func:`_recover_save` finishes the job.
+    """
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    aside = folder.parent / f".{folder.name}{_REPLACED}{uuid.uuid4().hex}"
+    os.replace(folder, aside)
+    try:
+        os.replace(staging, folder)
+    except BaseException:
+        os.replace(aside, folder)
+        raise
+    _recover_save(folder)
+
+
+def _recover_save(folder: Path) -> None:
+    """Finish or undo saves into ``folder`` that were cut short (killed between renames)."""
+    for staging in folder.parent.glob(f".{folder.name}{_SAVING}*"):
+        if not _in_use(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    for aside in sorted(folder.parent.glob(f".{folder.name}{_REPLACED}*")):
+        if not folder.exists():
+            os.replace(aside, folder)  # the new model never arrived: the old one comes back
+            logger.warning("restored the model in %s from an interrupted save", folder)
+            continue
+        for entry in aside.iterdir():
+            if entry.name not in (CONFIG_FILE, WEIGHTS_FILE) and not (folder / entry.name).exists():
+                os.replace(entry, folder / entry.name)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _in_use(staging: Path) -> bool:
+    """Whether a staging folder may still be written by a running save (touched in the last hour)."""
+    import time
+
+    try:
+        return time.time() - staging.stat().st_mtime < 3600
+    except FileNotFoundError:
+        return False
 
 
 def _take(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -141,15 +141,41 @@ def tiles(
 
 
 def tile_raster(view, values: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """Values of tiles on a regular grid as a 2-d array (NaN where there is no tile) and its image extent."""
-    xy, step = view.xy, float(np.median(view.diameters))
+    """Values of tiles on a regular grid as a 2-d array (NaN where there is no tile) and its image extent.
+
+    The grid step is measured along each axis from the tile centres (drawn pixels need not be square:
+    an image with anisotropic pixels has different steps in x and y). Two tiles falling in one cell are
+    refused rather than drawn over each other.
+    """
+    xy = np.asarray(view.xy, dtype=float)
+    fallback = float(np.median(view.diameters))
+    step = np.array([_grid_step(xy[:, axis], fallback) for axis in (0, 1)])
     origin = xy.min(axis=0)
     cells = np.rint((xy - origin) / step).astype(int)
     raster = np.full((cells[:, 1].max() + 1, cells[:, 0].max() + 1), np.nan)
+    flat = cells[:, 1] * raster.shape[1] + cells[:, 0]
+    if len(np.unique(flat)) != len(flat):
+        raise ValueError(
+            f"The tiles do not lie on a regular grid ({len(flat) - len(np.unique(flat))} fall on cells already "
+            "taken); they cannot be drawn as a raster. Plot them as spots with sthist.pl.expression instead."
+        )
     raster[cells[:, 1], cells[:, 0]] = values
     x0, y0 = origin - step / 2
-    extent = (x0, x0 + raster.shape[1] * step, y0 + raster.shape[0] * step, y0)
+    extent = (x0, x0 + raster.shape[1] * step[0], y0 + raster.shape[0] * step[1], y0)
     return raster, extent
+
+
+def _grid_step(positions: np.ndarray, fallback: float) -> float:
+    """Spacing of a regular grid along one axis from the positions of its points."""
+    tolerance = 1e-3 * fallback
+    unique = np.unique(positions)
+    gaps = np.diff(unique)
+    gaps = gaps[gaps > tolerance]
+    if len(gaps) == 0:
+        return fallback
+    smallest = gaps.min()
+    # Gaps are whole multiples of the step (rows may skip cells where there is no tissue).
+    return float(np.median(gaps[gaps < 1.5 * smallest]))
 
 
 def draw_raster(ax, view, values: np.ndarray, *, cmap: str, vmin: float, vmax: float, alpha: float):

@@ -10,6 +10,8 @@ import pandas as pd
 from scipy import sparse
 
 from sthist._constants import Key
+from sthist._core._checks import gene_list
+from sthist._core._config import is_positive_integer
 from sthist._core._elements import as_table
 from sthist._logging import logger
 
@@ -108,20 +110,23 @@ def select_genes(
     5
     """
     tables = _tables(sections)
+    for name, table in tables.items():
+        if not table.var_names.is_unique:
+            duplicated = table.var_names[table.var_names.duplicated()].unique().tolist()
+            raise ValueError(
+                f"Gene names (var_names) of {name} are not unique (e.g. {duplicated[:5]}); call "
+                "`adata.var_names_make_unique()` first."
+            )
     if genes is not None:
-        genes = list(genes)
-        if not genes:
-            raise ValueError("The explicit gene list is empty.")
-        if len(set(genes)) != len(genes):
-            raise ValueError("The explicit gene list has duplicates.")
+        panel: list[str] = gene_list(genes) or []
         for name, table in tables.items():
-            missing = [g for g in genes if g not in table.var_names]
+            missing = [g for g in panel if g not in table.var_names]
             if missing:
                 raise KeyError(
                     f"{len(missing)} requested genes are not measured in {name}: {missing[:10]}"
                     f"{' ...' if len(missing) > 10 else ''}."
                 )
-        return genes
+        return panel
     if flavor == "heg+hvg":
         heg = select_genes(sections, flavor="heg", n_top=n_top, min_detection=min_detection, layer=layer)
         hvg = select_genes(sections, flavor="hvg", n_top=n_top, min_detection=min_detection, layer=layer)
@@ -129,16 +134,12 @@ def select_genes(
         return heg + [g for g in hvg if g not in chosen]
     if flavor not in ("heg", "hvg"):
         raise ValueError(f"flavor must be 'heg', 'hvg' or 'heg+hvg', got {flavor!r}.")
-    if n_top is not None and (int(n_top) != n_top or n_top < 1):
+    if n_top is not None and not is_positive_integer(n_top):
         raise ValueError(f"n_top must be a positive integer or None, got {n_top!r}.")
     if not 0 <= min_detection <= 1:
         raise ValueError(f"min_detection must lie in [0, 1], got {min_detection!r}.")
     shared = None
     for table in tables.values():
-        if not table.var_names.is_unique:
-            raise ValueError(
-                "Gene names (var_names) must be unique; call `adata.var_names_make_unique()` first."
-            )
         shared = table.var_names if shared is None else shared.intersection(table.var_names, sort=False)
     if shared is None or len(shared) == 0:
         raise ValueError("The sections share no gene.")

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from sthist._constants import Key
+from sthist._core._config import is_positive_integer
 from sthist._core._docs import doc_params
 from sthist._core._elements import as_table
 from sthist._core._metrics import gene_pearson, top_genes
@@ -35,6 +36,8 @@ def evaluation_frames(
     """
     if not observed.index.equals(predicted.index) or list(observed.columns) != list(predicted.columns):
         raise ValueError("observed and predicted must have the same spots and genes in the same order.")
+    if not is_positive_integer(n_top):
+        raise ValueError(f"n_top must be a positive integer (genes in HEG@n and HVG@n), got {n_top!r}.")
     if len(observed) < 3:
         raise ValueError(f"At least 3 spots are needed to evaluate correlations; got {len(observed)}.")
     pearson = gene_pearson(observed, predicted)
@@ -181,6 +184,8 @@ def evaluate(
     >>> bool(result["summary"].loc["all", "pearson_mean"] > 0.9)
     True
     """
+    if not is_positive_integer(n_top):
+        raise ValueError(f"n_top must be a positive integer (genes in HEG@n and HVG@n), got {n_top!r}.")
     table = as_table(sdata, table_key, obsm_key=key)
     if key not in table.obsm:
         raise KeyError(f"No predictions under table.obsm[{key!r}]; available: {sorted(table.obsm.keys())}.")
@@ -200,6 +205,7 @@ def evaluate(
         raise KeyError(
             f"No layer {layer!r} with observed expression; run `sthist.pp.normalize` or pass layer=."
         )
+    _check_units(table, key, layer)
     matrix = table.X if layer is None else table.layers[layer]
     matrix = matrix[:, table.var_names.get_indexer(predicted.columns)]
     dense = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
@@ -227,3 +233,30 @@ def evaluate(
         logger.info("added table.uns[%r]", key_added)
         return None
     return results
+
+
+def _check_units(table, key: str, layer: str | None) -> None:
+    """Refuse to compare predictions and observations normalised to different totals (log1p per 1e4 vs 1e6)."""
+    predicted_sum = (table.uns.get(key) or {}).get("target_sum") if isinstance(table.uns.get(key), dict) else None
+    if predicted_sum is None:
+        return
+    if layer is None:
+        raise ValueError(
+            f"table.obsm[{key!r}] is log1p of counts per {predicted_sum:g}, but layer=None compares it with X, "
+            f"whose units sthist does not know; normalise with `sthist.pp.normalize(table, target_sum={predicted_sum:g})` "
+            "and pass its layer."
+        )
+    recorded = table.uns.get(Key.uns.NORMALIZATION, {}).get(layer)
+    if recorded is None:
+        logger.warning(
+            "layer %r has no normalisation record; assuming it is log1p of counts per %g like the predictions",
+            layer,
+            predicted_sum,
+        )
+        return
+    if not np.isclose(float(recorded.get("target_sum", np.nan)), float(predicted_sum)):
+        raise ValueError(
+            f"Layer {layer!r} is log1p of counts per {recorded.get('target_sum'):g}, but table.obsm[{key!r}] is "
+            f"log1p of counts per {predicted_sum:g}; normalise with `sthist.pp.normalize(table, "
+            f"target_sum={predicted_sum:g}, key_added=...)` and evaluate against that layer."
+        )

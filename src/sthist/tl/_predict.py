@@ -9,6 +9,13 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._checks import (
+    check_device,
+    check_key_name,
+    check_positive_integer,
+    check_table_key_added,
+    gene_list,
+)
 from sthist._core._docs import doc_params
 from sthist._core._section import Section
 from sthist._logging import logger
@@ -111,6 +118,14 @@ def predict(
         raise TypeError(
             f"model must be a fitted SthistModel (from sthist.tl.fit or sthist.models.load), got {type(model)}."
         )
+    if not model.is_trained:
+        raise ValueError("The model is not trained yet; call model.train() (or use sthist.tl.fit) first.")
+    check_key_name(key_added)
+    check_positive_integer(batch_size, "batch_size")
+    check_device(device)
+    if k is not None:
+        check_positive_integer(k, "k")
+    genes = gene_list(genes)
     contract = model.config
     if patch_size_um is not None and not np.isclose(patch_size_um, contract["patch"]["size_um"]):
         raise ValueError(
@@ -140,6 +155,14 @@ def predict(
     elements = section.spots
     table = sdata.tables[elements.table_key]
     uncertainty_key = Key.obsm.uncertainty(key_added)
+    if not table.obs_names.is_unique:
+        duplicated = table.obs_names[table.obs_names.duplicated()].unique().tolist()
+        raise ValueError(
+            f"Table {elements.table_key!r} names spots more than once (e.g. {duplicated[:3]}); predictions are "
+            "written per spot name. Call `table.obs_names_make_unique()` first."
+        )
+    if inplace:
+        check_table_key_added(table, key_added)
     if inplace and not overwrite:
         existing = [key for key in (key_added, uncertainty_key) if key in table.obsm] + (
             [f"uns[{key_added!r}]"] if key_added in table.uns else []
@@ -162,6 +185,7 @@ def predict(
         patch_size_px=contract["patch"]["size_px"],
         qc_column=qc_column,
     )
+    domain = domain_check(section, model, dataset.geometry(section.name))
     backbone = contract["backbone"]
     tokens = tokens_of(
         dataset,
@@ -207,6 +231,8 @@ def predict(
         "tta_views": int(tta_views),
         "smooth_um": None if smooth_um is None else float(smooth_um),
         "unreliable_genes": [g for g in model.unreliable_genes if g in chosen],
+        "target_sum": normalisation.get("target_sum"),
+        "domain": domain,
         Key.uns.VERSION: contract["versions"]["sthist"],
     }
     logger.info(
@@ -227,3 +253,56 @@ def smooth(values: np.ndarray, centres_um: np.ndarray, radius_um: float) -> np.n
     adjacency = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
     weights = sparse.diags(1.0 / np.asarray(adjacency.sum(axis=1)).ravel()) @ adjacency
     return np.asarray(weights @ values, dtype=values.dtype)
+
+
+#: Patches read from a level coarser than the model's patch resolution by more than this factor are upsampled
+#: so much that the encoder sees blur it never saw in training: predictions are flagged out of domain.
+MAX_UPSAMPLING = 2.0
+#: Below this fraction of the model's genes measured in a section, the section is flagged out of domain.
+MIN_GENE_OVERLAP = 0.5
+
+
+def domain_check(section, model, geometry) -> dict:
+    """Compare a section with the model: image resolution against the patch resolution, measured genes.
+
+    Warns (``UserWarning``) about each mismatch and returns the record kept in ``uns[key_added]['domain']``:
+    ``microns_per_pixel`` of the section, ``upsampling`` (how many times patches are enlarged to the model's
+    resolution), ``gene_overlap`` (fraction of the model's genes the section measures; ``None`` when it
+    measures none) and ``warnings``.
+    """
+    import warnings
+
+    patch_resolution = model.config["patch"]["size_um"] / model.config["patch"]["size_px"]
+    upsampling = max(geometry.level_microns_per_pixel) / patch_resolution
+    messages = []
+    if upsampling > MAX_UPSAMPLING:
+        messages.append(
+            f"section {section.name!r}: its image has {max(geometry.level_microns_per_pixel):.3g} µm/px, but the "
+            f"model reads patches at {patch_resolution:.3g} µm/px; patches are upsampled {upsampling:.1f}×, and "
+            "predictions from such blurred patches are out of the model's domain."
+        )
+    measured = section.table.var_names
+    overlap = None
+    if len(measured):
+        shared = sum(g in measured for g in model.genes)
+        overlap = shared / len(model.genes)
+        if overlap < MIN_GENE_OVERLAP:
+            upper = {str(g).upper() for g in measured}
+            case_only = sum(g.upper() in upper for g in model.genes) - shared
+            hint = (
+                f" ({case_only} more match when case is ignored: another species?)"
+                if case_only > len(model.genes) * MIN_GENE_OVERLAP / 2
+                else ""
+            )
+            messages.append(
+                f"section {section.name!r} measures {shared} of the model's {len(model.genes)} genes{hint}; it "
+                "does not look like the data the model was trained on."
+            )
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return {
+        "microns_per_pixel": float(section.scale),
+        "upsampling": round(float(upsampling), 3),
+        "gene_overlap": None if overlap is None else round(float(overlap), 4),
+        "warnings": messages,
+    }

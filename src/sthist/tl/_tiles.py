@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._checks import check_device, check_key_name, check_positive_integer
 from sthist._core._docs import doc_params
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
@@ -78,7 +79,16 @@ def tile_grid(
     return _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds)
 
 
-def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, bounds) -> pd.DataFrame:
+#: Default limit on the tiles of one call of predict_tiles (a 2 cm × 1.5 cm section at a 112 µm stride has
+#: about 24,000); more must be asked for with ``max_tiles``.
+MAX_TILES = 250_000
+#: Candidate grid points (before the tissue mask) that fit in about 1 GiB of working memory.
+MAX_GRID_POINTS = 20_000_000
+
+
+def _tile_grid(
+    section: Section, tile_size_um, stride_um, min_tissue_fraction, bounds, max_tiles: int | None = None
+) -> pd.DataFrame:
     if not np.isfinite(tile_size_um) or tile_size_um <= 0 or not np.isfinite(stride_um) or stride_um <= 0:
         raise ValueError("tile_size_um and stride_um must be positive numbers of µm.")
     if not 0 <= min_tissue_fraction <= 1:
@@ -101,6 +111,21 @@ def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, b
     to_system = np.linalg.inv(full.to_pixels)
     extent = (np.c_[corners, np.ones(2)] @ to_system.T)[:, :2]
     tile, stride = tile_size_um / scale, stride_um / scale
+    span = extent[1] - extent[0] - tile
+    candidates = float(np.prod(np.floor(np.maximum(span, 0) / stride) + 1))
+    if max_tiles is not None and bounds is None:
+        # The tissue covers part of the image at most: if the whole grid is far beyond the limit, stop now.
+        if candidates > 20 * max_tiles:
+            raise ValueError(
+                f"stride_um={stride_um:g} lays {candidates:,.0f} tiles over the image (at most "
+                f"{max_tiles:,} are predicted per call); use a larger stride_um, restrict the area with bounds=, "
+                "or raise max_tiles."
+            )
+    if candidates > MAX_GRID_POINTS:
+        raise ValueError(
+            f"stride_um={stride_um:g} lays {candidates:,.0f} tiles over the image, more than "
+            f"{MAX_GRID_POINTS:,} can be screened for tissue at once; use a larger stride_um or bounds=."
+        )
     xs = np.arange(extent[0, 0] + tile / 2, extent[1, 0] - tile / 2 + 1e-9, stride)
     ys = np.arange(extent[0, 1] + tile / 2, extent[1, 1] - tile / 2 + 1e-9, stride)
     if len(xs) == 0 or len(ys) == 0:
@@ -123,6 +148,12 @@ def _tile_grid(section: Section, tile_size_um, stride_um, min_tissue_fraction, b
         inside = (centres[:, 0] >= x_min) & (centres[:, 0] <= x_max)
         keep &= inside & (centres[:, 1] >= y_min) & (centres[:, 1] <= y_max)
     logger.info("%d of %d tiles lie on tissue", int(keep.sum()), len(centres))
+    if max_tiles is not None and keep.sum() > max_tiles:
+        raise ValueError(
+            f"stride_um={stride_um:g} gives {int(keep.sum()):,} tiles on tissue, more than max_tiles={max_tiles:,} "
+            "(each tile is one encoder pass); use a larger stride_um, restrict the area with bounds=, or raise "
+            "max_tiles (None: no limit)."
+        )
     return pd.DataFrame(
         {"x": centres[keep, 0], "y": centres[keep, 1], Key.obs.TISSUE_FRACTION: fraction[keep]}
     )
@@ -143,6 +174,7 @@ def predict_tiles(
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     microns_per_pixel: float | None = None,
     bounds: tuple[float, float, float, float] | None = None,
+    max_tiles: int | None = MAX_TILES,
     overwrite: bool = False,
 ) -> None:
     """Predict expression on a grid of tiles over the tissue of a section (no measured spots needed).
@@ -177,6 +209,9 @@ def predict_tiles(
     {microns_per_pixel}
     bounds
         ``(x_min, y_min, x_max, y_max)`` in coordinate-system units: keep tiles whose centre lies inside.
+    max_tiles
+        Refuse, before any encoding, a grid of more tiles on tissue than this (about 250,000 by default:
+        a stride of a few µm would otherwise ask for millions of encoder passes); ``None`` lifts the limit.
     {overwrite}
 
     Returns
@@ -217,9 +252,22 @@ def predict_tiles(
 
     if not isinstance(model, SthistModel):
         raise TypeError(f"model must be a fitted SthistModel, got {type(model)}.")
+    if not model.is_trained:
+        raise ValueError("The model is not trained yet; call model.train() (or use sthist.tl.fit) first.")
+    check_key_name(key_added)
+    check_positive_integer(batch_size, "batch_size")
+    check_positive_integer(chunk_tiles, "chunk_tiles")
+    if max_tiles is not None:
+        check_positive_integer(max_tiles, "max_tiles")
+    check_device(device)
     tile_size_um = float(model.config["patch"]["size_um"])
     stride_um = tile_size_um if stride_um is None else float(stride_um)
     table_key = Key.tables.tiles(key_added)
+    _check_tiles_key(sdata, key_added)
+    if sdata.path is not None:
+        from sthist.io import check_writable
+
+        check_writable(sdata.path)
     existing = [f"shapes[{key_added!r}]" for _ in [0] if key_added in sdata.shapes] + [
         f"tables[{table_key!r}]" for _ in [0] if table_key in sdata.tables
     ]
@@ -233,7 +281,7 @@ def predict_tiles(
         spots=False,
     )
     image_key = section.image_key
-    grid = _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds)
+    grid = _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds, max_tiles)
     if grid.empty:
         raise ValueError("No tile lies on tissue; lower min_tissue_fraction or check the image.")
     scale = section.scale
@@ -322,3 +370,20 @@ def predict_tiles(
         from sthist.io import write_elements
 
         write_elements(sdata, [("shapes", key_added), ("tables", table_key)], overwrite=overwrite)
+
+
+def _check_tiles_key(sdata, key: str) -> None:
+    """Refuse a tiles ``key_added`` naming an element that predict_tiles did not write, whatever ``overwrite``."""
+    table_key = Key.tables.tiles(key)
+    owned = table_key in sdata.tables and "tile_size_um" in (sdata.tables[table_key].uns.get(key) or {})
+    others = [
+        f"{kind}[{name!r}]"
+        for kind in ("images", "labels", "points", "shapes", "tables")
+        for name in getattr(sdata, kind)
+        if name in (key, table_key) and not (owned and kind in ("shapes", "tables"))
+    ]
+    if others:
+        raise ValueError(
+            f"key_added={key!r} would replace {others}, which sthist.tl.predict_tiles did not write; choose another "
+            "key_added (nothing is replaced even with overwrite=True)."
+        )

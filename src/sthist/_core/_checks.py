@@ -1,0 +1,109 @@
+"""Checks of user input made before any expensive work, each failing with one line that says what to fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sthist._constants import Key
+from sthist._core._config import is_positive_integer
+
+
+def check_positive_integer(value, name: str) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer ≥ 1."""
+    if not is_positive_integer(value):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def gene_list(genes, name: str = "genes") -> list[str] | None:
+    """A list of distinct gene names from ``genes`` (``None`` stays ``None``); a single string is refused."""
+    if genes is None:
+        return None
+    if isinstance(genes, str):
+        raise TypeError(f"{name} must be a list of gene names, not the string {genes!r}; write {name}=[{genes!r}].")
+    if not isinstance(genes, Sequence | pd.Index | np.ndarray | set | frozenset | dict):
+        raise TypeError(f"{name} must be a list of gene names, got {type(genes).__name__}.")
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise ValueError(f"{name} is empty; give at least one gene.")
+    duplicated = sorted({g for g in genes if genes.count(g) > 1})
+    if duplicated:
+        raise ValueError(f"{name} names genes more than once: {duplicated[:10]}; give each gene once.")
+    return genes
+
+
+def check_key_name(key, name: str = "key_added") -> str:
+    """A key that can name an element or an ``obsm``/``uns`` entry in a zarr store (letters, digits, ``_-.``)."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{name} must be a non-empty string, got {key!r}.")
+    if key in (".", "..") or key.startswith("__") or not all(c.isalnum() or c in "_-." for c in key):
+        raise ValueError(
+            f"{name}={key!r} cannot be stored in a zarr store; use letters, digits, '_', '-' and '.' only "
+            "(not starting with '__')."
+        )
+    return key
+
+
+#: ``uns`` entries that sthist or spatialdata keep for themselves; results never replace them.
+RESERVED_UNS = ("spatialdata_attrs", Key.uns.NORMALIZATION)
+
+
+def check_table_key_added(table, key: str) -> None:
+    """Refuse a ``key_added`` that would replace an entry sthist does not own, whatever ``overwrite`` says."""
+    reserved = {*RESERVED_UNS, Key.obsm.SPATIAL}
+    clashes = [k for k in (key, Key.obsm.uncertainty(key)) if k in reserved]
+    if clashes:
+        raise ValueError(
+            f"key_added={key!r} would replace {clashes}, which spatialdata or sthist keep for themselves; choose "
+            "another key_added."
+        )
+    # An obsm entry that sthist did not write (no provenance in uns) is the user's: never replaced.
+    for entry in (key, Key.obsm.uncertainty(key)):
+        if entry in table.obsm and not _written_by_sthist(table, key):
+            raise ValueError(
+                f"table.obsm[{entry!r}] exists and was not written by sthist.tl.predict; it is not replaced "
+                "even with overwrite=True. Choose another key_added."
+            )
+
+
+def _written_by_sthist(table, key: str) -> bool:
+    record = table.uns.get(key)
+    return isinstance(record, dict) and "method" in record and Key.uns.VERSION in record
+
+
+def check_device(device) -> str:
+    """A torch device string that exists on this machine (``'cuda'`` without a GPU is refused up front)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asks for a GPU, but torch sees none on this machine; use 'cpu'.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s).")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available here; use 'cpu'.")
+    return str(device)
+
+
+def boolean_column(table, column: str, *, section: str) -> np.ndarray:
+    """The boolean ``obs`` column ``column`` as a numpy array; anything but booleans without gaps is refused.
+
+    Strings ('True'/'False'), categories ('pass'/'fail'), numbers or NaN would each read as "every spot" or
+    as something else than meant when cast to bool.
+    """
+    values = table.obs[column]
+    if pd.api.types.is_bool_dtype(values.dtype) and not values.isna().any():
+        return values.to_numpy(dtype=bool)
+    example = list(pd.unique(values.astype(object)))[:4]
+    raise TypeError(
+        f"Section {section!r}: obs column {column!r} must hold booleans (True/False) selecting spots, but its "
+        f"dtype is {values.dtype} (values such as {example}); convert it, e.g. "
+        f"`table.obs[{column!r}] = table.obs[{column!r}] == 'pass'`."
+    )
