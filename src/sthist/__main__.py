@@ -136,11 +136,15 @@ def _read_store(path: str, microns_per_pixel: float | None, *, flag: str = "STOR
     if not store.is_dir():
         raise UserError(f"{store} is a file, not a SpatialData zarr store (a folder ending in .zarr)")
     if not any((store / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs")):
-        raise UserError(f"{store} is not a zarr store (no zarr.json or .zgroup inside); give the SpatialData store")
+        raise UserError(
+            f"{store} is not a zarr store (no zarr.json or .zgroup inside); give the SpatialData store"
+        )
     try:
         sdata = sd.read_zarr(store)
     except Exception as error:  # spatialdata's many ways of failing on foreign folders
-        raise UserError(f"{store} could not be read as a SpatialData store ({type(error).__name__}: {error})") from error
+        raise UserError(
+            f"{store} could not be read as a SpatialData store ({type(error).__name__}: {error})"
+        ) from error
     if microns_per_pixel is not None:
         given = checked_scale(microns_per_pixel, "--microns-per-pixel")
         recorded = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.MICRONS_PER_PIXEL, {})
@@ -184,7 +188,9 @@ def _check_devices(accelerator: str, devices: str) -> None:
 
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"--accelerator {accelerator} asks for a GPU, but torch sees none here; use --accelerator cpu")
+        raise UserError(
+            f"--accelerator {accelerator} asks for a GPU, but torch sees none here; use --accelerator cpu"
+        )
     if devices == "auto" or not devices.lstrip("-").isdigit():
         return
     count = int(devices)
@@ -214,7 +220,9 @@ def _fit(args: argparse.Namespace) -> int:
             raise UserError(f"--genes {args.genes} is not a file (one gene name per line)")
         genes = Path(args.genes).read_text().split()
     names = _section_names(args.stores)
-    sections = {name: _read_store(p, args.microns_per_pixel) for name, p in zip(names, args.stores, strict=True)}
+    sections = {
+        name: _read_store(p, args.microns_per_pixel) for name, p in zip(names, args.stores, strict=True)
+    }
     model = sthist.tl.fit(
         sections,
         genes=genes,
@@ -614,7 +622,7 @@ def cli_message(message: str) -> str:
 
     message = re.sub(r"`?\boverwrite=True`?", "--overwrite", message)
     for keyword, flag in _FLAGS.items():
-        message = re.sub(rf"`?\b{keyword}\b(=(?=[\s`.,;)]|$))?`?", flag, message)
+        message = re.sub(rf"(?<!['\w])`?\b{keyword}\b(=(?=[\s`.,;)]|$))?`?(?!')", flag, message)
     for keyword, flag in (("k", "--k"), ("views", "--views"), ("genes", "--genes")):
         message = re.sub(rf"(?<![\w.\[]){keyword}=", f"{flag} ", message)
     return " ".join(message.split())
@@ -654,7 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"sthist {args.command}: interrupted; the store and the model folder are as they were", file=sys.stderr)
+        print(
+            f"sthist {args.command}: interrupted; the store and the model folder are as they were",
+            file=sys.stderr,
+        )
         return 130
     except _USER_ERRORS as error:
         if args.debug:

@@ -1,5 +1,7 @@
-"""Writing results into a SpatialData zarr store: writers exclude each other, each element moves in atomically,
-and nothing the store held is lost, even when a write fails or the process is killed half-way.
+"""Writing results into a SpatialData zarr store, with nothing the store held lost.
+
+Writers exclude each other (a lock file in the store), each element moves in atomically, and an element
+moved aside is put back when a write fails or the process is killed half-way.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ def gene_list(genes, name: str = "genes") -> list[str] | None:
     if genes is None:
         return None
     if isinstance(genes, str):
-        raise TypeError(f"{name} must be a list of gene names, not the string {genes!r}; write {name}=[{genes!r}].")
+        raise TypeError(
+            f"{name} must be a list of gene names, not the string {genes!r}; write {name}=[{genes!r}]."
+        )
     if not isinstance(genes, Sequence | pd.Index | np.ndarray | set | frozenset | dict):
         raise TypeError(f"{name} must be a list of gene names, got {type(genes).__name__}.")
     genes = [str(g) for g in genes]
@@ -84,7 +86,9 @@ def check_device(device) -> str:
         raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'.") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} asks for a GPU, but torch sees none on this machine; use 'cpu'.")
+            raise ValueError(
+                f"device={device!r} asks for a GPU, but torch sees none on this machine; use 'cpu'."
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s).")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():

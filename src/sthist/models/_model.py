@@ -587,7 +587,9 @@ def load(folder: str | Path) -> SthistModel:
             raise ValueError(f"{config_path} lacks {key!r}; it was not written by sthist or is damaged.")
     found = config["format_version"]
     if isinstance(found, bool) or not isinstance(found, int) or found < 1:
-        raise ValueError(f"{config_path}: format_version must be a positive integer, got {found!r}; the file is damaged.")
+        raise ValueError(
+            f"{config_path}: format_version must be a positive integer, got {found!r}; the file is damaged."
+        )
     if found > FORMAT_VERSION:
         raise ValueError(
             f"{folder} was saved in model format {found} by sthist "
@@ -643,9 +645,9 @@ def load(folder: str | Path) -> SthistModel:
         embedding_dim=architecture.get("embedding_dim", ArchitectureConfig.embedding_dim),
         source=str(weights_path),
     )
-    if config.get("centering", {}).get("tokens") and tuple(tensors.get("tokens.mean", torch.empty(0)).shape) != (
-        sizes["token_dim"],
-    ):
+    if config.get("centering", {}).get("tokens") and tuple(
+        tensors.get("tokens.mean", torch.empty(0)).shape
+    ) != (sizes["token_dim"],):
         raise ValueError(f"{weights_path} lacks the training mean of the tokens that this model centres on.")
     history = config.pop("history", [])
     return SthistModel._restore(config, encoder, module, tensors, history)
@@ -665,7 +667,9 @@ def _check_config(config: dict, source: Path) -> None:
     except (TypeError, ValueError, KeyError) as error:
         raise ValueError(f"{source}: invalid patch or architecture ({error}).") from None
     if n_genes != len(genes):
-        raise ValueError(f"{source}: the architecture predicts {n_genes} genes but 'genes' names {len(genes)}.")
+        raise ValueError(
+            f"{source}: the architecture predicts {n_genes} genes but 'genes' names {len(genes)}."
+        )
     if isinstance(token_dim, bool) or not isinstance(token_dim, int) or token_dim < 1:
         raise ValueError(f"{source}: architecture token_dim must be a positive integer, got {token_dim!r}.")
 

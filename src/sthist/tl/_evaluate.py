@@ -237,7 +237,9 @@ def evaluate(
 
 def _check_units(table, key: str, layer: str | None) -> None:
     """Refuse to compare predictions and observations normalised to different totals (log1p per 1e4 vs 1e6)."""
-    predicted_sum = (table.uns.get(key) or {}).get("target_sum") if isinstance(table.uns.get(key), dict) else None
+    predicted_sum = (
+        (table.uns.get(key) or {}).get("target_sum") if isinstance(table.uns.get(key), dict) else None
+    )
     if predicted_sum is None:
         return
     if layer is None:

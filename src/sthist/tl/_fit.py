@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from sthist._constants import Key
+from sthist._core._checks import gene_list
 from sthist._core._config import (
     K_NEIGHBOURS,
     N_TOP_GENES,
@@ -145,7 +146,7 @@ def fit(
     model = SthistModel(
         sdata,
         method=method,
-        genes=None if genes is None else list(genes),
+        genes=gene_list(genes),
         n_top_genes=n_top_genes,
         backbone=backbone,
         pretrained=pretrained,
