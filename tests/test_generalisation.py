@@ -72,7 +72,7 @@ def test_centred_expression_fills_the_bank_on_one_level(sections):
     assert model.centering == {"expression": True, "tokens": False}
     bank = model.tensors["bank.expression"]
     n0 = model.config["training_sections"]["toy0"]
-    torch.testing.assert_close(bank[:n0].mean(0), bank[n0:].mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bank[:n0].mean(0), bank[n0:].mean(0), rtol=1e-4, atol=1e-4)
     predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
     assert predicted.notna().all().all()
 

@@ -88,6 +88,6 @@ def test_contrastive_loss_under_ddp_sees_the_global_batch():
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0
-    assert ddp_loss == pytest.approx(float(loss), rel=1e-5)
+    assert ddp_loss == pytest.approx(float(loss), rel=1e-4)  # float32 sums in another order
     for name, parameter in model.named_parameters():
         np.testing.assert_allclose(ddp_grads[name], parameter.grad.numpy(), rtol=1e-4, atol=1e-6)

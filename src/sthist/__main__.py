@@ -613,6 +613,7 @@ _FLAGS = {
     "table_key": "--table",
     "token_layers": "--token-layers",
     "random_state": "--seed",
+    "bounds": "--bounds",
 }
 
 
@@ -625,6 +626,12 @@ def cli_message(message: str) -> str:
         message = re.sub(rf"(?<!['\w])`?\b{keyword}\b(=(?=[\s`.,;)]|$))?`?(?!')", flag, message)
     for keyword, flag in (("k", "--k"), ("views", "--views"), ("genes", "--genes")):
         message = re.sub(rf"(?<![\w.\[]){keyword}=", f"{flag} ", message)
+        message = re.sub(rf"^{keyword} (must|is|exceeds)\b", rf"{flag} \1", message)
+    message = message.replace(
+        "run `sthist.tl.predict_tiles(sdata, model)` first", "run `sthist predict --tiles` first"
+    )
+    message = message.replace("(or pass its --key as key=)", "(with the same --key)")
+    message = message.replace("run `sthist.tl.predict(sdata, model)` first", "run `sthist predict` first")
     return " ".join(message.split())
 
 

@@ -249,6 +249,7 @@ def predict_tiles(
 
     from sthist.data import SpotPatchDataset, encode_patches
     from sthist.models import SthistModel
+    from sthist.tl._predict import domain_check
 
     if not isinstance(model, SthistModel):
         raise TypeError(f"model must be a fitted SthistModel, got {type(model)}.")
@@ -315,6 +316,7 @@ def predict_tiles(
     dataset = SpotPatchDataset(
         tiles, patch_size_um=tile_size_um, patch_size_px=model.config["patch"]["size_px"], in_memory=False
     )
+    domain = domain_check(tiles, model, dataset.geometry(tiles.name))
     order = names.get_indexer(dataset.spots["obs_name"])
     genes = model.genes
     prediction = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
@@ -353,6 +355,7 @@ def predict_tiles(
         "min_tissue_fraction": float(min_tissue_fraction),
         "units": model.config["normalization"].get("units", "log1p normalised counts"),
         "image_key": image_key,
+        "domain": domain,
     }
     table = TableModel.parse(
         table, region=key_added, region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE
