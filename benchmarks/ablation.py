@@ -40,6 +40,10 @@ ARMS = {
     "ridge +centring": ("ridge", {"center_expression": True, "center_tokens": True}, {}),
     "cmrcnet +all +TTA 4 views": ("cmrcnet", ALL, {"tta_views": 4}),
     "cmrcnet +all +TTA +smoothing 250 µm": ("cmrcnet", ALL, {"tta_views": 4, "smooth_um": 250.0}),
+    "cmrcnet +stain normalisation": ("cmrcnet", {"stain_normalization": True}, {}),
+    "bleep +stain normalisation": ("bleep", {"stain_normalization": True}, {}),
+    "regression +stain normalisation": ("regression", {"stain_normalization": True}, {}),
+    "ridge +stain normalisation": ("ridge", {"stain_normalization": True}, {}),
 }
 
 
@@ -51,6 +55,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--arms", nargs="+", default=["all"], help="arm names, or 'all'")
     parser.add_argument("--output", default="benchmarks/results")
+    parser.add_argument("--name", default="ablation", help="stem of the result files (default: ablation)")
     args = parser.parse_args()
 
     import sthist
@@ -114,7 +119,9 @@ def main() -> None:
     text = "\n".join([
         "# Ablation of the generalisation options on HER2ST (leave one patient out)",
         "",
-        f"Command: `python benchmarks/ablation.py --epochs {args.epochs} --views {args.views}` (2-core CPU, "
+        f"Command: `python benchmarks/ablation.py --epochs {args.epochs} --views {args.views}"
+        f"{'' if args.arms == ['all'] else ' --arms ' + ' '.join(repr(a) for a in args.arms)}"
+        f"{'' if args.name == 'ablation' else ' --name ' + args.name}` (2-core CPU, "
         f"{torch.get_num_threads()} torch threads, machine otherwise idle; frozen ImageNet EfficientNet-Lite0, "
         f"{args.views} dihedral views cached, lr 1e-3, batch 64, k 50; MALLOC_MMAP_THRESHOLD_="
         f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}). Total {total / 60:.1f} min.",
@@ -135,10 +142,10 @@ def main() -> None:
     print(text)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "ablation.md").write_text(text)
+    (output / f"{args.name}.md").write_text(text)
     payload = {"options": base, "arms": {k: {"method": m, "fit": f, "predict": p} for k, (m, f, p) in arms.items()},
                "fit_seconds": fit_seconds, "total_s": total, "patient": rows, "auroc_A1": auroc}  # fmt: skip
-    (output / "ablation.json").write_text(json.dumps(payload, indent=2, default=float))
+    (output / f"{args.name}.json").write_text(json.dumps(payload, indent=2, default=float))
 
 
 if __name__ == "__main__":

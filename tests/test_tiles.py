@@ -213,3 +213,16 @@ def test_tiles_plot_maps_values_to_tiles(model, tmp_path):
         sthist.pl.tiles(sdata, genes, key="elsewhere")
     with pytest.raises(KeyError, match="not among the tile predictions"):
         sthist.pl.tiles(sdata, ["NOPE"])
+
+
+def test_sections_with_tile_predictions_still_fit_predict_and_evaluate(model):
+    """After predict_tiles a section holds two tables; the spots' table is found without table_key."""
+    sections = sthist.datasets.toy(2, grid=6, n_genes=6, random_state=0)
+    sdata = sections["toy1"]
+    sthist.tl.predict_tiles(sdata, model, stride_um=224)
+    assert len(sdata.tables) == 2
+    sthist.tl.predict(sdata, model)
+    sthist.pp.normalize(sdata.tables["table"])
+    sthist.tl.evaluate(sdata)
+    refit = sthist.tl.fit(sections, backbone="tiny", max_epochs=1, batch_size=16, k=5, views=1)
+    assert refit.config["training_sections"] == {"toy0": 36, "toy1": 36}

@@ -239,6 +239,7 @@ def _fit(args: argparse.Namespace) -> int:
         detach_target=args.detach_target,
         center_expression=args.center_expression,
         center_tokens=args.center_tokens,
+        stain_normalization=args.stain_normalization,
         patch_size_um=args.patch_size_um,
         qc_column=args.qc_column,
         random_state=args.seed,
@@ -258,6 +259,7 @@ def _predict(args: argparse.Namespace) -> int:
     from sthist._core._elements import resolve_elements
     from sthist.io import check_writable, update_table
 
+    args.key = args.key or (Key.shapes.TILES if args.tiles else Key.obsm.PREDICTION)
     check_key_name(args.key, "--key")
     sdata = _read_store(args.store, args.microns_per_pixel)
     check_writable(args.store)
@@ -488,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace each section's mean encoder channel vector by the training mean (frozen encoder)",
     )
     fit.add_argument(
+        "--stain-normalization",
+        action="store_true",
+        help="map each section's colours onto the training average before encoding (Reinhard)",
+    )
+    fit.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )
     fit.add_argument("--seed", type=int, default=0)
@@ -505,7 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("store", help="section (.zarr)")
     predict.add_argument("--model", required=True, help="folder of a fitted model")
-    predict.add_argument("--key", default=Key.obsm.PREDICTION, help="obsm key (spots) or shapes name (tiles)")
+    predict.add_argument(
+        "--key",
+        default=None,
+        help=f"obsm key of the spots' predictions (default: {Key.obsm.PREDICTION}) or, with --tiles, name of the "
+        f"tiles (default: {Key.shapes.TILES}, where `plot --kind tiles` looks)",
+    )
     predict.add_argument(
         "--tiles", action="store_true", help="dense prediction over the tissue instead of spots"
     )

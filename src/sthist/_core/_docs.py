@@ -17,7 +17,11 @@ SHARED_PARAMETERS = {
     center_tokens
         Fast path: replace each section's mean encoder channel vector by the training mean, in training and
         (with the predicted section's own mean) at prediction: a feature-space normalisation of stain and
-        scanner differences.""",
+        scanner differences.
+    stain_normalization
+        Map each section's colours onto the training sections' average before encoding (Reinhard: mean and
+        deviation of the tissue pixels in lαβ, one transform per section); recorded in the model and applied
+        to every section it predicts.""",
     "fit_sections": """Training sections: a SpatialData object, a list or a dict of them (image, spots, table with
         raw counts; physical scale recorded). Nothing is written into them.""",
     "fit_method": """method

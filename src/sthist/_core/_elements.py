@@ -69,6 +69,11 @@ def resolve_elements(
     """
     from spatialdata.transformations import get_transformation
 
+    if table_key is None:
+        # Tables of sthist's own tile predictions are results, not sections' spots: left out of the choice.
+        spots_tables = [name for name, table in sdata.tables.items() if not is_tiles_table(table)]
+        if len(spots_tables) == 1:
+            table_key = spots_tables[0]
     table_key = _one_of("table", list(sdata.tables.keys()), table_key, "table_key")
     table = sdata.tables[table_key]
     regions, region_key, instance_key = table_region(table)
@@ -114,6 +119,11 @@ def resolve_elements(
     elif image_key is not None and image_key not in sdata.images:
         raise KeyError(f"No image named {image_key!r}; available images: {sorted(sdata.images.keys())}.")
     return SpotElements(image_key, shapes_key, table_key, coordinate_system)
+
+
+def is_tiles_table(table) -> bool:
+    """Whether a table holds tile predictions written by :func:`sthist.tl.predict_tiles`."""
+    return any(isinstance(value, dict) and "tile_size_um" in value for value in table.uns.values())
 
 
 def table_holding(sdata, table_key: str | None, *, obsm_key: str | None = None, uns_key: str | None = None):

@@ -20,6 +20,7 @@ from sthist._core._config import PatchConfig
 from sthist._core._elements import SpotElements, resolve_elements, table_region
 from sthist._core._image import ImageLevel, image_levels, to_pixels, warn_missing_chunks
 from sthist._core._scale import get_microns_per_pixel
+from sthist._core._stain import StainStats, stain_stats
 from sthist._core._tissue import TISSUE_MASK_MICRONS_PER_PIXEL, tissue_mask
 
 if TYPE_CHECKING:
@@ -261,6 +262,12 @@ class Section:
         """The low-resolution level (about 16 µm/px) and its boolean tissue mask."""
         level = self.level_for(TISSUE_MASK_MICRONS_PER_PIXEL)
         return level, tissue_mask(np.asarray(level.data.transpose("y", "x", "c").data))
+
+    @cached_property
+    def stain(self) -> StainStats:
+        """Stain statistics (lαβ mean and deviation) of the tissue pixels at low resolution."""
+        level, mask = self.tissue
+        return stain_stats(np.asarray(level.data.transpose("y", "x", "c").data), mask)
 
     def tissue_fraction(self, *, spot_diameter_um: float | None = None) -> pd.Series:
         """Fraction of each spot's disc that the tissue mask covers (indexed by table ``obs_names``).

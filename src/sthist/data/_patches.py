@@ -15,6 +15,7 @@ from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._checks import boolean_column
 from sthist._core._config import PatchConfig
 from sthist._core._section import PatchGeometry, resolve_sections
+from sthist._core._stain import StainStats, normalise
 from sthist._settings import settings
 from sthist.data._readers import InMemoryLevel, LazyLevel
 
@@ -36,9 +37,16 @@ class _SectionPatches:
     """One section's patch geometry, pixel reader and expression, for the rows (spots) in use."""
 
     def __init__(
-        self, name, geometry: PatchGeometry, reader, expression: np.ndarray | None, rows: np.ndarray
+        self,
+        name,
+        geometry: PatchGeometry,
+        reader,
+        expression: np.ndarray | None,
+        rows: np.ndarray,
+        stain: StainStats | None = None,
     ):
         self.name = name
+        self.stain = stain
         self.geometry = geometry
         self.reader = reader
         self.expression = expression
@@ -89,6 +97,9 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         Force the in-memory (``True``) or lazy (``False``) path; by default chosen by level size.
     image_key, shapes_key, table_key, coordinate_system
         Element names and coordinate system (resolved per section when unambiguous).
+    stain_reference
+        Stain statistics to map every section onto (Reinhard normalisation, see
+        :mod:`sthist._core._stain`); ``None`` leaves colours as scanned.
     """
 
     def __init__(
@@ -106,8 +117,10 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         shapes_key: str | None = None,
         table_key: str | None = None,
         coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+        stain_reference: StainStats | None = None,
     ):
         patch = PatchConfig(size_um=patch_size_um, size_px=patch_size_px)
+        self.stain_reference = stain_reference
         self.patch_size_px = patch.size_px
         self.patch_size_um = patch.size_um
         self.augment = bool(augment)
@@ -158,7 +171,8 @@ class SpotPatchDataset(torch.utils.data.Dataset):
             materialise = in_memory if in_memory is not None else level.nbytes <= settings.in_memory_bytes
             margin = int(np.ceil(max(geometry.crop_size) / 2)) + 2
             reader = InMemoryLevel(level) if materialise else LazyLevel(level, margin=margin)
-            self._sections.append(_SectionPatches(name, geometry, reader, expression, rows))
+            stain = section.stain if stain_reference is not None else None
+            self._sections.append(_SectionPatches(name, geometry, reader, expression, rows, stain))
             spot_frames.append(
                 pd.DataFrame(
                     {
@@ -212,6 +226,8 @@ class SpotPatchDataset(torch.utils.data.Dataset):
             (size, size), Image.Resampling.BILINEAR, box=(bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
         )
         patch = np.array(resized)  # writable, so torch can wrap it
+        if self.stain_reference is not None and section.stain is not None:
+            patch = normalise(patch, section.stain, self.stain_reference)
         return np.ascontiguousarray(dihedral(patch, transform)) if transform else patch
 
     def __getitem__(self, index: int) -> dict:

@@ -32,6 +32,7 @@ from sthist._core._config import (
 )
 from sthist._core._docs import doc_params
 from sthist._core._section import Section, resolve_sections
+from sthist._core._stain import StainStats
 from sthist._logging import logger
 from sthist.models._backbones import create_encoder, file_sha256, weights_identity
 from sthist.models._methods import get_method
@@ -98,6 +99,7 @@ class SthistModel:
         target_sum: float = TARGET_SUM,
         center_expression: bool = False,
         center_tokens: bool = False,
+        stain_normalization: bool = False,
         random_state: int | None = None,
     ):
         import lightning as L
@@ -121,9 +123,13 @@ class SthistModel:
         backbone = backbone or DEFAULT_BACKBONE
         encoder = create_encoder(backbone, pretrained=pretrained)
         patch = PatchConfig(size_um=patch_size_um, size_px=encoder.config.input_size)
+        stain, reference = None, None
+        if stain_normalization:
+            stain = {name: section.stain for name, section in resolved.items()}
+            reference = StainStats.average(list(stain.values()))
         self._dataset: SpotPatchDataset | None = SpotPatchDataset(
             resolved, genes=genes, layer=layer, patch_size_um=patch.size_um, patch_size_px=patch.size_px,
-            qc_column=qc_column,
+            qc_column=qc_column, stain_reference=reference,
         )  # fmt: skip
         if self._method.retrieval and k > len(self._dataset):
             raise ValueError(f"k={k} exceeds the {len(self._dataset)} training spots; choose a smaller k.")
@@ -151,6 +157,13 @@ class SthistModel:
             "architecture": {"token_dim": encoder.embed_dim, "n_genes": len(genes), **architecture.to_dict()},
             "training": None,
             "centering": {"expression": bool(center_expression), "tokens": bool(center_tokens)},
+            "stain": None
+            if stain is None
+            else {
+                "method": "reinhard",
+                "reference": reference.to_dict(),
+                "sections": {name: stats.to_dict() for name, stats in stain.items()},
+            },
             "k": int(k),
             "qc_column": qc_column,
             "seed": int(random_state),
@@ -315,6 +328,12 @@ class SthistModel:
         return {"expression": False, "tokens": False, **self.config.get("centering", {})}
 
     @property
+    def stain_reference(self) -> StainStats | None:
+        """Stain statistics every section is mapped onto before encoding (``None``: no stain normalisation)."""
+        record = self.config.get("stain")
+        return None if not record else StainStats.from_dict(record["reference"])
+
+    @property
     def is_trained(self) -> bool:
         return self.config.get("training") is not None
 
@@ -369,6 +388,7 @@ class SthistModel:
             "qc_column": self.config["qc_column"],
             "center_expression": self.centering["expression"],
             "center_tokens": self.centering["tokens"],
+            "stain_normalization": self.stain_reference is not None,
             "random_state": self.config["seed"],
         }
 

@@ -58,6 +58,7 @@ def fit(
     target_sum: float = TARGET_SUM,
     center_expression: bool = False,
     center_tokens: bool = False,
+    stain_normalization: bool = False,
     random_state: int | None = None,
     accelerator: str = "auto",
     devices: int | str | list = "auto",
@@ -158,6 +159,7 @@ def fit(
         target_sum=target_sum,
         center_expression=center_expression,
         center_tokens=center_tokens,
+        stain_normalization=stain_normalization,
         random_state=random_state,
     )
     return model.train(

@@ -184,6 +184,7 @@ def predict(
         patch_size_um=contract["patch"]["size_um"],
         patch_size_px=contract["patch"]["size_px"],
         qc_column=qc_column,
+        stain_reference=model.stain_reference,
     )
     domain = domain_check(section, model, dataset.geometry(section.name))
     backbone = contract["backbone"]

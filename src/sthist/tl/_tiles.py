@@ -314,8 +314,9 @@ def predict_tiles(
     # The tiles are the spots of a section that shares the resolved image, scale and pyramid.
     tiles = section.with_spots(view, shapes_key=key_added, table_key=table_key)
     dataset = SpotPatchDataset(
-        tiles, patch_size_um=tile_size_um, patch_size_px=model.config["patch"]["size_px"], in_memory=False
-    )
+        tiles, patch_size_um=tile_size_um, patch_size_px=model.config["patch"]["size_px"], in_memory=False,
+        stain_reference=model.stain_reference,
+    )  # fmt: skip
     domain = domain_check(tiles, model, dataset.geometry(tiles.name))
     order = names.get_indexer(dataset.spots["obs_name"])
     genes = model.genes
