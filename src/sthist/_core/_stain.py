@@ -54,7 +54,7 @@ class StainStats:
             raise ValueError(
                 f"Stain statistics need three finite means and positive deviations, got {values!r}."
             )
-        return cls(mean, std)  # type: ignore[arg-type]
+        return cls(mean, std)
 
     @classmethod
     def average(cls, stats: list[StainStats]) -> StainStats:

@@ -158,7 +158,7 @@ class SthistModel:
             "training": None,
             "centering": {"expression": bool(center_expression), "tokens": bool(center_tokens)},
             "stain": None
-            if stain is None
+            if stain is None or reference is None
             else {
                 "method": "reinhard",
                 "reference": reference.to_dict(),
