@@ -55,11 +55,6 @@ def classify(call) -> tuple[str, str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             call()
-        user = [
-            w
-            for w in caught
-            if issubclass(w.category, UserWarning) and "sthist" in w.filename + str(w.message)
-        ]
         user = [w for w in caught if issubclass(w.category, UserWarning) and _from_sthist(w)]
         if user:
             return "warned", str(user[0].message)[:110]
