@@ -503,3 +503,20 @@ def test_read_only_store_is_refused_before_predicting(store, model_dir, capsys, 
     monkeypatch.setattr(Path, "touch", read_only)
     assert main(["predict", str(store), "--model", str(model_dir)]) == 2
     assert "cannot be written (Read-only file system)" in capsys.readouterr().err
+
+
+def test_cli_qc_version_and_device(store, model_dir, capsys):
+    import spatialdata as sd
+
+    assert main(["qc", str(store)]) == 0
+    assert "pass QC" in capsys.readouterr().out
+    table = sd.read_zarr(store).tables["table"]
+    assert table.obs["sthist_pass_qc"].dtype == bool and "sthist_qc" in table.uns
+    assert main(["qc", str(store)]) == 2  # the columns exist: replaced only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["predict", str(store), "--model", str(model_dir), "--qc-column", "sthist_pass_qc"]) == 0
+    assert main(["predict", str(store), "--model", str(model_dir), "--key", "cpu", "--device", "cpu"]) == 0
+    assert "autosharding" not in capsys.readouterr().err  # other libraries' notices only with --verbose
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("sthist ")

@@ -273,6 +273,7 @@ def _predict(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             bounds=args.bounds,
             max_tiles=None if args.max_tiles == 0 else args.max_tiles,
+            device=args.device,
         )
         print(f"wrote shapes[{args.key!r}] and tables[{Key.tables.tiles(args.key)!r}] into {args.store}")
         return 0
@@ -285,6 +286,7 @@ def _predict(args: argparse.Namespace) -> int:
         qc_column=args.qc_column,
         tta_views=args.tta_views,
         smooth_um=args.smooth_um,
+        device=args.device,
     )
     # Under the store's lock, the table is read again and gains the predictions; other processes' results
     # written meanwhile are kept, and the table is replaced atomically.
@@ -296,6 +298,31 @@ def _predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote tables[{table_key!r}].obsm[{args.key!r}] into {args.store}")
+    return 0
+
+
+def _qc(args: argparse.Namespace) -> int:
+    import sthist
+    from sthist._core._elements import resolve_elements
+    from sthist.io import check_writable, update_table
+
+    sdata = _read_store(args.store, args.microns_per_pixel)
+    check_writable(args.store)
+    table_key = resolve_elements(sdata).table_key
+    table = sdata.tables[table_key]
+    columns = [Key.obs.QC_IN_IMAGE, Key.obs.QC_TISSUE_FRACTION, Key.obs.QC_ON_TISSUE, Key.obs.QC_PASS]
+    sthist.pp.qc_spots(
+        sdata,
+        patch_size_um=args.patch_size_um,
+        min_tissue_fraction=args.min_tissue_fraction,
+        overwrite=args.overwrite,
+    )
+    update_table(sdata, table_key, obs=columns, uns=[Key.uns.QC], overwrite=args.overwrite)
+    passed = int(table.obs[Key.obs.QC_PASS].sum())
+    print(
+        f"{passed} of {table.n_obs} spots pass QC (patch inside the image, on tissue); wrote "
+        f"tables[{table_key!r}].obs[{Key.obs.QC_PASS!r}] into {args.store} (use --qc-column {Key.obs.QC_PASS})"
+    )
     return 0
 
 
@@ -374,6 +401,12 @@ def _check_new_file(path: str, overwrite: bool) -> None:
         raise UserError(f"--output {path}: the folder {Path(path).parent} does not exist")
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("sthist")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sthist`` argument parser with its subcommands."""
     training = TrainingConfig()
@@ -386,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error instead of one line"
     )
+    parser.add_argument("--version", action="version", version=f"sthist {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -551,8 +585,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )
+    predict.add_argument(
+        "--device",
+        default="auto",
+        help="torch device of the encoder: auto (GPU if present), cpu, cuda, cuda:1",
+    )
     predict.add_argument("--overwrite", action="store_true")
     predict.set_defaults(run=_predict)
+
+    qc = commands.add_parser(
+        "qc",
+        help="flag spots off tissue or too close to the image border",
+        description=f"Write obs columns {Key.obs.QC_IN_IMAGE}, {Key.obs.QC_TISSUE_FRACTION}, {Key.obs.QC_ON_TISSUE} "
+        f"and {Key.obs.QC_PASS} into the store's table (use --qc-column {Key.obs.QC_PASS} with fit and predict).",
+    )
+    qc.add_argument("store", help="section (.zarr)")
+    qc.add_argument(
+        "--patch-size-um",
+        type=float,
+        default=PatchConfig.size_um,
+        help=f"patch side in µm; a spot passes when its patch lies inside the image (default: {PatchConfig.size_um:g})",
+    )
+    qc.add_argument(
+        "--min-tissue-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of the spot covered by tissue to count as on tissue (default: 0.5)",
+    )
+    qc.add_argument(
+        "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
+    )
+    qc.add_argument("--overwrite", action="store_true", help="replace QC columns already in the table")
+    qc.set_defaults(run=_qc)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -675,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
     shown = warnings.showwarning
-    warnings.showwarning = _show_warning
+    warnings.showwarning = _show_warning if not args.verbose else _show_every_warning
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -706,8 +770,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each on stderr (``sthist: warning: …``), without source lines."""
-    print(f"sthist: warning: {cli_message(str(message))}", file=sys.stderr)
+    """Sthist's warnings as one line each on stderr (``sthist: warning: …``); other libraries' notices (zarr,
+    spatialdata, on every write) only with ``--verbose``.
+    """
+    from pathlib import Path
+
+    import sthist
+
+    if str(filename).startswith(str(Path(sthist.__file__).parent)):
+        print(f"sthist: warning: {cli_message(str(message))}", file=sys.stderr)
+
+
+def _show_every_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning, one line each, with the library it came from."""
+    print(f"warning ({Path(filename).name}): {' '.join(str(message).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -240,9 +240,10 @@ def update_table(
     *,
     obsm: Sequence[str] = (),
     uns: Sequence[str] = (),
+    obs: Sequence[str] = (),
     overwrite: bool = False,
 ) -> None:
-    """Add ``obsm`` and ``uns`` entries of an in-memory table to the same table in the store, keeping the rest.
+    """Add ``obs``, ``obsm`` and ``uns`` entries of an in-memory table to the same table in the store, keeping the rest.
 
     Under the store's writer lock the table is read again from the store, so that entries another process
     wrote since ``sdata`` was read are kept; the given entries are added to it (existing ones replaced only
@@ -258,6 +259,8 @@ def update_table(
         ``obsm`` keys to add.
     uns
         ``uns`` keys to add.
+    obs
+        ``obs`` columns to add.
     overwrite
         Replace entries of the same name that the stored table has already.
 
@@ -296,9 +299,11 @@ def update_table(
                 f"Table {table_key!r} in {store} no longer has the rows it had when it was read (another process "
                 "rewrote it); read the store again and repeat."
             )
-        clashes = [f"obsm[{k!r}]" for k in obsm if k in stored.obsm] + [
-            f"uns[{k!r}]" for k in uns if k in stored.uns
-        ]
+        clashes = (
+            [f"obsm[{k!r}]" for k in obsm if k in stored.obsm]
+            + [f"uns[{k!r}]" for k in uns if k in stored.uns]
+            + [f"obs[{k!r}]" for k in obs if k in stored.obs]
+        )
         if clashes and not overwrite:
             raise ValueError(
                 f"Table {table_key!r} in {store} already has {clashes}; pass overwrite=True or another key."
@@ -307,5 +312,7 @@ def update_table(
             stored.obsm[key] = table.obsm[key]
         for key in uns:
             stored.uns[key] = table.uns[key]
+        for key in obs:
+            stored.obs[key] = table.obs[key]
         sdata.tables[table_key] = stored
         _write_locked(sdata, store, [("tables", table_key)])

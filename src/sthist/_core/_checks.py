@@ -77,9 +77,15 @@ def _written_by_sthist(table, key: str) -> bool:
 
 
 def check_device(device) -> str:
-    """A torch device string that exists on this machine (``'cuda'`` without a GPU is refused up front)."""
+    """The torch device to use: ``'auto'`` is a GPU when torch sees one, else the CPU; a device that does not
+    exist here (``'cuda'`` without a GPU) is refused up front.
+    """
     import torch
 
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):

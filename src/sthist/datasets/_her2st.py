@@ -126,6 +126,7 @@ def _load_section(section: str, *, with_image: bool, scale_factors: Sequence[int
     var = pd.DataFrame(index=pd.Index(counts.columns.astype(str), name="gene"))
     table = ad.AnnData(X=matrix, obs=obs, var=var)
     table.var_names_make_unique()
+    table.obsm[Key.obsm.SPATIAL] = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float)  # as scanpy expects
     table = TableModel.parse(table, region="spots", region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE)
 
     centres = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float)

@@ -35,7 +35,7 @@ def predict(
     patch_size_um: float | None = None,
     qc_column: str | None = None,
     batch_size: int = 32,
-    device: str = "cpu",
+    device: str = "auto",
     tta_views: int = 1,
     smooth_um: float | None = None,
     image_key: str | None = None,
@@ -71,7 +71,8 @@ def predict(
     batch_size
         Patches encoded at a time.
     device
-        Torch device of the encoder (``'cpu'``, ``'cuda'``).
+        Torch device of the encoder: ``'auto'`` (a GPU when torch sees one, else the CPU), ``'cpu'``,
+        ``'cuda'``, ``'cuda:1'``.
     tta_views
         Test-time augmentation: predict each of the first ``tta_views`` dihedral views of every patch
         (1-8) and average the predictions and spreads.
@@ -122,7 +123,7 @@ def predict(
         raise ValueError("The model is not trained yet; call model.train() (or use sthist.tl.fit) first.")
     check_key_name(key_added)
     check_positive_integer(batch_size, "batch_size")
-    check_device(device)
+    device = check_device(device)
     if k is not None:
         check_positive_integer(k, "k")
     genes = gene_list(genes)

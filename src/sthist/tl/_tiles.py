@@ -170,7 +170,7 @@ def predict_tiles(
     key_added: str = Key.shapes.TILES,
     batch_size: int = 16,
     chunk_tiles: int = 512,
-    device: str = "cpu",
+    device: str = "auto",
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
     microns_per_pixel: float | None = None,
     bounds: tuple[float, float, float, float] | None = None,
@@ -204,7 +204,8 @@ def predict_tiles(
     chunk_tiles
         Tiles read, encoded and predicted per step (bounds memory).
     device
-        Torch device of the encoder (``'cpu'``, ``'cuda'``).
+        Torch device of the encoder: ``'auto'`` (a GPU when torch sees one, else the CPU), ``'cpu'``,
+        ``'cuda'``, ``'cuda:1'``.
     {coordinate_system}
     {microns_per_pixel}
     bounds
@@ -260,7 +261,7 @@ def predict_tiles(
     check_positive_integer(chunk_tiles, "chunk_tiles")
     if max_tiles is not None:
         check_positive_integer(max_tiles, "max_tiles")
-    check_device(device)
+    device = check_device(device)
     tile_size_um = float(model.config["patch"]["size_um"])
     stride_um = tile_size_um if stride_um is None else float(stride_um)
     table_key = Key.tables.tiles(key_added)

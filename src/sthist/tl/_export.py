@@ -1,0 +1,133 @@
+"""``sthist.tl.to_anndata``: predictions as an AnnData ready for scanpy (PCA, neighbours, clustering, plots)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._docs import doc_params
+from sthist._core._section import Section
+
+if TYPE_CHECKING:
+    import anndata as ad
+    from spatialdata import SpatialData
+
+
+@doc_params
+def to_anndata(
+    sdata: SpatialData,
+    *,
+    key: str = Key.obsm.PREDICTION,
+    library_id: str | None = None,
+    max_image_pixels: int = 2000,
+    image_key: str | None = None,
+    shapes_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+) -> ad.AnnData:
+    """The predicted expression of a section's spots as a new AnnData, in the layout scanpy expects.
+
+    Spots without a prediction (left out by a QC column) are dropped. ``X`` holds the predictions
+    (log1p units), ``layers['uncertainty']`` their spread when the method reports one, ``obs`` the spots'
+    annotations, ``obsm['spatial']`` the spot centres in coordinate-system units, and ``uns['spatial']``
+    a low-resolution H&E image with its scale factors, so that ``sc.pl.spatial(adata, color=gene)`` draws
+    predictions on the tissue. The prediction's provenance is kept in ``uns[key]``.
+
+    Parameters
+    ----------
+    sdata
+        A section with predictions from :func:`sthist.tl.predict`.
+    {key}
+    library_id
+        Name of the image entry in ``uns['spatial']`` (the section's name by default).
+    max_image_pixels
+        Longer side (px) of the image kept in ``uns['spatial']``.
+    {element_keys}
+    {coordinate_system}
+
+    Returns
+    -------
+    A new AnnData (predicted spots × genes); ``sdata`` is not changed.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> adata = sthist.tl.to_anndata(sections["toy1"])
+    >>> sc.pp.pca(adata, n_comps=5)
+    >>> adata.obsm["X_pca"].shape
+    (100, 5)
+    """
+    import anndata as ad
+
+    section = Section.resolve(
+        sdata,
+        image_key=image_key,
+        shapes_key=shapes_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+        require_scale=False,
+    )
+    table = section.table
+    if key not in table.obsm:
+        raise KeyError(
+            f"No predictions under table.obsm[{key!r}]; run `sthist.tl.predict(sdata, model)` first. "
+            f"Available: {sorted(table.obsm.keys())}."
+        )
+    predicted = table.obsm[key]
+    rows = predicted.notna().all(axis=1).to_numpy()
+    if not rows.any():
+        raise ValueError(f"table.obsm[{key!r}] holds no predicted spot (all NaN).")
+    layers = {}
+    uncertainty_key = Key.obsm.uncertainty(key)
+    if uncertainty_key in table.obsm and np.isfinite(table.obsm[uncertainty_key].to_numpy()).any():
+        layers[Key.layers.UNCERTAINTY] = table.obsm[uncertainty_key].to_numpy(dtype=np.float32)[rows]
+    obs = table.obs.iloc[np.flatnonzero(rows)].copy()
+    adata = ad.AnnData(
+        X=predicted.to_numpy(dtype=np.float32)[rows],
+        obs=obs,
+        var=predicted.columns.to_frame(name="gene").set_index("gene"),
+        layers=layers,
+    )
+    centres = section.centres[rows]
+    adata.obsm[Key.obsm.SPATIAL] = centres
+    record = table.uns.get(key)
+    if isinstance(record, dict):
+        adata.uns[key] = dict(record)
+    library_id = library_id or section.name
+    level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
+    to_view = _axis_aligned_scale(level.to_pixels)
+    if to_view is not None:
+        rgb = np.asarray(level.data.transpose("y", "x", "c").data)
+        adata.uns["spatial"] = {
+            library_id: {
+                "images": {"lowres": rgb.astype(np.float32) / 255.0},
+                "scalefactors": {
+                    "tissue_lowres_scalef": to_view,
+                    "spot_diameter_fullres": float(2 * np.median(section.radii[rows])),
+                },
+                "metadata": {"source": "sthist.tl.to_anndata", "coordinate_system": coordinate_system},
+            }
+        }
+    return adata
+
+
+def _axis_aligned_scale(to_pixels: np.ndarray) -> float | None:
+    """The factor from coordinate-system units to a level's pixels, if that map is one isotropic scale."""
+    matrix = np.asarray(to_pixels, dtype=float)
+    scale = matrix[0, 0]
+    if (
+        np.isclose(matrix[0, 1], 0)
+        and np.isclose(matrix[1, 0], 0)
+        and np.isclose(matrix[1, 1], scale)
+        and np.allclose(matrix[:2, 2], 0, atol=1e-6)
+    ):
+        return float(scale)
+    return None

@@ -1,0 +1,68 @@
+"""Predictions handed to scanpy: an AnnData with spatial coordinates and the H&E, ready for its tools and plots."""
+
+import numpy as np
+import pytest
+
+import sthist
+
+
+@pytest.fixture(scope="module")
+def predicted():
+    sthist.settings.progress = False
+    sections = sthist.datasets.toy(2, grid=8, n_genes=10, random_state=1)
+    model = sthist.tl.fit(
+        {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=2, batch_size=16, k=5, views=1
+    )
+    sdata = sections["toy1"]
+    table = sdata.tables["table"]
+    table.obs["keep"] = np.arange(table.n_obs) % 5 != 0
+    sthist.tl.predict(sdata, model, qc_column="keep")
+    return sdata, model
+
+
+def test_to_anndata_holds_predictions_positions_and_provenance(predicted):
+    sdata, model = predicted
+    table = sdata.tables["table"]
+    adata = sthist.tl.to_anndata(sdata)
+    keep = table.obs["keep"].to_numpy()
+    assert adata.n_obs == keep.sum() and list(adata.var_names) == model.genes
+    np.testing.assert_allclose(adata.X, table.obsm["sthist_pred"].to_numpy()[keep])
+    np.testing.assert_allclose(
+        adata.layers["uncertainty"], table.obsm["sthist_pred_uncertainty"].to_numpy()[keep]
+    )
+    centres = (
+        sdata.shapes["spots"].geometry.get_coordinates().to_numpy()[table.obs["spot_id"].to_numpy()[keep]]
+    )
+    np.testing.assert_allclose(adata.obsm["spatial"], centres)
+    assert adata.uns["sthist_pred"]["method"] == "cmrcnet"
+    assert "sthist_pred" not in adata.obsm and "keep" in adata.obs  # a new object; sdata unchanged
+    with pytest.raises(KeyError, match="run `sthist.tl.predict"):
+        sthist.tl.to_anndata(sdata, key="absent")
+
+
+def test_scanpy_clusters_and_plots_the_predictions(predicted, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scanpy as sc
+
+    sdata, model = predicted
+    adata = sthist.tl.to_anndata(sdata)
+    sc.pp.pca(adata, n_comps=5)
+    sc.pp.neighbors(adata, n_neighbors=8)
+    assert adata.obsp["connectivities"].shape == (adata.n_obs, adata.n_obs)
+    from scipy.cluster.vq import kmeans2
+
+    _, labels = kmeans2(adata.obsm["X_pca"], 3, seed=0, minit="++")
+    adata.obs["cluster"] = labels.astype(str)
+    library = sdata.attrs["sthist"]["section"]
+    spatial = adata.uns["spatial"][library]
+    assert spatial["images"]["lowres"].ndim == 3 and spatial["scalefactors"]["tissue_lowres_scalef"] > 0
+    axes = sc.pl.spatial(adata, color=[model.genes[0], "cluster"], library_id=library, show=False)
+    figure = axes[0].figure
+    figure.savefig(tmp_path / "spatial.png")
+    assert (tmp_path / "spatial.png").stat().st_size > 10_000
+    # The spots land on the image where the section places them (scale factor applied).
+    height, width = spatial["images"]["lowres"].shape[:2]
+    scaled = adata.obsm["spatial"] * spatial["scalefactors"]["tissue_lowres_scalef"]
+    assert (scaled[:, 0] < width).all() and (scaled[:, 1] < height).all()
