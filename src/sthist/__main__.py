@@ -770,8 +770,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Sthist's warnings as one line each on stderr (``sthist: warning: …``); other libraries' notices (zarr,
-    spatialdata, on every write) only with ``--verbose``.
+    """Print sthist's warnings as one line each on stderr (``sthist: warning: …``).
+
+    Other libraries' notices (zarr, spatialdata, on every write) are shown only with ``--verbose``.
     """
     from pathlib import Path
 

@@ -77,8 +77,10 @@ def _written_by_sthist(table, key: str) -> bool:
 
 
 def check_device(device) -> str:
-    """The torch device to use: ``'auto'`` is a GPU when torch sees one, else the CPU; a device that does not
-    exist here (``'cuda'`` without a GPU) is refused up front.
+    """The torch device to use, checked before any work.
+
+    ``'auto'`` is a GPU when torch sees one, else the CPU; a device that does not exist here (``'cuda'``
+    without a GPU) is refused up front.
     """
     import torch
 
