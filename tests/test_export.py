@@ -66,3 +66,22 @@ def test_scanpy_clusters_and_plots_the_predictions(predicted, tmp_path):
     height, width = spatial["images"]["lowres"].shape[:2]
     scaled = adata.obsm["spatial"] * spatial["scalefactors"]["tissue_lowres_scalef"]
     assert (scaled[:, 0] < width).all() and (scaled[:, 1] < height).all()
+
+
+def test_expression_plot_of_an_unmeasured_section(predicted):
+    """An H&E-only section (a table without genes) gets its predictions drawn alone, by default."""
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    sdata, model = predicted
+    table = sdata.tables["table"]
+    bare = ad.AnnData(obs=table.obs.copy())
+    bare.obsm["sthist_pred"] = table.obsm["sthist_pred"]
+    bare = TableModel.parse(bare, region="spots", region_key="region", instance_key="spot_id")
+    unmeasured = SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": bare})
+    figure = sthist.pl.expression(unmeasured, model.genes[:2])
+    assert [ax.get_title() for ax in figure.axes[:2]] == [f"{g}: predicted" for g in model.genes[:2]]

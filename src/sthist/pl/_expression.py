@@ -11,6 +11,7 @@ import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._docs import doc_params
+from sthist._logging import logger
 from sthist.pl._tissue import (
     axes_grid,
     draw_spots,
@@ -47,7 +48,8 @@ def expression(
 ) -> Figure | None:
     """Plot expression of ``genes`` at the spots over the H&E image: observed beside predicted.
 
-    Each gene gets a row: observed (from ``layer``; left out when ``None``) and predicted
+    Each gene gets a row: observed (from ``layer``; left out when ``None`` or when the section does not measure
+    the genes, e.g. an H&E-only section) and predicted
     (``table.obsm[key]``) share one colour scale (2nd-98th percentile of both) and one colour bar. Titles
     carry the gene and the Pearson r across spots. Spots are drawn at their true size; spots without a
     prediction (failed QC) are left uncoloured. The image is drawn from the pyramid level whose longer side
@@ -99,10 +101,16 @@ def expression(
     )
     table = view.table
     observed = None
-    if layer is not None:
+    measured = all(g in table.var_names for g in genes)
+    if layer is not None and measured:
         if layer not in table.layers:
-            raise KeyError(f"No layer {layer!r} with observed expression; pass layer=None.")
+            raise KeyError(
+                f"No layer {layer!r} with observed expression; run `sthist.pp.normalize(table)` first, or pass "
+                "layer=None to draw the predictions alone."
+            )
         observed = table[:, genes].to_df(layer=layer)
+    elif layer is not None:
+        logger.info("the section does not measure %s: drawing the predictions alone", genes)
     units = provenance(table, key).get("units", "log1p normalised")
     columns = 1 if observed is None else 2
     figure, axes = axes_grid(
