@@ -53,3 +53,35 @@ def test_patches_are_cut_at_the_spots(visium, visium_dir):
         centre = dataset.patch(index)[15:17, 15:17].reshape(-1, 3).mean(axis=0)
         expected = image[int(cy), int(cx)]
         assert np.abs(centre - expected).max() < 40
+
+
+def test_a_store_written_by_spatialdata_io_predicts_as_it_is(visium, tmp_path, capsys):
+    """No sthist attrs, coordinate systems named after the dataset: the shared one and the scale are found."""
+    import warnings
+
+    import spatialdata as sd
+    from spatialdata_io import visium as read_visium
+
+    from sthist.__main__ import main
+
+    folder = visium.attrs["sthist"]["path"]
+    raw = read_visium(folder, dataset_id="seurat")
+    raw.write(tmp_path / "raw.zarr")
+    store = sd.read_zarr(tmp_path / "raw.zarr")
+    assert "global" not in store.coordinate_systems and "sthist" not in store.attrs
+    sthist.settings.progress = False
+    model = sthist.tl.fit(
+        visium, backbone="tiny", patch_size_um=200, max_epochs=1, batch_size=32, k=5, views=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the lowres image is upsampled: out of domain
+        sthist.tl.predict(store, model)
+        expected, _ = sthist.tl.predict(visium, model, inplace=False)
+    predicted = store.tables["table"].obsm["sthist_pred"]
+    record = store.tables["table"].uns["sthist_pred"]["domain"]
+    assert record["microns_per_pixel"] == pytest.approx(sthist.pp.get_microns_per_pixel(visium))
+    np.testing.assert_allclose(predicted.to_numpy(), expected.to_numpy(), rtol=1e-5)
+    model_dir = model.save(tmp_path / "model")
+    assert main(["predict", str(tmp_path / "raw.zarr"), "--model", str(model_dir)]) == 0
+    assert main(["qc", str(tmp_path / "raw.zarr"), "--patch-size-um", "200"]) == 0
+    capsys.readouterr()

@@ -256,7 +256,6 @@ def _fit(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import sthist
     from sthist._core._checks import check_key_name
-    from sthist._core._elements import resolve_elements
     from sthist.io import check_writable, update_table
 
     args.key = args.key or (Key.shapes.TILES if args.tiles else Key.obsm.PREDICTION)
@@ -274,13 +273,21 @@ def _predict(args: argparse.Namespace) -> int:
             bounds=args.bounds,
             max_tiles=None if args.max_tiles == 0 else args.max_tiles,
             device=args.device,
+            image_key=args.image_key,
+            coordinate_system=args.coordinate_system,
+            microns_per_pixel=args.microns_per_pixel,
         )
         print(f"wrote shapes[{args.key!r}] and tables[{Key.tables.tiles(args.key)!r}] into {args.store}")
         return 0
-    table_key = resolve_elements(sdata).table_key
+    elements = _elements(args, sdata)
+    table_key = elements.table_key
     sthist.tl.predict(
         sdata,
         model,
+        image_key=args.image_key,
+        table_key=table_key,
+        coordinate_system=elements.coordinate_system,
+        microns_per_pixel=args.microns_per_pixel,
         key_added=args.key,
         overwrite=args.overwrite,
         qc_column=args.qc_column,
@@ -301,18 +308,46 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _elements(args: argparse.Namespace, sdata):
+    """The image, spots and table a command works on, from --image-key, --table and --coordinate-system."""
+    from sthist._core._elements import resolve_elements
+
+    return resolve_elements(
+        sdata, image_key=args.image_key, table_key=args.table, coordinate_system=args.coordinate_system
+    )
+
+
+def _add_element_flags(command: argparse.ArgumentParser, *, image: bool = True) -> None:
+    from sthist._constants import DEFAULT_COORDINATE_SYSTEM
+
+    if image:
+        command.add_argument(
+            "--image-key", default=None, help="H&E image element, when the store holds several"
+        )
+    command.add_argument("--table", default=None, help="table of the spots, when the store holds several")
+    command.add_argument(
+        "--coordinate-system",
+        default=DEFAULT_COORDINATE_SYSTEM,
+        help=f"coordinate system of image and spots (default: {DEFAULT_COORDINATE_SYSTEM}, else the one they share)",
+    )
+
+
 def _qc(args: argparse.Namespace) -> int:
     import sthist
-    from sthist._core._elements import resolve_elements
     from sthist.io import check_writable, update_table
 
     sdata = _read_store(args.store, args.microns_per_pixel)
     check_writable(args.store)
-    table_key = resolve_elements(sdata).table_key
+    elements = _elements(args, sdata)
+    table_key = elements.table_key
     table = sdata.tables[table_key]
     columns = [Key.obs.QC_IN_IMAGE, Key.obs.QC_TISSUE_FRACTION, Key.obs.QC_ON_TISSUE, Key.obs.QC_PASS]
     sthist.pp.qc_spots(
         sdata,
+        image_key=args.image_key,
+        table_key=table_key,
+        coordinate_system=elements.coordinate_system,
+        microns_per_pixel=args.microns_per_pixel,
         patch_size_um=args.patch_size_um,
         min_tissue_fraction=args.min_tissue_fraction,
         overwrite=args.overwrite,
@@ -334,7 +369,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output:
         _check_new_file(args.output, args.overwrite)
     sdata = _read_store(args.store, None)
-    table = sdata.tables[resolve_elements(sdata, require_image=False).table_key]
+    table = sdata.tables[
+        resolve_elements(
+            sdata, table_key=args.table, coordinate_system=args.coordinate_system, require_image=False
+        ).table_key
+    ]
     if args.layer not in table.layers:
         sthist.pp.normalize(table, key_added=args.layer)
     markers = sthist.datasets.her2st_marker_genes if args.her2st_markers else None
@@ -591,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch device of the encoder: auto (GPU if present), cpu, cuda, cuda:1",
     )
     predict.add_argument("--overwrite", action="store_true")
+    _add_element_flags(predict)
     predict.set_defaults(run=_predict)
 
     qc = commands.add_parser(
@@ -616,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )
     qc.add_argument("--overwrite", action="store_true", help="replace QC columns already in the table")
+    _add_element_flags(qc)
     qc.set_defaults(run=_qc)
 
     evaluate = commands.add_parser(
@@ -635,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--output", default=None, help="CSV file for the per-gene scores")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    _add_element_flags(evaluate, image=False)
     evaluate.set_defaults(run=_evaluate)
 
     plot = commands.add_parser(

@@ -37,6 +37,24 @@ def _one_of(kind: str, available: list[str], requested: str | None, argument: st
     return available[0]
 
 
+def _shared_system(sdata, shapes, image_key: str | None) -> str | None:
+    """The coordinate system spots and image share, when the default one is absent (stores from other tools).
+
+    Among the shared systems, the one in which the spots are untransformed (their own full-resolution pixels,
+    as spatialdata-io writes Visium) is preferred; ``None`` when there is no single choice.
+    """
+    from spatialdata.transformations import Identity, get_transformation
+
+    systems = get_transformation(shapes, get_all=True)
+    if image_key is not None:
+        image_systems = get_transformation(full_resolution(sdata.images[image_key]), get_all=True)
+        systems = {name: t for name, t in systems.items() if name in image_systems}
+    if len(systems) == 1:
+        return next(iter(systems))
+    identity = [name for name, t in systems.items() if isinstance(t, Identity)]
+    return identity[0] if len(identity) == 1 else None
+
+
 def table_region(table: ad.AnnData) -> tuple[list[str], str, str]:
     """Return (regions, region_key, instance_key) of a SpatialData table."""
     from spatialdata.models import get_table_keys
@@ -102,14 +120,20 @@ def resolve_elements(
             f"{shapes_key!r} does not contain (e.g. {instances[missing][:3].tolist()}); the table does not "
             "annotate these spots."
         )
-    if coordinate_system not in get_transformation(shapes, get_all=True):
+    if require_image:
+        image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
+    shape_systems = get_transformation(shapes, get_all=True)
+    if coordinate_system not in shape_systems and coordinate_system == DEFAULT_COORDINATE_SYSTEM:
+        coordinate_system = (
+            _shared_system(sdata, shapes, image_key if require_image else None) or coordinate_system
+        )
+    if coordinate_system not in shape_systems:
         raise ValueError(
             f"Shapes {shapes_key!r} are not placed in coordinate system {coordinate_system!r}; "
-            f"available: {sorted(get_transformation(shapes, get_all=True))}."
+            f"available: {sorted(shape_systems)}."
         )
 
     if require_image:
-        image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
         image_systems = get_transformation(full_resolution(sdata.images[image_key]), get_all=True)
         if coordinate_system not in image_systems:
             raise ValueError(

@@ -152,6 +152,7 @@ class Section:
                 coordinate_system=coordinate_system,
             )
             image_key = elements.image_key
+            coordinate_system = elements.coordinate_system  # the shared one, for stores from other tools
         else:
             elements = None
             image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
@@ -162,9 +163,11 @@ class Section:
                 sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
             )
         except ValueError:
-            if require_scale or microns_per_pixel is not None:
+            scale = (
+                visium_scale(sdata, elements) if elements is not None and microns_per_pixel is None else None
+            )
+            if scale is None and (require_scale or microns_per_pixel is not None):
                 raise
-            scale = None
         levels = image_levels(
             sdata.images[image_key], coordinate_system=coordinate_system, image_key=image_key
         )
@@ -312,6 +315,48 @@ class Section:
             attrs=self.sdata.attrs,
         )
         return dataclasses.replace(self, sdata=sdata)
+
+
+#: Diameter of a Visium spot (µm), by which the scale of a Visium store follows from its scale factors.
+VISIUM_SPOT_DIAMETER_UM = 65.0
+
+
+def visium_scale(sdata, elements: SpotElements) -> float | None:
+    """µm per unit of a Visium store that recorded no scale; ``None`` for anything else.
+
+    A table with ``array_row``/``array_col`` and scanpy's ``uns['spatial']``, annotating circles that are
+    untransformed in the coordinate system, is Visium as spatialdata-io writes it: the circles' diameter is
+    Space Ranger's ``spot_diameter_fullres``, which is 65 µm (taken from the scale factors in ``uns`` when
+    they are kept there).
+    """
+    from spatialdata.transformations import Identity, get_transformation
+
+    from sthist._logging import logger
+
+    table = sdata.tables[elements.table_key]
+    libraries = table.uns.get("spatial")
+    if not isinstance(libraries, dict) or not {"array_row", "array_col"} <= set(table.obs.columns):
+        return None
+    shapes = sdata.shapes[elements.shapes_key]
+    placed = get_transformation(shapes, to_coordinate_system=elements.coordinate_system)
+    if not isinstance(placed, Identity):
+        return None
+    diameters = {
+        float(library["scalefactors"]["spot_diameter_fullres"])
+        for library in libraries.values()
+        if isinstance(library, dict) and "spot_diameter_fullres" in library.get("scalefactors", {})
+    }
+    if not diameters and "radius" in shapes.columns and len(shapes):
+        radii = shapes["radius"].to_numpy(dtype=float)
+        if np.allclose(radii, radii[0]) and radii[0] > 0:
+            diameters = {2 * float(radii[0])}
+    if len(diameters) != 1:
+        return None
+    scale = VISIUM_SPOT_DIAMETER_UM / diameters.pop()
+    logger.info(
+        "scale of %r from the Visium spot diameter: %.4f µm/px (65 µm)", elements.coordinate_system, scale
+    )
+    return scale
 
 
 def resolve_sections(sdatas, **element_keys) -> dict[str, Section]:

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
+from sthist._core._section import VISIUM_SPOT_DIAMETER_UM
 from sthist.datasets._registry import dataset_dir, fetch, registry
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 #: Diameter of a Visium spot in µm (10x Genomics specification).
-VISIUM_SPOT_DIAMETER_UM = 65.0
 
 
 def visium(path: str | Path, *, dataset_id: str | None = None) -> SpatialData:

@@ -42,6 +42,7 @@ def predict(
     shapes_key: str | None = None,
     table_key: str | None = None,
     coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+    microns_per_pixel: float | None = None,
     inplace: bool = True,
     overwrite: bool = False,
     token_cache=None,
@@ -81,6 +82,7 @@ def predict(
         distance (µm); ``None`` leaves predictions as they are. The spread is not smoothed.
     {element_keys}
     {coordinate_system}
+    {microns_per_pixel}
     {inplace}
     {overwrite}
     {token_cache}
@@ -152,6 +154,7 @@ def predict(
         shapes_key=shapes_key,
         table_key=table_key,
         coordinate_system=coordinate_system,
+        microns_per_pixel=microns_per_pixel,
     )
     elements = section.spots
     table = sdata.tables[elements.table_key]
