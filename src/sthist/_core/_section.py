@@ -158,6 +158,7 @@ class Section:
             image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
         if image_key is None:  # resolve_elements always names the image when it is required
             raise ValueError("The section has no image.")
+        scale: float | None
         try:
             scale = get_microns_per_pixel(
                 sdata, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel
