@@ -520,3 +520,11 @@ def test_cli_qc_version_and_device(store, model_dir, capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("sthist ")
+
+
+def test_gene_names_in_another_case_get_a_suggestion(sections, model):
+    gene = model.genes[0]
+    with pytest.raises(KeyError, match=f"Did you mean '{gene.upper()}' → '{gene}'"):
+        sthist.tl.predict(_copy(sections["toy1"]), model, genes=[gene.upper()])
+    with pytest.raises(KeyError, match="Did you mean"):
+        sthist.pp.select_genes(sections["toy1"], genes=[gene.upper()])

@@ -119,3 +119,15 @@ def boolean_column(table, column: str, *, section: str) -> np.ndarray:
         f"dtype is {values.dtype} (values such as {example}); convert it, e.g. "
         f"`table.obs[{column!r}] = table.obs[{column!r}] == 'pass'`."
     )
+
+
+def did_you_mean(missing: Sequence[str], available) -> str:
+    """A hint naming available genes that match missing ones when case is ignored (e.g. ``Erbb2`` → ``ERBB2``)."""
+    by_upper: dict[str, str] = {}
+    for name in available:
+        by_upper.setdefault(str(name).upper(), str(name))
+    matches = {g: by_upper[g.upper()] for g in missing if g.upper() in by_upper}
+    if not matches:
+        return ""
+    shown = ", ".join(f"{g!r} → {m!r}" for g, m in list(matches.items())[:5])
+    return f" Did you mean {shown}? (gene names are case-sensitive)"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
+from sthist._core._checks import did_you_mean
 from sthist._core._docs import doc_params
 from sthist.pl._tissue import (
     axes_grid,
@@ -101,7 +102,10 @@ def tiles(
     table = sdata.tables[table_key]
     missing = [g for g in genes if g not in table.var_names]
     if missing:
-        raise KeyError(f"Genes {missing} are not among the tile predictions (tables[{table_key!r}]).")
+        raise KeyError(
+            f"Genes {missing} are not among the tile predictions (tables[{table_key!r}])."
+            + did_you_mean(missing, table.var_names)
+        )
     image_key = provenance(table, key).get("image_key")
     view = tissue_view(
         sdata,

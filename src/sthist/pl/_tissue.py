@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sthist._core._checks import did_you_mean
 from sthist._core._elements import table_holding
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
@@ -133,7 +134,10 @@ def prediction_frame(table, key: str, genes: list[str]) -> pd.DataFrame:
         raise TypeError(f"table.obsm[{key!r}] must be a DataFrame with gene names as columns.")
     missing = [g for g in genes if g not in frame.columns]
     if missing:
-        raise KeyError(f"Genes {missing} are not among the predictions in table.obsm[{key!r}].")
+        raise KeyError(
+            f"Genes {missing} are not among the predictions in table.obsm[{key!r}]."
+            + did_you_mean(missing, frame.columns)
+        )
     return frame[genes]
 
 

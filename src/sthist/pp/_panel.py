@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import sparse
 
 from sthist._constants import Key
-from sthist._core._checks import gene_list
+from sthist._core._checks import did_you_mean, gene_list
 from sthist._core._config import is_positive_integer
 from sthist._core._elements import as_table
 from sthist._logging import logger
@@ -124,7 +124,7 @@ def select_genes(
             if missing:
                 raise KeyError(
                     f"{len(missing)} requested genes are not measured in {name}: {missing[:10]}"
-                    f"{' ...' if len(missing) > 10 else ''}."
+                    f"{' ...' if len(missing) > 10 else ''}." + did_you_mean(missing, table.var_names)
                 )
         return panel
     if flavor == "heg+hvg":

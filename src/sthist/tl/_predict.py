@@ -14,6 +14,7 @@ from sthist._core._checks import (
     check_key_name,
     check_positive_integer,
     check_table_key_added,
+    did_you_mean,
     gene_list,
 )
 from sthist._core._docs import doc_params
@@ -144,6 +145,7 @@ def predict(
         if unknown:
             raise KeyError(
                 f"The model was not trained with genes {unknown[:10]}; its panel has {len(model.genes)} genes."
+                + did_you_mean(unknown, model.genes)
             )
     chosen = list(genes) if genes is not None else model.genes
     if k is not None and model.retrieval and k > contract["reference_spots"]:
