@@ -11,6 +11,14 @@ import platformdirs
 __all__ = ["Settings", "settings"]
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or SLURM's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _default_data_dir() -> Path:
     env = os.environ.get("STHIST_DATA_DIR")
     if env:
@@ -40,6 +48,10 @@ class Settings:
         Never reach a model hub: pretrained weights that would come from one are refused with an error that
         asks for a local file (no retries on machines without internet). Defaults to ``True`` unless the
         environment sets ``HF_HUB_OFFLINE=0``.
+    threads
+        Torch CPU threads used by fitting and prediction. Defaults to the cores this process may use (its
+        affinity mask), not the machine's core count, so that a job given 2 of 16 cores does not start 16
+        threads that fight each other; ``0`` leaves torch's own setting alone.
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
@@ -48,11 +60,12 @@ class Settings:
     progress: bool = True
     in_memory_bytes: int = 2 * 1024**3
     offline: bool = field(default_factory=lambda: os.environ.get("HF_HUB_OFFLINE", "1") != "0")
+    threads: int = field(default_factory=available_cores)
 
     def __setattr__(self, name: str, value) -> None:
         if name == "data_dir":
             value = Path(value).expanduser()
-        elif name in ("random_state", "num_workers", "in_memory_bytes"):
+        elif name in ("random_state", "num_workers", "in_memory_bytes", "threads"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"settings.{name} must be a non-negative integer, got {value!r}.")
         elif name in ("progress", "offline") and not isinstance(value, bool):
@@ -61,3 +74,11 @@ class Settings:
 
 
 settings = Settings()
+
+
+def apply_threads() -> None:
+    """Set torch's CPU thread count from ``settings.threads`` (called where fitting and prediction start)."""
+    import torch
+
+    if settings.threads and torch.get_num_threads() != settings.threads:
+        torch.set_num_threads(settings.threads)

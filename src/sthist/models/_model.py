@@ -33,7 +33,9 @@ from sthist._core._config import (
 from sthist._core._docs import doc_params
 from sthist._core._section import Section, resolve_sections
 from sthist._core._stain import StainStats
+from sthist._core._timing import stage
 from sthist._logging import logger
+from sthist._settings import apply_threads
 from sthist.models._backbones import create_encoder, file_sha256, weights_identity
 from sthist.models._methods import get_method
 
@@ -115,22 +117,27 @@ class SthistModel:
         check_positive_integer(n_top_genes, "n_top_genes")
         genes = gene_list(genes)
         architecture = architecture or ArchitectureConfig()
-        resolved = resolve_sections(sections)
-        resolved, normalisation = _normalised_sections(resolved, layer, target_sum)
-        genes = _panel(resolved, layer, n_top_genes, genes)
+        with stage("resolve sections"):
+            resolved = resolve_sections(sections)
+        with stage("normalise"):
+            resolved, normalisation = _normalised_sections(resolved, layer, target_sum)
+        with stage("gene panel"):
+            genes = _panel(resolved, layer, n_top_genes, genes)
 
         L.seed_everything(random_state, workers=True, verbose=False)
         backbone = backbone or DEFAULT_BACKBONE
-        encoder = create_encoder(backbone, pretrained=pretrained)
+        with stage("build encoder"):
+            encoder = create_encoder(backbone, pretrained=pretrained)
         patch = PatchConfig(size_um=patch_size_um, size_px=encoder.config.input_size)
         stain, reference = None, None
         if stain_normalization:
             stain = {name: section.stain for name, section in resolved.items()}
             reference = StainStats.average(list(stain.values()))
-        self._dataset: SpotPatchDataset | None = SpotPatchDataset(
-            resolved, genes=genes, layer=layer, patch_size_um=patch.size_um, patch_size_px=patch.size_px,
-            qc_column=qc_column, stain_reference=reference,
-        )  # fmt: skip
+        with stage("patch geometry"):
+            self._dataset: SpotPatchDataset | None = SpotPatchDataset(
+                resolved, genes=genes, layer=layer, patch_size_um=patch.size_um, patch_size_px=patch.size_px,
+                qc_column=qc_column, stain_reference=reference,
+            )  # fmt: skip
         if self._method.retrieval and k > len(self._dataset):
             raise ValueError(f"k={k} exceeds the {len(self._dataset)} training spots; choose a smaller k.")
         _check_variation(self._dataset, genes)
@@ -253,12 +260,15 @@ class SthistModel:
         gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         device = "cuda" if gpu else "cpu"
         identity = f"{self.config['backbone']['name']}|{self.config['backbone']['weights_identity']}"
+        apply_threads()
         if not self._method.trainable:
-            tokens = tokens_of(
-                dataset, self.encoder, identity=identity, views=1, device=device, token_cache=token_cache
-            )
-            tokens = self._centred_tokens(tokens, sections)
-            self.tensors.update(self._method.fit_closed_form(tokens[:, 0], expression))
+            with stage("encoding"):
+                tokens = tokens_of(
+                    dataset, self.encoder, identity=identity, views=1, device=device, token_cache=token_cache
+                )
+                tokens = self._centred_tokens(tokens, sections)
+            with stage("training"):
+                self.tensors.update(self._method.fit_closed_form(tokens[:, 0], expression))
         else:
             module = self.module
             if module is None:
@@ -269,24 +279,27 @@ class SthistModel:
                 # Patches from the dataset, targets as prepared here (centred when asked).
                 train_data = _WithTargets(dataset, expression) if self.centering["expression"] else dataset
             else:
-                tokens = tokens_of(
-                    dataset, self.encoder, identity=identity, views=training.views, device=device,
-                    token_cache=token_cache,
-                )  # fmt: skip
-                tokens = self._centred_tokens(tokens, sections)
+                with stage("encoding"):
+                    tokens = tokens_of(
+                        dataset, self.encoder, identity=identity, views=training.views, device=device,
+                        token_cache=token_cache,
+                    )  # fmt: skip
+                    tokens = self._centred_tokens(tokens, sections)
                 train_data = TokenDataset(tokens, expression, augment=True)
             try:
-                self.history = fit_module(
-                    module, self.encoder if training.fine_tune else None, train_data, training,
-                    random_state=self.config["seed"], gpu=gpu, accelerator=accelerator, devices=devices,
-                    strategy=strategy, num_nodes=num_nodes, precision=precision, checkpoint_dir=checkpoint_dir,
-                    resume_from=resume_from,
-                )  # fmt: skip
+                with stage("training"):
+                    self.history = fit_module(
+                        module, self.encoder if training.fine_tune else None, train_data, training,
+                        random_state=self.config["seed"], gpu=gpu, accelerator=accelerator, devices=devices,
+                        strategy=strategy, num_nodes=num_nodes, precision=precision,
+                        checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+                    )  # fmt: skip
             finally:
                 dataset.augment = False
             self.module = module.cpu().eval()
             self.encoder = self.encoder.cpu().eval()
-            self.tensors.update(self._method.reference(self.module, expression))
+            with stage("retrieval bank"):
+                self.tensors.update(self._method.reference(self.module, expression))
         self.config["training"] = training.to_dict()
         self.config["backbone"]["fine_tuned"] = bool(training.fine_tune)
         logger.info(

@@ -19,7 +19,9 @@ from sthist._core._checks import (
 )
 from sthist._core._docs import doc_params
 from sthist._core._section import Section
+from sthist._core._timing import stage
 from sthist._logging import logger
+from sthist._settings import apply_threads
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -150,14 +152,16 @@ def predict(
     chosen = list(genes) if genes is not None else model.genes
     if k is not None and model.retrieval and k > contract["reference_spots"]:
         raise ValueError(f"k={k} exceeds the {contract['reference_spots']} spots of the reference bank.")
-    section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        microns_per_pixel=microns_per_pixel,
-    )
+    apply_threads()
+    with stage("resolve section"):
+        section = Section.resolve(
+            sdata,
+            image_key=image_key,
+            shapes_key=shapes_key,
+            table_key=table_key,
+            coordinate_system=coordinate_system,
+            microns_per_pixel=microns_per_pixel,
+        )
     elements = section.spots
     table = sdata.tables[elements.table_key]
     uncertainty_key = Key.obsm.uncertainty(key_added)
@@ -185,36 +189,39 @@ def predict(
             f"but the model predicts log1p of counts per {normalisation.get('target_sum')}; renormalise the section "
             "with the model's target_sum so that predictions and observations compare."
         )
-    dataset = SpotPatchDataset(
-        section,
-        patch_size_um=contract["patch"]["size_um"],
-        patch_size_px=contract["patch"]["size_px"],
-        qc_column=qc_column,
-        stain_reference=model.stain_reference,
-    )
-    domain = domain_check(section, model, dataset.geometry(section.name))
+    with stage("patch geometry"):
+        dataset = SpotPatchDataset(
+            section,
+            patch_size_um=contract["patch"]["size_um"],
+            patch_size_px=contract["patch"]["size_px"],
+            qc_column=qc_column,
+            stain_reference=model.stain_reference,
+        )
+        domain = domain_check(section, model, dataset.geometry(section.name))
     backbone = contract["backbone"]
-    tokens = tokens_of(
-        dataset,
-        model.encoder,
-        identity=f"{backbone['name']}|{backbone['weights_identity']}",
-        views=tta_views,
-        batch_size=batch_size,
-        device=device,
-        token_cache=None if backbone["fine_tuned"] else token_cache,
-    )
+    with stage("encoding"):
+        tokens = tokens_of(
+            dataset,
+            model.encoder,
+            identity=f"{backbone['name']}|{backbone['weights_identity']}",
+            views=tta_views,
+            batch_size=batch_size,
+            device=device,
+            token_cache=None if backbone["fine_tuned"] else token_cache,
+        )
     section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
     columns = [model.genes.index(g) for g in chosen]
     mean_values = np.zeros((len(dataset), len(columns)), dtype=np.float32)
     spread_values = np.zeros_like(mean_values)
-    for view in range(tta_views):
-        means, spreads = [], []
-        for chunk in tokens[:, view].split(256):
-            mean, spread = model.predict_tokens(chunk, k=k, section_mean=section_mean)
-            means.append(mean)
-            spreads.append(spread)
-        mean_values += torch.cat(means)[:, columns].numpy() / tta_views
-        spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
+    with stage("retrieval"):
+        for view in range(tta_views):
+            means, spreads = [], []
+            for chunk in tokens[:, view].split(256):
+                mean, spread = model.predict_tokens(chunk, k=k, section_mean=section_mean)
+                means.append(mean)
+                spreads.append(spread)
+            mean_values += torch.cat(means)[:, columns].numpy() / tta_views
+            spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
     if smooth_um is not None:
         centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
         mean_values = smooth(mean_values, centres_um, smooth_um)
