@@ -777,9 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
-    )
+    # -v shows sthist's progress; other libraries stay at warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("sthist").setLevel(logging.INFO if args.verbose else logging.WARNING)
     shown = warnings.showwarning
     warnings.showwarning = _show_warning if not args.verbose else _show_every_warning
     try:
