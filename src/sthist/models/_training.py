@@ -14,7 +14,6 @@ import torch
 
 from sthist._constants import Key
 from sthist._core._config import TrainingConfig
-from sthist._logging import logger
 from sthist._settings import settings
 
 
@@ -137,15 +136,14 @@ def fit_module(
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Keep Lightning's start-up notices (device summary, tips, 'stopped' message) out of the user's log.
+    """Keep Lightning's start-up notices (device summary, "💡 Tip" lines, 'stopped' message) out of the log.
 
-    They come at INFO level; with ``sthist`` logging at INFO (``-v``), they are let through.
+    They come at INFO level and say nothing about the fit; sthist logs its own progress (``-v``).
     """
     names = ("lightning.pytorch", "lightning.fabric")
     previous = {name: logging.getLogger(name).level for name in names}
-    if not logger.isEnabledFor(logging.INFO):
-        for name in names:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
