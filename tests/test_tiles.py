@@ -50,7 +50,11 @@ def test_tiles_only_on_tissue_and_centres_map_back(model, image_scale):
     assert table.uns["spatialdata_attrs"]["region"] == "sthist_tiles"
     np.testing.assert_array_equal(np.sort(table.obs["spot_id"]), np.sort(shapes.index))
     centres = table.obsm["spatial"]
-    np.testing.assert_allclose(centres, shapes.geometry.get_coordinates().to_numpy()[table.obs["spot_id"]])
+    # Tiles are squares (drawn as tiles by spatialdata-plot) whose centroids are the centres.
+    assert set(shapes.geometry.geom_type) == {"Polygon"}
+    centroids = shapes.geometry.centroid.get_coordinates().to_numpy()
+    np.testing.assert_allclose(centres, centroids[table.obs["spot_id"]])
+    np.testing.assert_allclose(shapes.geometry.area, 56.0**2)
     # Every tile's centre lies in (or within half a tile of) the tissue rectangle; the rectangle is covered.
     assert (centres[:, 0] > 300 - 28).all() and (centres[:, 0] < 1100 + 28).all()
     assert (centres[:, 1] > 400 - 28).all() and (centres[:, 1] < 1000 + 28).all()
@@ -226,3 +230,28 @@ def test_sections_with_tile_predictions_still_fit_predict_and_evaluate(model):
     sthist.tl.evaluate(sdata)
     refit = sthist.tl.fit(sections, backbone="tiny", max_epochs=1, batch_size=16, k=5, views=1)
     assert refit.config["training_sections"] == {"toy0": 36, "toy1": 36}
+
+
+def test_square_bins_are_spots_too(model):
+    """Polygons (Visium HD bins, tiles) are spots: their centroid is the centre, the equal-area disc the size."""
+    import geopandas as gpd
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    from sthist._core._section import Section
+    from sthist.tl._tiles import _squares
+
+    sdata = sthist.datasets.toy(1, grid=6, n_genes=6, random_state=0)["toy0"]
+    circles = sdata.shapes["spots"]
+    xy = circles.geometry.get_coordinates().to_numpy()
+    bins = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=_squares(xy[:, 0], xy[:, 1], 16.0), index=circles.index),
+        transformations={"global": Identity()},
+    )
+    expected = Section.resolve(sdata).centres
+    sdata.shapes["spots"] = bins
+    section = Section.resolve(sdata)
+    np.testing.assert_allclose(section.centres, expected)
+    np.testing.assert_allclose(section.radii, 16.0 / np.sqrt(np.pi))
+    sthist.tl.predict(sdata, model)
+    assert sdata.tables["table"].obsm["sthist_pred"].notna().all().all()

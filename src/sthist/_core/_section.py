@@ -206,18 +206,28 @@ class Section:
 
     @cached_property
     def centres(self) -> np.ndarray:
-        """Spot centres (x, y) in the coordinate system, in table row order."""
+        """Spot centres (x, y) in the coordinate system, in table row order.
+
+        Spots are circles (points with a radius) or polygons, e.g. the square bins of Visium HD or sthist's
+        tiles, whose centroid is the centre.
+        """
         from spatialdata.transformations import get_transformation
 
         elements = self.spots
         shapes = self.sdata.shapes[elements.shapes_key]
         geometry = shapes.geometry.loc[self._instances]
-        if not (geometry.geom_type == "Point").all():
+        kinds = set(geometry.geom_type)
+        if kinds <= {"Point"}:
+            x, y = geometry.x.to_numpy(), geometry.y.to_numpy()
+        elif kinds <= {"Polygon", "MultiPolygon"}:
+            centroids = geometry.centroid
+            x, y = centroids.x.to_numpy(), centroids.y.to_numpy()
+        else:
             raise ValueError(
-                f"Shapes {elements.shapes_key!r} must be circles (points with a radius); found "
-                f"{sorted(set(geometry.geom_type))}."
+                f"Shapes {elements.shapes_key!r} must be circles (points with a radius) or polygons; found "
+                f"{sorted(kinds)}."
             )
-        xy = np.c_[geometry.x.to_numpy(), geometry.y.to_numpy(), np.ones(len(geometry))]
+        xy = np.c_[x, y, np.ones(len(geometry))]
         affine = get_transformation(shapes, to_coordinate_system=self.coordinate_system).to_affine_matrix(
             input_axes=("x", "y"), output_axes=("x", "y")
         )
@@ -225,14 +235,21 @@ class Section:
 
     @property
     def radii(self) -> np.ndarray:
-        """Spot radii in coordinate-system units, in table row order."""
+        """Spot radii in coordinate-system units, in table row order (polygons: the disc of equal area)."""
         elements = self.spots
         shapes = self.sdata.shapes[elements.shapes_key]
-        if "radius" not in shapes.columns:
-            raise ValueError(
-                f"Shapes {elements.shapes_key!r} have no 'radius' column; pass spot_diameter_um=."
+        if "radius" in shapes.columns:
+            return shapes["radius"].loc[self._instances].to_numpy(dtype=float)
+        geometry = shapes.geometry.loc[self._instances]
+        if set(geometry.geom_type) <= {"Polygon", "MultiPolygon"}:
+            from spatialdata.transformations import get_transformation
+
+            affine = get_transformation(shapes, to_coordinate_system=self.coordinate_system).to_affine_matrix(
+                input_axes=("x", "y"), output_axes=("x", "y")
             )
-        return shapes["radius"].loc[self._instances].to_numpy(dtype=float)
+            area_scale = abs(np.linalg.det(affine[:2, :2]))
+            return np.sqrt(geometry.area.to_numpy(dtype=float) * area_scale / np.pi)
+        raise ValueError(f"Shapes {elements.shapes_key!r} have no 'radius' column; pass spot_diameter_um=.")
 
     def level_for(self, target_microns_per_pixel: float, *, slack: float = 1.0) -> ImageLevel:
         """The coarsest pyramid level at least as fine as the target resolution (µm/px)."""

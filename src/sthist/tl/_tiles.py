@@ -219,7 +219,8 @@ def predict_tiles(
     -------
     ``None``; writes into ``sdata``:
 
-    - ``shapes[key_added]``: one circle per tile, centred on the tile, diameter ``stride_um`` µm;
+    - ``shapes[key_added]``: one square per tile (a polygon of side ``stride_um`` µm, so that the squares tile
+      the section and spatialdata-plot draws them as tiles), centred on the tile;
     - ``tables[key_added + '_table']``: a table annotating those shapes: ``X`` = predicted expression (tiles × genes,
       log1p units), ``layers['uncertainty']`` = spread over the retrieved neighbours, ``obs`` with
       ``tissue_fraction``, ``obsm['spatial']`` = centres, ``var['reliability']`` = the model's per-gene
@@ -292,8 +293,7 @@ def predict_tiles(
     names = pd.Index([f"tile{i}" for i in range(n_tiles)], name="tile")
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(
-            {"radius": np.full(n_tiles, stride_um / 2 / scale)},
-            geometry=gpd.points_from_xy(grid["x"], grid["y"]),
+            geometry=_squares(grid["x"].to_numpy(), grid["y"].to_numpy(), stride_um / scale),
             index=pd.Index(np.arange(n_tiles), name=Key.obs.INSTANCE),
         ),
         transformations={coordinate_system: Identity()},
@@ -393,3 +393,20 @@ def _check_tiles_key(sdata, key: str) -> None:
             f"key_added={key!r} would replace {others}, which sthist.tl.predict_tiles did not write; choose another "
             "key_added (nothing is replaced even with overwrite=True)."
         )
+
+
+def _squares(x: np.ndarray, y: np.ndarray, side: float):
+    """Axis-aligned squares of ``side`` centred on (x, y): tiles that spatialdata-plot draws as tiles."""
+    import shapely
+
+    half = side / 2
+    corners = np.stack(
+        [
+            np.c_[x - half, y - half],
+            np.c_[x + half, y - half],
+            np.c_[x + half, y + half],
+            np.c_[x - half, y + half],
+        ],
+        axis=1,
+    )
+    return shapely.polygons(corners)
