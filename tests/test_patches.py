@@ -137,3 +137,36 @@ def test_dataset_leaves_sdata_unchanged(toy):
     SpotPatchDataset(sdata, patch_size_um=100, patch_size_px=32)
     assert sdata.tables["table"].obs.equals(before_obs)
     assert sdata.shapes["spots"]["radius"].equals(radius)
+
+
+def test_encoding_reads_each_patch_once_for_all_views(monkeypatch):
+    """Views are dihedral transforms of one read patch: the same tokens as reading each view afresh."""
+    import torch
+
+    import sthist
+    from sthist.data import SpotPatchDataset, encode_patches
+    from sthist.models._backbones import create_encoder
+
+    sdata = sthist.datasets.toy(1, grid=4, n_genes=4, random_state=0)["toy0"]
+    dataset = SpotPatchDataset(sdata, patch_size_um=112, patch_size_px=32)
+    encoder = create_encoder("tiny", pretrained=False).eval()
+    with torch.inference_mode():
+        expected = torch.stack(
+            [
+                torch.stack(
+                    [
+                        encoder(torch.from_numpy(dataset.patch(i, v)).permute(2, 0, 1)[None])[0]
+                        for v in range(4)
+                    ]
+                )
+                for i in range(len(dataset))
+            ]
+        )
+    reads = []
+    original = SpotPatchDataset.patch
+    monkeypatch.setattr(
+        SpotPatchDataset, "patch", lambda self, i, t=0: reads.append(i) or original(self, i, t)
+    )
+    tokens = encode_patches(dataset, encoder, views=4, batch_size=6, dtype=torch.float32)
+    assert len(reads) == len(dataset)
+    torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-5)

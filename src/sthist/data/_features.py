@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from sthist._logging import logger
 from sthist._settings import settings
-from sthist.data._patches import SpotPatchDataset
+from sthist.data._patches import SpotPatchDataset, dihedral
 
 
 @torch.inference_mode()
@@ -37,12 +37,16 @@ def encode_patches(
     size = dataset.patch_size_px
     batch = torch.empty((batch_size, 3, size, size), dtype=torch.uint8)
     output = None
+    read_index, base = -1, np.zeros((size, size, 3), dtype=np.uint8)
     for start in tqdm(
         range(0, len(jobs), batch_size), desc=description, disable=not settings.progress, unit="batch"
     ):
         chunk = jobs[start : start + batch_size]
         for slot, (_, index, view) in enumerate(chunk):
-            batch[slot] = torch.from_numpy(dataset.patch(index, view)).permute(2, 0, 1)
+            if index != read_index:  # each patch is read, resampled (and stain-normalised) once for all views
+                read_index, base = index, dataset.patch(index)
+            patch = np.ascontiguousarray(dihedral(base, view)) if view else base
+            batch[slot] = torch.from_numpy(patch).permute(2, 0, 1)
         tokens = encoder(batch.to(device, non_blocking=True))[: len(chunk)]
         if output is None:
             output = torch.empty((n, views, *tokens.shape[1:]), dtype=dtype)
