@@ -84,8 +84,9 @@ class TokenCache:
 
     Cross-validation and benchmarks fit many models on overlapping sections with the same frozen encoder;
     with a cache each section is encoded once. Entries are keyed by content, never by a section's name: a
-    digest of the image (level shapes, placement and the pixels of sample patches) and of the patch boxes,
-    with the encoder's weights identity and the patch size, so a cached entry is used only where it is valid.
+    digest of the image (its dask identity, level shape and placement), the patch boxes and the stain
+    normalisation, with the encoder's weights identity and the patch size, so a cached entry is used only
+    where it is valid.
     """
 
     def __init__(self):
@@ -122,7 +123,12 @@ DIGEST_PATCHES = 16
 
 
 def section_digest(dataset: SpotPatchDataset, position: int) -> str:
-    """Digest of what one section of ``dataset`` shows the encoder: image geometry, patch boxes, sample pixels."""
+    """Digest of what one section of ``dataset`` shows the encoder: image identity, geometry, patch boxes.
+
+    The image's identity is the name dask gives its pixel array, which is a hash of the pixels for arrays
+    made in memory and of the store and array path for arrays read from zarr; pixels of sample patches are
+    hashed instead when the image is not a dask array. Stain normalisation enters by its statistics.
+    """
     import hashlib
 
     section = dataset._sections[position]
@@ -131,10 +137,15 @@ def section_digest(dataset: SpotPatchDataset, position: int) -> str:
     digest.update(repr((level.index, level.shape, str(level.data.dtype))).encode())
     digest.update(np.ascontiguousarray(level.to_pixels, dtype=np.float64).tobytes())
     digest.update(np.ascontiguousarray(section.boxes, dtype=np.float64).tobytes())
-    start = int(dataset._offsets[position])
-    count = len(section.rows)
-    for spot in np.unique(np.linspace(0, count - 1, min(count, DIGEST_PATCHES)).astype(int)):
-        digest.update(dataset.patch(start + int(spot)).tobytes())
+    digest.update(repr((section.stain, dataset.stain_reference)).encode())
+    name = getattr(level.data.data, "name", None)
+    if name is not None:
+        digest.update(str(name).encode())
+    else:
+        start = int(dataset._offsets[position])
+        count = len(section.rows)
+        for spot in np.unique(np.linspace(0, count - 1, min(count, DIGEST_PATCHES)).astype(int)):
+            digest.update(dataset.patch(start + int(spot)).tobytes())
     return digest.hexdigest()
 
 
