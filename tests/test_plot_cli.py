@@ -115,6 +115,9 @@ def test_uncertainty_plot(predicted, tmp_path):
     np.testing.assert_allclose(panels[3].collections[0].get_array(), spread)
     assert panels[3].collections[0].get_clim()[0] == 0
     assert "uncertainty" in panels[3].get_title()
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert all("log1p" in bar.get_ylabel() for bar in bars)  # units on every colour bar
+    assert "spread" in bars[3].get_ylabel()
 
 
 def test_uncertainty_plot_refuses_models_without_spread():
@@ -194,6 +197,7 @@ def test_cross_validation_plot(tmp_path):
     assert [ax.get_title() for ax in figure.axes] == ["HEG@50", "HVG@50"]  # 'all' left out by default
     heg = figure.axes[0]
     assert [t.get_text() for t in heg.get_xticklabels()] == ["cmrcnet", "ridge"]  # CMRCNet first
+    assert heg.get_ylabel().startswith("mean Pearson r per held-out section")
     np.testing.assert_allclose([bar.get_height() for bar in heg.patches], [0.16, 0.06])
     assert len(heg.collections) == 2 and len(heg.collections[0].get_offsets()) == 2  # one dot per section
     _, ax = plt.subplots()

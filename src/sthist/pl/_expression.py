@@ -215,6 +215,7 @@ def uncertainty(
             "(cmrcnet, bleep) estimate it from the spread of the retrieved spots."
         )
     unreliable = set(provenance(table, key).get("unreliable_genes", []))
+    units = provenance(table, key).get("units", "log1p normalised")
     figure, axes = axes_grid(ax, len(genes), 2, (11.6, panel_height(view, 4.6) * len(genes)), what="panel")
     for row, gene in enumerate(genes):
         flag = " — unreliable in CV" if gene in unreliable else ""
@@ -228,7 +229,8 @@ def uncertainty(
                 vmin = 0.0
             points = draw_spots(ax, view, value, cmap=colours, vmin=vmin, vmax=vmax)
             ax.set_title(f"{gene}: {label}{flag}")
-            figure.colorbar(points, ax=ax, shrink=0.8, label=f"{gene} {label.split()[0]}")
+            what = "predicted" if column == 0 else "spread (s.d. of retrieved spots)"
+            figure.colorbar(points, ax=ax, shrink=0.8, label=f"{gene} {what} ({units})")
     return finish(figure, figure, title=title, save=save, show=show)
 
 

@@ -15,6 +15,14 @@ from sthist._core._docs import doc_params
 from sthist._core._elements import as_table
 from sthist.pl._tissue import axes_grid, finish, prediction_frame
 
+#: Axis names of the summary columns of evaluate and cross_validate.
+METRIC_LABELS = {
+    "pearson_mean": "mean Pearson r",
+    "pearson_median": "median Pearson r",
+    "spearman_mean": "mean Spearman ρ",
+    "mse_mean": "mean squared error",
+}
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
@@ -299,7 +307,8 @@ def cross_validation(
         panel.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         panel.axhline(0, color="0.3", linewidth=0.8)
         panel.set_title(gene_set)
-    axes[0].set_ylabel(f"{metric} per held-out section\n(bar: mean over {len(sections)} sections)")
+    label = METRIC_LABELS.get(metric, metric)
+    axes[0].set_ylabel(f"{label} per held-out section\n(bar: mean over {len(sections)} sections)")
     return finish(figure, figure, title=title, save=save, show=show)
 
 
