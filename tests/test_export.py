@@ -85,3 +85,14 @@ def test_expression_plot_of_an_unmeasured_section(predicted):
     unmeasured = SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": bare})
     figure = sthist.pl.expression(unmeasured, model.genes[:2])
     assert [ax.get_title() for ax in figure.axes[:2]] == [f"{g}: predicted" for g in model.genes[:2]]
+
+
+def test_expression_plot_takes_colour_limits(predicted):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sdata, model = predicted
+    sthist.pp.normalize(sdata.tables["table"], overwrite=True)
+    figure = sthist.pl.expression(sdata, model.genes[:1], vmin=0.0, vmax=9.0)
+    spots = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert all(ax.collections[0].get_clim() == (0.0, 9.0) for ax in spots)

@@ -38,6 +38,8 @@ def expression(
     layer: str | None = Key.layers.NORMALIZED,
     max_image_pixels: int = 1500,
     cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
     title: str | None = None,
     ax=None,
     show: bool | None = None,
@@ -69,6 +71,9 @@ def expression(
         Longer side (px) of the pyramid level drawn under the spots.
     cmap
         Colour map of expression.
+    vmin, vmax
+        Limits of the colour scale (log1p units), the same for every gene; by default each gene's 2nd and
+        98th percentiles over observed and predicted values.
     title
         Figure title.
     {image_key}
@@ -120,7 +125,8 @@ def expression(
         values = {"predicted": predicted[gene].to_numpy(dtype=float)}
         if observed is not None:
             values = {"observed": observed[gene].to_numpy(dtype=float), **values}
-        vmin, vmax = robust_limits(*values.values())
+        low, high = robust_limits(*values.values())
+        low, high = (low if vmin is None else vmin), (high if vmax is None else vmax)
         r = None
         if observed is not None:
             mask = np.isfinite(values["predicted"])
@@ -130,7 +136,7 @@ def expression(
             ).iloc[0]
         for column, (label, value) in enumerate(values.items()):
             ax = axes[row, column]
-            points = draw_spots(ax, view, value, cmap=cmap, vmin=vmin, vmax=vmax)
+            points = draw_spots(ax, view, value, cmap=cmap, vmin=low, vmax=high)
             suffix = f" (r = {r:.2f})" if (label == "predicted" and r is not None) else ""
             ax.set_title(f"{gene}: {label}{suffix}")
         figure.colorbar(points, ax=axes[row, :].tolist(), shrink=0.8, label=f"{gene} ({units})")
