@@ -94,6 +94,32 @@ def test_a_writer_keeps_what_another_wrote_after_it_read_the_store(store, model)
         sthist.io.update_table(three, "table", obsm=["one"])
 
 
+def test_threads_writing_into_one_store_keep_both_results(store, model):
+    import threading
+
+    import spatialdata as sd
+
+    readers = {key: sd.read_zarr(store) for key in ("left", "right")}
+    for key, sdata in readers.items():
+        sthist.tl.predict(sdata, model, key_added=key)
+    errors = []
+
+    def write(key):
+        try:
+            sthist.io.update_table(readers[key], "table", obsm=[key, f"{key}_uncertainty"], uns=[key])
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(key,)) for key in readers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    stored = sd.read_zarr(store).tables["table"]
+    assert {"left", "right"} <= set(stored.obsm) and {"left", "right"} <= set(stored.uns)
+
+
 def test_failed_write_puts_the_old_element_back(store, monkeypatch):
     import spatialdata as sd
 

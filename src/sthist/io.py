@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -73,7 +74,8 @@ def check_writable(store: str | Path) -> None:
 def store_lock(store: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the writer lock of a zarr store (a lock file inside it), so that writers exclude each other.
 
-    The lock is re-entrant within a process. Stale staging folders of writers that were killed are
+    Processes exclude each other through the lock file, threads of one process through a re-entrant lock
+    (a thread holding it may take it again). Stale staging folders of writers that were killed are
     recovered as soon as the lock is taken (see :func:`write_elements`).
 
     Parameters
@@ -101,23 +103,34 @@ def store_lock(store: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterato
 
     store = Path(store)
     check_writable(store)
-    lock = _locks.setdefault(store.resolve(), FileLock(store / LOCK_FILE, thread_local=False))
-    try:
-        lock.acquire(timeout=timeout)
-    except LockTimeout:
+    with _registry_guard:
+        thread_lock, lock = _locks.setdefault(
+            store.resolve(), (threading.RLock(), FileLock(store / LOCK_FILE, thread_local=False))
+        )
+    if not thread_lock.acquire(timeout=timeout):
         raise TimeoutError(
-            f"Another process has been writing into {store} for {timeout:g} s (lock {store / LOCK_FILE}); "
-            "wait for it to finish."
-        ) from None
+            f"Another thread has been writing into {store} for {timeout:g} s; wait for it to finish."
+        )
     try:
-        if lock.lock_counter == 1:
-            _recover(store)
-        yield
+        try:
+            lock.acquire(timeout=timeout)
+        except LockTimeout:
+            raise TimeoutError(
+                f"Another process has been writing into {store} for {timeout:g} s (lock {store / LOCK_FILE}); "
+                "wait for it to finish."
+            ) from None
+        try:
+            if lock.lock_counter == 1:
+                _recover(store)
+            yield
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        thread_lock.release()
 
 
-_locks: dict[Path, Any] = {}
+_locks: dict[Path, tuple[Any, Any]] = {}
+_registry_guard = threading.Lock()
 
 
 def _staging_folders(store: Path) -> list[Path]:
