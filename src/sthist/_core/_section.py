@@ -279,16 +279,22 @@ class Section:
         )
 
     @cached_property
+    def _low_resolution(self) -> tuple[ImageLevel, np.ndarray]:
+        """The level of about 16 µm/px and its pixels (h, w, 3), read once for the tissue mask and the stain."""
+        level = self.level_for(TISSUE_MASK_MICRONS_PER_PIXEL)
+        return level, np.asarray(level.data.transpose("y", "x", "c").data)
+
+    @cached_property
     def tissue(self) -> tuple[ImageLevel, np.ndarray]:
         """The low-resolution level (about 16 µm/px) and its boolean tissue mask."""
-        level = self.level_for(TISSUE_MASK_MICRONS_PER_PIXEL)
-        return level, tissue_mask(np.asarray(level.data.transpose("y", "x", "c").data))
+        level, rgb = self._low_resolution
+        return level, tissue_mask(rgb)
 
     @cached_property
     def stain(self) -> StainStats:
         """Stain statistics (lαβ mean and deviation) of the tissue pixels at low resolution."""
-        level, mask = self.tissue
-        return stain_stats(np.asarray(level.data.transpose("y", "x", "c").data), mask)
+        _, mask = self.tissue
+        return stain_stats(self._low_resolution[1], mask)
 
     def tissue_fraction(self, *, spot_diameter_um: float | None = None) -> pd.Series:
         """Fraction of each spot's disc that the tissue mask covers (indexed by table ``obs_names``).
