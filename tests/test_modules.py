@@ -6,7 +6,7 @@ import torch
 import torch.multiprocessing as mp
 
 from sthist.models import ArchitectureConfig, ContrastiveModel, bleep_loss
-from sthist.models._modules import MaskReconstruction
+from sthist.models._modules import MaskReconstruction, pool_token_grid
 
 
 def test_bleep_loss_by_hand():
@@ -36,6 +36,32 @@ def test_mask_ratio():
     assert branch(tokens, torch.ones(8, 3, 16)).shape == (8, 16)
     with pytest.raises(ValueError, match="mask_ratio"):
         MaskReconstruction(mask_ratio=1.0)
+
+
+def test_pool_token_grid_averages_regions():
+    # A 4 × 4 grid whose token value is its row: pooled to 2 × 2, each region averages two rows.
+    rows = torch.arange(4.0).repeat_interleave(4).view(1, 16, 1).expand(2, 16, 3)
+    pooled = pool_token_grid(rows, 2)
+    assert pooled.shape == (2, 4, 3)
+    assert pooled[0, :, 0].tolist() == [0.5, 0.5, 2.5, 2.5]
+    assert pool_token_grid(rows, 0) is rows  # 0: every token
+    assert pool_token_grid(rows, 4) is rows  # already no larger than the grid
+    sequence = torch.arange(10.0).view(1, 10, 1)  # not a square grid: pooled along the sequence
+    assert pool_token_grid(sequence, 2).shape == (1, 4, 1)
+    assert float(pool_token_grid(sequence, 2).mean()) == pytest.approx(4.5, abs=0.5)
+
+
+def test_reconstruction_grid_sets_the_branch_tokens():
+    seen = []
+    architecture = ArchitectureConfig(embedding_dim=8, heads=2, reconstruction_grid=2)
+    model = ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, reconstruction=True)
+    model.reconstruction.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    losses = model.losses(torch.randn(4, 49, 6), torch.rand(4, 5))
+    assert seen == [(4, 4, 8)] and torch.isfinite(losses["loss"])
+    with pytest.raises(ValueError, match="reconstruction_grid"):
+        ArchitectureConfig(reconstruction_grid=-1)
+    with pytest.raises(ValueError, match="reconstruction_grid"):
+        ArchitectureConfig(reconstruction_grid=1.5)
 
 
 def _model(seed: int) -> ContrastiveModel:
@@ -91,3 +117,31 @@ def test_contrastive_loss_under_ddp_sees_the_global_batch():
     assert ddp_loss == pytest.approx(float(loss), rel=1e-4)  # float32 sums in another order
     for name, parameter in model.named_parameters():
         np.testing.assert_allclose(ddp_grads[name], parameter.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_regression_trains_on_standardised_genes_and_predicts_in_units():
+    from sthist.models import get_method
+    from sthist.models._modules import RegressionModel
+
+    torch.manual_seed(0)
+    architecture = ArchitectureConfig(embedding_dim=8, heads=2, dropout=0.0)
+    model = get_method("regression").build(token_dim=6, n_genes=3, architecture=architecture)
+    expression = torch.stack(
+        [torch.full((20,), 5.0) + torch.randn(20) * 0.01, torch.randn(20) * 3, torch.zeros(20)], 1
+    )
+    get_method("regression").prepare(model, expression)
+    assert torch.allclose(model.target_mean, expression.mean(0))
+    assert model.target_scale[2] == 1  # a constant gene keeps unit scale, no division by zero
+    tokens = torch.randn(20, 4, 6)
+    # The loss is computed on standardised genes; the prediction is back in expression units.
+    standard = model.standardised(tokens)
+    assert torch.allclose(model.regress(tokens), standard * model.target_scale + model.target_mean)
+    target = (expression - model.target_mean) / model.target_scale
+    assert float(model.losses(tokens, expression)["loss"]) == pytest.approx(
+        float(((standard - target) ** 2).mean()), rel=1e-5
+    )
+    # A state saved before targets were standardised loads with mean 0 and scale 1.
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("target_")}
+    fresh = RegressionModel(token_dim=6, n_genes=3, architecture=architecture)
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh.target_mean, torch.zeros(3)) and torch.equal(fresh.target_scale, torch.ones(3))

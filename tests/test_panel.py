@@ -70,3 +70,26 @@ def test_heg_plus_hvg_is_the_union_in_order():
     assert union[:6] == heg and union[6:] == [g for g in hvg if g not in heg]
     with pytest.raises(ValueError, match="flavor must be 'heg', 'hvg' or 'heg\\+hvg'"):
         sthist.pp.select_genes(sections, flavor="top")
+
+
+def test_exclude_technical_keeps_them_out_of_ranked_panels_only():
+    genes = ["MT-CO1", "RPL13A", "MALAT1", "ERBB2", "KRT19", "MTOR"]
+    # The technical genes are the most expressed and the most variable: they would top both rankings.
+    values = [[90, 80, 70, 5, 3, 1], [10, 20, 30, 6, 1, 2], [50, 40, 60, 4, 2, 1]]
+    one = _section(values, genes)
+    ranked = sthist.pp.select_genes(one, flavor="heg+hvg", n_top=3, min_detection=0.0)
+    assert set(ranked[:3]) == {"MT-CO1", "RPL13A", "MALAT1"}
+    kept = sthist.pp.select_genes(one, flavor="heg+hvg", n_top=3, min_detection=0.0, exclude_technical=True)
+    assert kept[:3] == ["ERBB2", "KRT19", "MTOR"]  # MTOR is not mitochondrial
+    explicit = sthist.pp.select_genes(one, genes=["MT-CO1", "ERBB2"], exclude_technical=True)
+    assert explicit == ["MT-CO1", "ERBB2"]  # an explicit list is kept as given
+    with pytest.raises(ValueError, match="Every shared gene is technical"):
+        sthist.pp.select_genes(_section(values, ["mt-Co1", "Rps6", "Malat1", "Neat1", "Rplp0", "RPSA"]),
+                               n_top=None, min_detection=0.0, exclude_technical=True)  # fmt: skip
+
+
+def test_fit_records_the_technical_exclusion(toy):
+    model = sthist.models.SthistModel(toy, method="ridge", backbone="tiny", pretrained=False,
+                                      patch_size_um=64, exclude_technical=True)  # fmt: skip
+    assert model.config["panel"]["exclude_technical"] is True
+    assert model.setup_options()["exclude_technical"] is True

@@ -229,6 +229,7 @@ def _fit(args: argparse.Namespace) -> int:
         method=args.method,
         backbone=args.backbone,
         n_top_genes=args.n_top_genes,
+        exclude_technical=args.exclude_technical,
         max_epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -236,6 +237,7 @@ def _fit(args: argparse.Namespace) -> int:
         views=args.views,
         fine_tune=args.fine_tune,
         token_layers=args.token_layers,
+        reconstruction_grid=args.reconstruction_grid,
         detach_target=args.detach_target,
         center_expression=args.center_expression,
         center_tokens=args.center_tokens,
@@ -550,6 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"trainable transformer layers over the token grid (default: {architecture.token_layers})",
     )
     fit.add_argument(
+        "--reconstruction-grid",
+        type=int,
+        default=architecture.reconstruction_grid,
+        help="side of the regional token grid of the reconstruction branch, 0 for every token "
+        f"(default: {architecture.reconstruction_grid})",
+    )
+    fit.add_argument(
         "--detach-target", action="store_true", help="reconstruct a detached copy of the image embedding"
     )
     fit.add_argument(
@@ -561,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--center-tokens",
         action="store_true",
         help="replace each section's mean encoder channel vector by the training mean (frozen encoder)",
+    )
+    fit.add_argument(
+        "--exclude-technical",
+        action="store_true",
+        help="leave mitochondrial, ribosomal-protein and MALAT1/NEAT1 genes out of the panel",
     )
     fit.add_argument(
         "--stain-normalization",
@@ -721,6 +735,7 @@ _FLAGS = {
     "microns_per_pixel": "--microns-per-pixel",
     "stride_um": "--stride-um",
     "n_top_genes": "--n-top-genes",
+    "exclude_technical": "--exclude-technical",
     "n_top": "--n-top",
     "learning_rate": "--learning-rate",
     "max_epochs": "--epochs",
@@ -730,6 +745,7 @@ _FLAGS = {
     "max_tiles": "--max-tiles",
     "table_key": "--table",
     "token_layers": "--token-layers",
+    "reconstruction_grid": "--reconstruction-grid",
     "random_state": "--seed",
     "bounds": "--bounds",
 }

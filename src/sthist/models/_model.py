@@ -91,6 +91,7 @@ class SthistModel:
         method: str = "cmrcnet",
         genes: list[str] | None = None,
         n_top_genes: int = N_TOP_GENES,
+        exclude_technical: bool = False,
         backbone: str | None = None,
         pretrained: bool | str = True,
         architecture: ArchitectureConfig | None = None,
@@ -116,13 +117,14 @@ class SthistModel:
         check_positive_integer(k, "k")
         check_positive_integer(n_top_genes, "n_top_genes")
         genes = gene_list(genes)
+        explicit_panel = genes is not None
         architecture = architecture or ArchitectureConfig()
         with stage("resolve sections"):
             resolved = resolve_sections(sections)
         with stage("normalise"):
             resolved, normalisation = _normalised_sections(resolved, layer, target_sum)
         with stage("gene panel"):
-            genes = _panel(resolved, layer, n_top_genes, genes)
+            genes = _panel(resolved, layer, n_top_genes, genes, exclude_technical)
 
         L.seed_everything(random_state, workers=True, verbose=False)
         backbone = backbone or DEFAULT_BACKBONE
@@ -149,6 +151,11 @@ class SthistModel:
             "versions": versions(),
             "method": self._method.name,
             "genes": list(genes),
+            "panel": {
+                "n_top_genes": int(n_top_genes),
+                "exclude_technical": bool(exclude_technical),
+                "explicit": explicit_panel,
+            },
             "normalization": {"layer": layer, **normalisation},
             "patch": patch.to_dict(),
             "microns_per_pixel": {name: section.microns_per_pixel for name, section in resolved.items()},
@@ -273,6 +280,7 @@ class SthistModel:
             module = self.module
             if module is None:
                 raise ValueError(f"The {self.method} method has no trainable module.")
+            self._method.prepare(module, expression)
             train_data: torch.utils.data.Dataset
             if training.fine_tune:
                 dataset.augment = True
@@ -394,6 +402,7 @@ class SthistModel:
         return {
             "method": self.method,
             "genes": self.genes,
+            "exclude_technical": bool(self.config.get("panel", {}).get("exclude_technical", False)),
             "backbone": self.config["backbone"]["name"],
             "architecture": self.architecture,
             "patch_size_um": self.patch.size_um,
@@ -528,14 +537,16 @@ def _check_variation(dataset, genes: list[str]) -> None:
         )
 
 
-def _panel(sections: dict[str, Section], layer: str, n_top: int, genes) -> list[str]:
+def _panel(sections: dict[str, Section], layer: str, n_top: int, genes, exclude_technical: bool) -> list[str]:
     """The explicit panel (checked against every section) or HEG ∪ HVG over the training sections."""
     from sthist.pp import select_genes
 
     tables = {name: section.table for name, section in sections.items()}
     if genes is not None:
         return select_genes(tables, genes=genes)
-    return select_genes(tables, flavor="heg+hvg", n_top=n_top, layer=layer)
+    return select_genes(
+        tables, flavor="heg+hvg", n_top=n_top, layer=layer, exclude_technical=exclude_technical
+    )
 
 
 class _WithTargets(torch.utils.data.Dataset):
@@ -570,10 +581,16 @@ def versions() -> dict[str, str]:
 
 
 def upgrade_config(config: dict) -> dict:
-    """Convert the config of an older saved model to the current layout (formats 1 and 2 → 3)."""
+    """Convert the config of an older saved model to the current layout (formats 1 and 2 → 3).
+
+    Settings added since a model was saved get the value it was trained with (a reconstruction branch over
+    every token).
+    """
+    config = dict(config)
+    if "architecture" in config and "reconstruction_grid" not in config["architecture"]:
+        config["architecture"] = {**config["architecture"], "reconstruction_grid": 0}
     if config.get("format_version", FORMAT_VERSION) >= 2:
         return {**config, "format_version": FORMAT_VERSION}
-    config = dict(config)
     hyper = dict(config.pop("hyperparameters"))
     architecture = dict(config["architecture"])
     architecture["embedding_dim"] = architecture.pop("dim")

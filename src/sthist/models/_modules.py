@@ -7,6 +7,8 @@ Histopathology Based on Cross-Modal Mask Reconstruction and Contrastive Learning
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +98,24 @@ class MaskReconstruction(nn.Module):
         return self.head(x.mean(dim=1))
 
 
+def pool_token_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """Average-pool tokens (B, N, D) laid out on a square grid to ``side`` × ``side`` tokens.
+
+    A sequence that is not a square grid is pooled along its length to ``side²`` tokens; ``side=0`` or a grid
+    no larger than ``side`` returns the tokens unchanged.
+    """
+    batch, n, dim = tokens.shape
+    if side == 0 or n <= side * side:
+        return tokens
+    grid = math.isqrt(n)
+    channels_first = tokens.transpose(1, 2)
+    if grid * grid == n:
+        pooled = F.adaptive_avg_pool2d(channels_first.reshape(batch, dim, grid, grid), side).flatten(2)
+    else:
+        pooled = F.adaptive_avg_pool1d(channels_first, side * side)
+    return pooled.transpose(1, 2)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along the batch whose backward returns each process the gradient summed over processes."""
 
@@ -181,7 +201,8 @@ class ContrastiveModel(_TokenModel):
     """Image and spot embeddings aligned by BLEEP's contrastive loss; CMRCNet adds mask reconstruction.
 
     With ``reconstruction=True`` (CMRCNet) a training-only branch makes gene tokens from the expression,
-    masks the projected image tokens and reconstructs the global image embedding from them
+    masks the projected image tokens (pooled to ``reconstruction_grid`` × ``reconstruction_grid`` regions)
+    and reconstructs the global image embedding from them
     (:class:`MaskReconstruction`); the loss is ``log(1 + contrastive) + log(1 + reconstruction)``. With
     ``reconstruction=False`` it is BLEEP.
     """
@@ -217,7 +238,8 @@ class ContrastiveModel(_TokenModel):
         contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
         if self.reconstruction is None or self.gene_tokenizer is None:
             return {"loss": contrastive, "contrastive": contrastive.detach()}
-        reconstructed = self.reconstruction(projected, self.gene_tokenizer(expression))
+        regions = pool_token_grid(projected, self.architecture.reconstruction_grid)
+        reconstructed = self.reconstruction(regions, self.gene_tokenizer(expression))
         target = image.detach() if self.architecture.detach_target else image
         reconstruction = F.mse_loss(reconstructed, target)
         loss = torch.log1p(contrastive) + torch.log1p(reconstruction)
@@ -225,7 +247,13 @@ class ContrastiveModel(_TokenModel):
 
 
 class RegressionModel(_TokenModel):
-    """Direct regression: MLP head on the pooled projected tokens, trained with MSE."""
+    """Direct regression: MLP head on the pooled projected tokens, trained with MSE on standardised genes.
+
+    Targets are standardised per gene with the training mean and deviation (``set_target_scale``), so every
+    gene weighs the same in the loss; on raw log expression the loss is dominated by the genes of highest
+    variance and by a shared level, and the predictions of different genes move together.
+    ``regress`` returns expression in the training units.
+    """
 
     def __init__(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig):
         super().__init__(token_dim, architecture)
@@ -233,10 +261,34 @@ class RegressionModel(_TokenModel):
         self.regression_head = nn.Sequential(
             nn.Linear(dim, dim), nn.GELU(), nn.Dropout(architecture.dropout), nn.Linear(dim, n_genes)
         )
+        self.register_buffer("target_mean", torch.zeros(n_genes))
+        self.register_buffer("target_scale", torch.ones(n_genes))
+        self._register_load_state_dict_pre_hook(_unit_target_scale)
 
-    def regress(self, tokens: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def set_target_scale(self, expression: torch.Tensor) -> None:
+        """Standardise targets with the per-gene mean and deviation of the training expression."""
+        expression = expression.float()
+        scale = expression.std(dim=0, unbiased=False)
+        self.target_mean.copy_(expression.mean(dim=0))
+        self.target_scale.copy_(torch.where(scale > 1e-6, scale, torch.ones_like(scale)))
+
+    def standardised(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.regression_head(self.image_tokens(tokens).mean(dim=1))
 
+    def regress(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.standardised(tokens) * self.target_scale + self.target_mean
+
     def losses(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss = F.mse_loss(self.regress(tokens), expression)
+        target = (expression.float() - self.target_mean) / self.target_scale
+        loss = F.mse_loss(self.standardised(tokens), target)
         return {"loss": loss, "mse": loss.detach()}
+
+
+def _unit_target_scale(state_dict, prefix, *args, **kwargs) -> None:
+    """Models saved before targets were standardised predict in training units directly: mean 0, scale 1."""
+    for name, fill in (("target_mean", torch.zeros), ("target_scale", torch.ones)):
+        key = prefix + name
+        if key not in state_dict:
+            n_genes = state_dict[prefix + "regression_head.3.bias"].shape[0]
+            state_dict[key] = fill(n_genes)

@@ -5,7 +5,7 @@ from sthist._core._section import PatchGeometry
 from sthist._core._tissue import tissue_mask
 from sthist.pp._geometry import patch_geometry
 from sthist.pp._normalize import normalize
-from sthist.pp._panel import select_genes
+from sthist.pp._panel import select_genes, technical_genes
 from sthist.pp._qc import qc_spots, spot_tissue_fraction
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "select_genes",
     "set_microns_per_pixel",
     "spot_tissue_fraction",
+    "technical_genes",
     "tissue_mask",
 ]

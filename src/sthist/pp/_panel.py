@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -46,6 +47,41 @@ def _tables(sections) -> dict[str, ad.AnnData]:
     return tables
 
 
+#: Gene-name patterns of technical genes (human and mouse spelling): mitochondrially encoded genes,
+#: ribosomal proteins, and the nuclear-retained lncRNAs MALAT1 and NEAT1 that dominate the top of many
+#: spot-level expression rankings without telling tissue apart.
+TECHNICAL_PATTERNS = {
+    "mitochondrial": r"^(MT|mt|Mt)-",
+    "ribosomal protein": r"^(RP[SL]\d|RP[SL]P\d|RPSA$|Rp[sl]\d|Rp[sl]p\d|Rpsa$)",
+    "nuclear lncRNA": r"^(MALAT1|NEAT1|Malat1|Neat1)$",
+}
+
+
+def technical_genes(genes: Sequence[str]) -> list[str]:
+    """The technical genes among ``genes``: mitochondrial, ribosomal-protein, MALAT1/NEAT1.
+
+    Matched by name (:data:`TECHNICAL_PATTERNS`, human and mouse spelling); used by
+    ``select_genes(exclude_technical=True)`` and ``tl.fit(exclude_technical=True)``.
+
+    Parameters
+    ----------
+    genes
+        Gene names (e.g. ``adata.var_names``).
+
+    Returns
+    -------
+    The technical genes, in the order given.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sthist.pp.technical_genes(["MT-CO1", "RPL13A", "Malat1", "ERBB2", "Rps6", "MTOR"])
+    ['MT-CO1', 'RPL13A', 'Malat1', 'Rps6']
+    """
+    pattern = re.compile("|".join(f"(?:{p})" for p in TECHNICAL_PATTERNS.values()))
+    return [str(g) for g in genes if pattern.match(str(g))]
+
+
 def _column_stats(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-gene mean, variance and detection fraction (> 0) of a spots × genes matrix."""
     n = matrix.shape[0]
@@ -70,6 +106,7 @@ def select_genes(
     genes: Sequence[str] | None = None,
     min_detection: float = 0.1,
     layer: str = Key.layers.NORMALIZED,
+    exclude_technical: bool = False,
 ) -> list[str]:
     """Choose a gene panel shared by several sections.
 
@@ -94,6 +131,9 @@ def select_genes(
         Minimum fraction of spots (0-1) in which a gene is detected, in every section.
     layer
         Layer of log-normalised expression (written by :func:`sthist.pp.normalize`).
+    exclude_technical
+        Leave technical genes (:func:`sthist.pp.technical_genes`: mitochondrial, ribosomal-protein,
+        MALAT1/NEAT1) out of a ranked panel. An explicit ``genes`` list is kept as given.
 
     Returns
     -------
@@ -128,8 +168,10 @@ def select_genes(
                 )
         return panel
     if flavor == "heg+hvg":
-        heg = select_genes(sections, flavor="heg", n_top=n_top, min_detection=min_detection, layer=layer)
-        hvg = select_genes(sections, flavor="hvg", n_top=n_top, min_detection=min_detection, layer=layer)
+        options = {"n_top": n_top, "min_detection": min_detection, "layer": layer,
+                   "exclude_technical": exclude_technical}  # fmt: skip
+        heg = select_genes(sections, flavor="heg", **options)
+        hvg = select_genes(sections, flavor="hvg", **options)
         chosen = set(heg)
         return heg + [g for g in hvg if g not in chosen]
     if flavor not in ("heg", "hvg"):
@@ -143,6 +185,13 @@ def select_genes(
         shared = table.var_names if shared is None else shared.intersection(table.var_names, sort=False)
     if shared is None or len(shared) == 0:
         raise ValueError("The sections share no gene.")
+    if exclude_technical:
+        technical = technical_genes(shared)
+        if technical:
+            logger.info("left %d technical genes out of the panel (e.g. %s)", len(technical), technical[:3])
+            shared = shared.difference(technical, sort=False)
+        if len(shared) == 0:
+            raise ValueError("Every shared gene is technical; set exclude_technical=False.")
     scores: list[np.ndarray] = []
     passes = np.ones(len(shared), dtype=np.bool_)
     for name, table in tables.items():

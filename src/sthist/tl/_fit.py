@@ -35,6 +35,7 @@ def fit(
     backbone: str | None = None,
     pretrained: bool | str = True,
     n_top_genes: int = N_TOP_GENES,
+    exclude_technical: bool = False,
     max_epochs: int = _TRAINING.max_epochs,
     batch_size: int = _TRAINING.batch_size,
     learning_rate: float = _TRAINING.learning_rate,
@@ -49,6 +50,7 @@ def fit(
     fusion_blocks: int = _ARCHITECTURE.fusion_blocks,
     dropout: float = _ARCHITECTURE.dropout,
     token_layers: int = _ARCHITECTURE.token_layers,
+    reconstruction_grid: int = _ARCHITECTURE.reconstruction_grid,
     detach_target: bool = _ARCHITECTURE.detach_target,
     views: int = _TRAINING.views,
     fine_tune: bool = _TRAINING.fine_tune,
@@ -87,10 +89,11 @@ def fit(
     {fit_k}
     temperature
         Contrastive temperature τ.
-    mask_ratio, embedding_dim, gene_tokens, heads, fusion_blocks, dropout, token_layers, detach_target
+    mask_ratio, embedding_dim, gene_tokens, heads, fusion_blocks, dropout, token_layers, reconstruction_grid, detach_target
         Architecture: fraction of masked token entries, embedding size d, gene tokens, attention heads,
-        fusion blocks of the reconstruction branch, dropout, trainable transformer layers over the token grid
-        and whether the reconstruction target is detached (:class:`sthist.models.ArchitectureConfig`).
+        fusion blocks of the reconstruction branch, dropout, trainable transformer layers over the token grid,
+        the side of the regional token grid the reconstruction branch sees, and whether the reconstruction
+        target is detached (:class:`sthist.models.ArchitectureConfig`).
     views
         Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
     fine_tune
@@ -142,6 +145,7 @@ def fit(
         temperature=temperature,
         dropout=dropout,
         token_layers=token_layers,
+        reconstruction_grid=reconstruction_grid,
         detach_target=detach_target,
     )
     model = SthistModel(
@@ -149,6 +153,7 @@ def fit(
         method=method,
         genes=gene_list(genes),
         n_top_genes=n_top_genes,
+        exclude_technical=exclude_technical,
         backbone=backbone,
         pretrained=pretrained,
         architecture=architecture,
