@@ -1,5 +1,6 @@
 """Options that help predictions carry over to unseen sections: token layers, detached reconstruction target,
-per-section centring of expression and tokens, test-time augmentation, smoothing over neighbours."""
+per-section centring of expression and tokens, spatial context, test-time augmentation, smoothing over
+neighbours, the ridge baseline's strength."""
 
 from __future__ import annotations
 
@@ -141,9 +142,12 @@ def test_options_from_the_command_line_are_recorded(tmp_path):
         stores.append(str(tmp_path / f"{name}.zarr"))
     fit = ["--backbone", "tiny", "--epochs", "1", "--batch-size", "16", "--k", "5", "--token-layers", "1"]
     fit += ["--detach-target", "--center-expression", "--center-tokens", "--output", str(tmp_path / "model")]
+    fit += ["--context-um", "300", "--reconstruction-grid", "2", "--exclude-technical"]
     assert main(["fit", stores[0], *fit]) == 0
     model = sthist.models.load(tmp_path / "model")
     assert model.architecture.token_layers == 1 and model.architecture.detach_target
+    assert model.architecture.context_um == 300.0 and model.architecture.reconstruction_grid == 2
+    assert model.config["panel"]["exclude_technical"] is True
     assert model.centering == {"expression": True, "tokens": True}
     assert (
         main(
@@ -215,3 +219,98 @@ def test_cross_validation_scores_only_the_genes_a_held_out_section_measures():
     from sthist.tl._cross_validate import observed_expression
 
     assert dropped not in observed_expression(toy["toy2"], [dropped, table.var_names[1]], 1e4).columns
+
+
+def test_context_token_is_the_mean_token_of_the_neighbourhood():
+    # Three spots on a line (0, 100 and 300 µm) and a fourth in another section at the same place as the first.
+    tokens = torch.arange(4 * 2 * 3 * 2, dtype=torch.float32).view(
+        4, 2, 3, 2
+    )  # spots, views, tokens, channels
+    centres = np.array([[0.0, 0.0], [100.0, 0.0], [300.0, 0.0], [0.0, 0.0]])
+    groups = np.array([0, 0, 0, 1])
+    out = sthist.data.add_context(tokens.half(), centres, 150.0, groups=groups)
+    assert out.shape == (4, 2, 4, 2) and out.dtype == torch.float16
+    assert torch.equal(out[:, :, :3], tokens.half())  # the patch's own tokens are kept, the context is last
+    pooled = tokens.mean(dim=2)
+    expected = torch.stack([(pooled[0] + pooled[1]) / 2, (pooled[0] + pooled[1]) / 2, pooled[2], pooled[3]])
+    torch.testing.assert_close(out[:, :, 3].float(), expected, rtol=1e-3, atol=1e-2)
+    with pytest.raises(ValueError, match="context_um must be a positive distance"):
+        ArchitectureConfig(context_um=0)
+    with pytest.raises(ValueError, match="context_um must be a positive distance"):
+        ArchitectureConfig(context_um="wide")
+
+
+@pytest.mark.parametrize("method", ["cmrcnet", "regression", "ridge"])
+def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sections, method, tmp_path):
+    train = {k: sections[k] for k in ("toy0", "toy1")}
+    model = sthist.tl.fit(train, method=method, context_um=320.0, **FAST)
+    assert model.architecture.context_um == 320.0
+    cache = sthist.data.TokenCache()
+    predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache)
+    assert np.isfinite(predicted.to_numpy()).all()
+    # The neighbourhood matters: the same spots predicted from a section with its spots shuffled in space
+    # keep their patches but not their neighbours.
+    dataset = sthist.data.SpotPatchDataset(sections["toy2"], patch_size_um=64, patch_size_px=32)
+    tokens = sthist.data.encode_patches(dataset, model.encoder, views=1)
+    table = sections["toy2"].tables["table"]
+    shapes = sections["toy2"].shapes["spots"]
+    centres = np.c_[shapes.geometry.x, shapes.geometry.y][
+        dataset.spots["row"].to_numpy()
+    ] * sthist.pp.get_microns_per_pixel(sections["toy2"])
+    by_hand = model.predict_tokens(sthist.data.add_context(tokens, centres, 320.0)[:, 0])[0]
+    index = dataset.spots["obs_name"].to_numpy()
+    np.testing.assert_allclose(predicted.loc[index].to_numpy(), by_hand.numpy(), rtol=1e-4, atol=1e-5)
+    far = model.predict_tokens(sthist.data.add_context(tokens, centres, 1.0)[:, 0])[0]
+    assert not np.allclose(far.numpy(), by_hand.numpy())
+    model.save(tmp_path / "model")
+    loaded = sthist.models.load(tmp_path / "model")
+    again, _ = sthist.tl.predict(sections["toy2"], loaded, inplace=False)
+    np.testing.assert_allclose(again.to_numpy(), predicted.to_numpy(), rtol=1e-5, atol=1e-6)
+    assert table.n_obs == len(predicted)
+
+
+def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
+    model = sthist.tl.fit(
+        {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=320.0, **FAST
+    )
+    sdata = sthist.datasets.toy(1, grid=8, n_genes=12, random_state=9)["toy0"]
+    sthist.tl.predict_tiles(sdata, model, stride_um=150, min_tissue_fraction=0.0)
+    tiles = sdata.tables["sthist_tiles_table"]
+    assert np.isfinite(tiles.X).all()
+    plain = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, method="bleep", **FAST)
+    sthist.tl.predict_tiles(sdata, plain, stride_um=150, min_tissue_fraction=0.0, key_added="plain")
+    assert not np.allclose(sdata.tables["plain_table"].X, tiles.X)
+    layered = sthist.tl.fit(
+        {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=320.0, token_layers=1, **FAST
+    )
+    with pytest.raises(ValueError, match="needs token_layers=0"):
+        sthist.tl.predict_tiles(sdata, layered, key_added="layered")
+
+
+def test_ridge_strength_is_chosen_on_training_sections(sections):
+    from sthist.models._ridge import ALPHAS, choose_alpha, fit_ridge
+
+    generator = torch.Generator().manual_seed(0)
+    signal = torch.randn(300, 3, generator=generator)
+    features = torch.cat([signal, torch.randn(300, 60, generator=generator)], dim=1).double()
+    expression = (
+        signal @ torch.randn(3, 5, generator=generator) + 3 * torch.randn(300, 5, generator=generator)
+    ).double()
+    groups = np.repeat([0, 1, 2], 100)
+    best, scores = choose_alpha(features, expression, groups, n_components=40)
+    assert best in ALPHAS and set(scores) == set(ALPHAS)
+    assert scores[best] > scores[ALPHAS[0]]  # noisy targets: some shrinkage beats almost none
+    hest = fit_ridge(features, expression, n_components=40, alpha="hest")
+    assert float(hest["ridge.alpha"]) == pytest.approx(100 / (40 * 5))
+    assert (
+        float(fit_ridge(features, expression, n_components=40, alpha="cv", groups=groups)["ridge.alpha"])
+        == best
+    )
+    with pytest.raises(ValueError, match="alpha must be 'hest', 'cv' or a positive number"):
+        fit_ridge(features, expression, alpha=-1.0)
+    with pytest.raises(ValueError, match="ridge_alpha must be"):
+        ArchitectureConfig(ridge_alpha="loo")
+    model = sthist.tl.fit(
+        {k: sections[k] for k in ("toy0", "toy1")}, method="ridge", ridge_alpha="hest", **FAST
+    )
+    assert model.architecture.ridge_alpha == "hest"

@@ -238,6 +238,8 @@ def _fit(args: argparse.Namespace) -> int:
         fine_tune=args.fine_tune,
         token_layers=args.token_layers,
         reconstruction_grid=args.reconstruction_grid,
+        context_um=args.context_um,
+        ridge_alpha=args.ridge_alpha,
         detach_target=args.detach_target,
         center_expression=args.center_expression,
         center_tokens=args.center_tokens,
@@ -442,6 +444,16 @@ def _check_new_file(path: str, overwrite: bool) -> None:
         raise UserError(f"--output {path}: the folder {Path(path).parent} does not exist")
 
 
+def _ridge_alpha(value: str) -> float | str:
+    """``cv``, ``hest`` or a number (``--ridge-alpha``)."""
+    if value in ("cv", "hest"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected cv, hest or a number, got {value!r}") from None
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -550,6 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=architecture.token_layers,
         help=f"trainable transformer layers over the token grid (default: {architecture.token_layers})",
+    )
+    fit.add_argument(
+        "--context-um",
+        type=float,
+        default=architecture.context_um,
+        help="add the mean token of the spots within this many µm as spatial context (default: none)",
+    )
+    fit.add_argument(
+        "--ridge-alpha",
+        type=_ridge_alpha,
+        default=architecture.ridge_alpha,
+        help="ridge baseline's strength: cv, hest or a number (default: cv)",
     )
     fit.add_argument(
         "--reconstruction-grid",
@@ -746,6 +770,8 @@ _FLAGS = {
     "table_key": "--table",
     "token_layers": "--token-layers",
     "reconstruction_grid": "--reconstruction-grid",
+    "context_um": "--context-um",
+    "ridge_alpha": "--ridge-alpha",
     "random_state": "--seed",
     "bounds": "--bounds",
 }

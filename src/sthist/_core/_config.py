@@ -98,6 +98,14 @@ class ArchitectureConfig(_Record):
         reconstruction paths (0: none, the tokens are only projected). Without positional embeddings, so the
         encoded patch is invariant to the dihedral transforms of its token grid. With the encoder frozen
         (the fast path) they give the reconstruction branch something to shape.
+    context_um
+        Spatial context: each spot's tokens get one more token, the mean token of the spots within this many
+        µm of it (same section, itself included), projected on its own and added to the pooled image tokens
+        (ridge: appended to the features). ``None``: the spot's patch alone.
+    ridge_alpha
+        Ridge baseline's strength: ``'cv'`` (chosen by cross-validation over the training sections, the
+        default), ``'hest'`` (the HEST-Benchmark protocol's fixed ``100 / (256 · n_genes)``, nearly no
+        regularisation) or a positive number.
     reconstruction_grid
         Side of the grid the projected image tokens are average-pooled to before the reconstruction branch
         (3: a 7 × 7 EfficientNet grid becomes 3 × 3 regional tokens; 0: every token). The branch's cost grows
@@ -117,6 +125,8 @@ class ArchitectureConfig(_Record):
     temperature: float = 1.0
     dropout: float = 0.1
     token_layers: int = 0
+    context_um: float | None = None
+    ridge_alpha: float | str = "cv"
     reconstruction_grid: int = 3
     detach_target: bool = False
 
@@ -130,6 +140,23 @@ class ArchitectureConfig(_Record):
             or self.token_layers < 0
         ):
             raise ValueError(f"token_layers must be a non-negative integer, got {self.token_layers!r}.")
+        if self.context_um is not None:
+            number = isinstance(self.context_um, (int, float, np.number)) and not isinstance(
+                self.context_um, bool
+            )
+            if not number or not np.isfinite(self.context_um) or self.context_um <= 0:
+                raise ValueError(
+                    f"context_um must be a positive distance in µm (or None), got {self.context_um!r}."
+                )
+            object.__setattr__(self, "context_um", float(self.context_um))
+        alpha = self.ridge_alpha
+        if alpha not in ("cv", "hest") and (
+            not isinstance(alpha, (int, float))
+            or isinstance(alpha, bool)
+            or not np.isfinite(alpha)
+            or alpha <= 0
+        ):
+            raise ValueError(f"ridge_alpha must be 'cv', 'hest' or a positive number, got {alpha!r}.")
         grid = self.reconstruction_grid
         if isinstance(grid, bool) or int(grid) != grid or grid < 0:
             raise ValueError(f"reconstruction_grid must be a non-negative integer, got {grid!r}.")

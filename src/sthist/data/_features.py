@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sthist._core._neighbours import neighbour_mean
 from sthist._logging import logger
 from sthist._settings import settings
 from sthist.data._patches import SpotPatchDataset, dihedral
@@ -169,3 +170,26 @@ def tokens_of(
     if not isinstance(token_cache, TokenCache):
         raise TypeError(f"token_cache must be a sthist.data.TokenCache, got {type(token_cache)}.")
     return token_cache.tokens(dataset, encoder, identity=identity, views=views, device=device)
+
+
+def add_context(
+    tokens: torch.Tensor, centres_um: np.ndarray, radius_um: float, groups: np.ndarray | None = None
+) -> torch.Tensor:
+    """Append a context token to each spot's tokens: the mean token of the spots within ``radius_um``.
+
+    ``tokens`` are (spots, views, tokens, channels); the result has one more token, last: for each view, the
+    mean over the spots whose centres (``centres_um``, spots × 2, in µm) lie within ``radius_um`` of the spot,
+    itself included, of their mean token. ``groups`` (e.g. the section of each spot) keeps neighbourhoods
+    inside a section. Models set up with ``context_um`` read the last token as the tissue around the spot.
+    """
+    if tokens.ndim != 4:
+        raise ValueError(f"tokens must be (spots, views, tokens, channels), got shape {tuple(tokens.shape)}.")
+    spots, views, _, channels = tokens.shape
+    pooled = (
+        torch.cat([chunk.float().mean(dim=2) for chunk in tokens.split(1024)])
+        if spots
+        else tokens.float().mean(dim=2)
+    )
+    context = neighbour_mean(pooled.reshape(spots, views * channels).numpy(), centres_um, radius_um, groups)
+    context_token = torch.from_numpy(context).view(spots, views, 1, channels).to(tokens.dtype)
+    return torch.cat([tokens, context_token], dim=2)

@@ -12,7 +12,7 @@ from torch import nn
 
 from sthist._core._config import ArchitectureConfig
 from sthist.models._modules import ContrastiveModel, RegressionModel
-from sthist.models._ridge import fit_ridge, predict_ridge
+from sthist.models._ridge import fit_ridge, predict_ridge, ridge_features
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,36 @@ class Method:
     def prepare(self, module: nn.Module, expression: torch.Tensor) -> None:
         """Set what the module needs from the training targets before training (nothing by default)."""
 
-    def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
-        """State of a closed-form method from frozen tokens (spots, tokens, channels) and expression."""
+    def fit_closed_form(
+        self, tokens: torch.Tensor, expression: torch.Tensor, *, architecture: ArchitectureConfig, groups=None
+    ) -> dict[str, torch.Tensor]:
+        """State of a closed-form method from frozen tokens (spots, tokens, channels) and expression.
+
+        ``groups`` labels each spot's section (for choices made by cross-validation over sections).
+        """
         raise NotImplementedError(f"{self.name} is trained, not fitted in closed form.")
 
     def reference(self, module: nn.Module, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         """Tensors kept beside the trained module (the retrieval bank); none by default."""
         return {}
 
-    def state_shapes(self, *, token_dim: int, n_genes: int, embedding_dim: int) -> dict[str, tuple]:
+    def state_shapes(
+        self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig
+    ) -> dict[str, tuple]:
         """Shapes of the tensors kept beside the module (``None`` for a size the model chooses)."""
         return {}
 
     def check_state(
-        self, state: dict[str, torch.Tensor], *, token_dim: int, n_genes: int, embedding_dim: int, source
+        self,
+        state: dict[str, torch.Tensor],
+        *,
+        token_dim: int,
+        n_genes: int,
+        architecture: ArchitectureConfig,
+        source,
     ) -> None:
         """Refuse a saved state that lacks a tensor the method predicts with or holds one of the wrong shape."""
-        expected = self.state_shapes(token_dim=token_dim, n_genes=n_genes, embedding_dim=embedding_dim)
+        expected = self.state_shapes(token_dim=token_dim, n_genes=n_genes, architecture=architecture)
         missing = [name for name in expected if name not in state]
         if missing:
             raise ValueError(f"{source} lacks the tensors {missing} that a {self.name} model predicts with.")
@@ -114,8 +127,8 @@ class Retrieval(Method):
             "bank.expression": expression.clone(),
         }
 
-    def state_shapes(self, *, token_dim, n_genes, embedding_dim):
-        return {"bank.embeddings": (None, embedding_dim), "bank.expression": (None, n_genes)}
+    def state_shapes(self, *, token_dim, n_genes, architecture):
+        return {"bank.embeddings": (None, architecture.embedding_dim), "bank.expression": (None, n_genes)}
 
     @torch.inference_mode()
     def predict(self, module, state, tokens, k):
@@ -150,21 +163,25 @@ class Ridge(Method):
     def prepare(self, module: nn.Module, expression: torch.Tensor) -> None:
         """Set what the module needs from the training targets before training (nothing by default)."""
 
-    def fit_closed_form(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
-        return fit_ridge(tokens.float().mean(dim=1), expression)
+    def fit_closed_form(self, tokens, expression, *, architecture, groups=None):
+        features = ridge_features(tokens, context=architecture.context_um is not None)
+        return fit_ridge(features, expression, alpha=architecture.ridge_alpha, groups=groups)
 
-    def state_shapes(self, *, token_dim, n_genes, embedding_dim):
+    def state_shapes(self, *, token_dim, n_genes, architecture):
+        features = token_dim * (1 if architecture.context_um is None else 2)
         return {
-            "ridge.mean": (token_dim,),
-            "ridge.std": (token_dim,),
-            "ridge.components": (None, token_dim),
+            "ridge.mean": (features,),
+            "ridge.std": (features,),
+            "ridge.components": (None, features),
             "ridge.coefficients": (None, n_genes),
             "ridge.offset": (n_genes,),
         }
 
     @torch.inference_mode()
     def predict(self, module, state, tokens, k):
-        prediction = predict_ridge(state, tokens.float().mean(dim=1))
+        # The features' size tells whether the model was fitted with a context token (twice the channels).
+        context = state["ridge.mean"].shape[0] == 2 * tokens.shape[-1]
+        prediction = predict_ridge(state, ridge_features(tokens, context=context))
         return prediction, torch.full_like(prediction, float("nan"))
 
 

@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sthist._constants import RELIABILITY_THRESHOLD, Key
@@ -140,6 +141,11 @@ class SthistModel:
                 resolved, genes=genes, layer=layer, patch_size_um=patch.size_um, patch_size_px=patch.size_px,
                 qc_column=qc_column, stain_reference=reference,
             )  # fmt: skip
+        # Spot centres in µm, in dataset order: the neighbourhoods of the context token (context_um).
+        self._centres_um = np.concatenate([
+            resolved[name].centres[frame["row"].to_numpy()] * resolved[name].scale
+            for name, frame in self._dataset.spots.groupby("section", observed=True, sort=False)
+        ])  # fmt: skip
         if self._method.retrieval and k > len(self._dataset):
             raise ValueError(f"k={k} exceeds the {len(self._dataset)} training spots; choose a smaller k.")
         _check_variation(self._dataset, genes)
@@ -275,7 +281,12 @@ class SthistModel:
                 )
                 tokens = self._centred_tokens(tokens, sections)
             with stage("training"):
-                self.tensors.update(self._method.fit_closed_form(tokens[:, 0], expression))
+                tokens = self._with_context(tokens, sections)
+                self.tensors.update(
+                    self._method.fit_closed_form(
+                        tokens[:, 0], expression, architecture=self.architecture, groups=sections.numpy()
+                    )
+                )
         else:
             module = self.module
             if module is None:
@@ -293,6 +304,7 @@ class SthistModel:
                         token_cache=token_cache,
                     )  # fmt: skip
                     tokens = self._centred_tokens(tokens, sections)
+                    tokens = self._with_context(tokens, sections)
                 train_data = TokenDataset(tokens, expression, augment=True)
             try:
                 with stage("training"):
@@ -317,6 +329,15 @@ class SthistModel:
             len(self.config["training_sections"]),
         )
         return self
+
+    def _with_context(self, tokens: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
+        """Training tokens with each spot's context token appended (``context_um``), within its section."""
+        from sthist.data import add_context
+
+        radius = self.architecture.context_um
+        if radius is None:
+            return tokens
+        return add_context(tokens, self._centres_um, radius, groups=sections.numpy())
 
     def _centred_tokens(self, tokens: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
         """Training tokens with each section's mean channel vector replaced by the training mean."""
@@ -587,8 +608,9 @@ def upgrade_config(config: dict) -> dict:
     every token).
     """
     config = dict(config)
-    if "architecture" in config and "reconstruction_grid" not in config["architecture"]:
-        config["architecture"] = {**config["architecture"], "reconstruction_grid": 0}
+    if "architecture" in config:
+        added = {"reconstruction_grid": 0, "ridge_alpha": "hest"}
+        config["architecture"] = {**added, **config["architecture"]}
     if config.get("format_version", FORMAT_VERSION) >= 2:
         return {**config, "format_version": FORMAT_VERSION}
     hyper = dict(config.pop("hyperparameters"))
@@ -692,7 +714,7 @@ def load(folder: str | Path) -> SthistModel:
         tensors,
         token_dim=sizes["token_dim"],
         n_genes=sizes["n_genes"],
-        embedding_dim=architecture.get("embedding_dim", ArchitectureConfig.embedding_dim),
+        architecture=ArchitectureConfig.from_dict(architecture),
         source=str(weights_path),
     )
     if config.get("centering", {}).get("tokens") and tuple(

@@ -174,13 +174,19 @@ def bleep_loss(
 
 
 class _TokenModel(nn.Module):
-    """Projects encoder tokens (B, N, C) to ``embedding_dim`` and pools them: the image side of every method."""
+    """Projects encoder tokens (B, N, C) to ``embedding_dim`` and pools them: the image side of every method.
+
+    With ``architecture.context_um`` the last token is the spot's context (the mean token of its
+    neighbourhood, :func:`sthist.data.add_context`): it has its own projection, added to the pooled spot
+    tokens.
+    """
 
     def __init__(self, token_dim: int, architecture: ArchitectureConfig):
         super().__init__()
         self.architecture = architecture
         dim = architecture.embedding_dim
         self.token_projection = nn.Linear(token_dim, dim)
+        self.context_projection = None if architecture.context_um is None else nn.Linear(token_dim, dim)
         self.token_encoder: nn.Module | None = None
         if architecture.token_layers:
             layer = nn.TransformerEncoderLayer(
@@ -192,9 +198,19 @@ class _TokenModel(nn.Module):
             )
 
     def image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Projected (and, with ``token_layers``, encoded) image tokens (B, N, embedding_dim)."""
+        """Projected (and, with ``token_layers``, encoded) image tokens (B, N, embedding_dim) of the patch."""
+        if self.context_projection is not None:
+            tokens = tokens[:, :-1]
         projected = self.token_projection(tokens.float())
         return projected if self.token_encoder is None else self.token_encoder(projected)
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch's projected tokens (B, N, d) and the pooled image representation (B, d), context added."""
+        projected = self.image_tokens(tokens)
+        pooled = projected.mean(dim=1)
+        if self.context_projection is not None:
+            pooled = pooled + self.context_projection(tokens[:, -1].float())
+        return projected, pooled
 
 
 class ContrastiveModel(_TokenModel):
@@ -225,15 +241,15 @@ class ContrastiveModel(_TokenModel):
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedding of patches from their encoder tokens (B, N, C) → (B, dim)."""
-        return self.image_head(self.image_tokens(tokens).mean(dim=1))
+        return self.image_head(self.encode(tokens)[1])
 
     def spot_embedding(self, expression: torch.Tensor) -> torch.Tensor:
         return self.spot_head(expression)
 
     def losses(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training losses of a batch; under DDP the contrastive loss sees the global batch."""
-        projected = self.image_tokens(tokens)
-        image = self.image_head(projected.mean(dim=1))
+        projected, pooled = self.encode(tokens)
+        image = self.image_head(pooled)
         spot = self.spot_head(expression)
         contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
         if self.reconstruction is None or self.gene_tokenizer is None:
@@ -255,6 +271,9 @@ class RegressionModel(_TokenModel):
     ``regress`` returns expression in the training units.
     """
 
+    target_mean: torch.Tensor
+    target_scale: torch.Tensor
+
     def __init__(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig):
         super().__init__(token_dim, architecture)
         dim = architecture.embedding_dim
@@ -274,7 +293,7 @@ class RegressionModel(_TokenModel):
         self.target_scale.copy_(torch.where(scale > 1e-6, scale, torch.ones_like(scale)))
 
     def standardised(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.regression_head(self.image_tokens(tokens).mean(dim=1))
+        return self.regression_head(self.encode(tokens)[1])
 
     def regress(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.standardised(tokens) * self.target_scale + self.target_mean

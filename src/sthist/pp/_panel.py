@@ -168,10 +168,17 @@ def select_genes(
                 )
         return panel
     if flavor == "heg+hvg":
-        options = {"n_top": n_top, "min_detection": min_detection, "layer": layer,
-                   "exclude_technical": exclude_technical}  # fmt: skip
-        heg = select_genes(sections, flavor="heg", **options)
-        hvg = select_genes(sections, flavor="hvg", **options)
+        heg, hvg = (
+            select_genes(
+                sections,
+                flavor=ranking,
+                n_top=n_top,
+                min_detection=min_detection,
+                layer=layer,
+                exclude_technical=exclude_technical,
+            )
+            for ranking in ("heg", "hvg")
+        )
         chosen = set(heg)
         return heg + [g for g in hvg if g not in chosen]
     if flavor not in ("heg", "hvg"):

@@ -51,6 +51,8 @@ def fit(
     dropout: float = _ARCHITECTURE.dropout,
     token_layers: int = _ARCHITECTURE.token_layers,
     reconstruction_grid: int = _ARCHITECTURE.reconstruction_grid,
+    context_um: float | None = _ARCHITECTURE.context_um,
+    ridge_alpha: float | str = _ARCHITECTURE.ridge_alpha,
     detach_target: bool = _ARCHITECTURE.detach_target,
     views: int = _TRAINING.views,
     fine_tune: bool = _TRAINING.fine_tune,
@@ -94,6 +96,13 @@ def fit(
         fusion blocks of the reconstruction branch, dropout, trainable transformer layers over the token grid,
         the side of the regional token grid the reconstruction branch sees, and whether the reconstruction
         target is detached (:class:`sthist.models.ArchitectureConfig`).
+    context_um
+        Spatial context: the mean token of the spots within this many µm (same section) is added to each
+        spot's representation, in training and at prediction (:class:`sthist.models.ArchitectureConfig`);
+        ``None`` uses the spot's patch alone.
+    ridge_alpha
+        Ridge baseline only: ``'cv'`` (strength chosen by cross-validation over the training sections),
+        ``'hest'`` (the HEST protocol's fixed strength) or a number.
     views
         Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
     fine_tune
@@ -146,6 +155,8 @@ def fit(
         dropout=dropout,
         token_layers=token_layers,
         reconstruction_grid=reconstruction_grid,
+        context_um=context_um,
+        ridge_alpha=ridge_alpha,
         detach_target=detach_target,
     )
     model = SthistModel(

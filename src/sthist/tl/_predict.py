@@ -18,6 +18,7 @@ from sthist._core._checks import (
     gene_list,
 )
 from sthist._core._docs import doc_params
+from sthist._core._neighbours import neighbour_mean
 from sthist._core._section import Section
 from sthist._core._timing import stage
 from sthist._logging import logger
@@ -117,7 +118,7 @@ def predict(
     """
     import torch
 
-    from sthist.data import SpotPatchDataset, tokens_of
+    from sthist.data import SpotPatchDataset, add_context, tokens_of
     from sthist.models import SthistModel
 
     if not isinstance(model, SthistModel):
@@ -210,6 +211,10 @@ def predict(
             token_cache=None if backbone["fine_tuned"] else token_cache,
         )
     section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
+    centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
+    context_um = model.architecture.context_um
+    if context_um is not None:
+        tokens = add_context(tokens, centres_um, context_um)
     columns = [model.genes.index(g) for g in chosen]
     mean_values = np.zeros((len(dataset), len(columns)), dtype=np.float32)
     spread_values = np.zeros_like(mean_values)
@@ -223,7 +228,6 @@ def predict(
             mean_values += torch.cat(means)[:, columns].numpy() / tta_views
             spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
     if smooth_um is not None:
-        centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
         mean_values = smooth(mean_values, centres_um, smooth_um)
     index = pd.Index(dataset.spots["obs_name"].to_numpy())
     prediction = pd.DataFrame(mean_values, index=index, columns=chosen).reindex(table.obs_names)
@@ -257,16 +261,7 @@ def predict(
 
 def smooth(values: np.ndarray, centres_um: np.ndarray, radius_um: float) -> np.ndarray:
     """Mean of each row of ``values`` over the rows whose centres lie within ``radius_um`` (itself included)."""
-    from scipy import sparse
-    from scipy.spatial import cKDTree
-
-    pairs = cKDTree(centres_um).query_pairs(radius_um, output_type="ndarray")
-    n = len(centres_um)
-    rows = np.r_[np.arange(n), pairs[:, 0], pairs[:, 1]]
-    cols = np.r_[np.arange(n), pairs[:, 1], pairs[:, 0]]
-    adjacency = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    weights = sparse.diags(1.0 / np.asarray(adjacency.sum(axis=1)).ravel()) @ adjacency
-    return np.asarray(weights @ values, dtype=values.dtype)
+    return neighbour_mean(values, centres_um, radius_um).astype(values.dtype, copy=False)
 
 
 #: Patches read from a level coarser than the model's patch resolution by more than this factor are upsampled

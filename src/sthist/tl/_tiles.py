@@ -244,12 +244,13 @@ def predict_tiles(
     """
     import anndata as ad
     import geopandas as gpd
+    import torch
     from spatialdata import SpatialData
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity
     from tqdm import tqdm
 
-    from sthist.data import SpotPatchDataset, encode_patches
+    from sthist.data import SpotPatchDataset, add_context, encode_patches
     from sthist.models import SthistModel
     from sthist.tl._predict import domain_check
 
@@ -260,6 +261,12 @@ def predict_tiles(
     check_key_name(key_added)
     check_positive_integer(batch_size, "batch_size")
     check_positive_integer(chunk_tiles, "chunk_tiles")
+    if model.architecture.context_um is not None and model.architecture.token_layers:
+        raise ValueError(
+            "predict_tiles keeps only each tile's mean token to build the context of a context_um model, which "
+            "needs token_layers=0; predict the tiles' centres as spots with tl.predict, or refit without "
+            "token layers."
+        )
     if max_tiles is not None:
         check_positive_integer(max_tiles, "max_tiles")
     device = check_device(device)
@@ -332,18 +339,33 @@ def predict_tiles(
             dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample
         )
         section_mean = tokens[:, 0].float().mean(dim=(0, 1))
+    context_um = model.architecture.context_um
+    # A context model needs every tile's neighbourhood: keep each tile's mean token (the patch's tokens enter
+    # the model only through their mean when it has no token layers), then predict once all are encoded.
+    pooled = torch.empty((n_tiles, 1, 1, model.config["architecture"]["token_dim"]), dtype=torch.float16)
     progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
     for start in range(0, n_tiles, chunk_tiles):
         indices = range(start, min(start + chunk_tiles, n_tiles))
         tokens = encode_patches(
             dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices
         )
-        mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
-        prediction[order[start : indices.stop]] = mean.numpy()
-        spread[order[start : indices.stop]] = deviation.numpy()
+        if context_um is not None:
+            pooled[start : indices.stop, 0, 0] = tokens[:, 0].float().mean(dim=1).to(pooled.dtype)
+        else:
+            mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
+            prediction[order[start : indices.stop]] = mean.numpy()
+            spread[order[start : indices.stop]] = deviation.numpy()
         progress.update(len(indices))
         del tokens
     progress.close()
+    if context_um is not None:
+        centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
+        with_context = add_context(pooled, centres_um, context_um)
+        for start in range(0, n_tiles, chunk_tiles):
+            stop = min(start + chunk_tiles, n_tiles)
+            mean, deviation = model.predict_tokens(with_context[start:stop, 0], section_mean=section_mean)
+            prediction[order[start:stop]] = mean.numpy()
+            spread[order[start:stop]] = deviation.numpy()
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
     reliability = model.config.get("gene_reliability")
     if reliability:
