@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from accuracy import load_sections
+from accuracy import load_sections, run_arms
 
 ALL = {"center_expression": True, "center_tokens": True, "token_layers": 1, "detach_target": True}
 ARMS = {
@@ -61,58 +61,31 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
-    from sthist.tl._cross_validate import aligned_frames, section_group
-    from sthist.tl._evaluate import evaluation_frames
 
     arms = ARMS if args.arms == ["all"] else {name: ARMS[name] for name in args.arms}
     sthist.settings.progress = False
     start = time.perf_counter()
     sections = load_sections()
     base = {"max_epochs": args.epochs, "views": args.views, "learning_rate": 1e-3, "batch_size": 64, "k": 50,
-            "qc_column": "sthist_pass_qc", "random_state": 0}  # fmt: skip
+            "qc_column": "sthist_pass_qc", "random_state": 0, "context_um": None}  # fmt: skip
     cache = TokenCache()
-    markers = sthist.datasets.her2st_marker_genes
-    patient = {name: section_group(name, sdata, "patient") for name, sdata in sections.items()}
     # Encode every section once before timing, so that no arm's fit time includes the encoding.
     sthist.tl.fit(sections, method="bleep", token_cache=cache, **{**base, "max_epochs": 1})
     rows, auroc, fit_seconds = [], [], {}
     for arm, (method, fit_options, predict_options) in arms.items():
-        fit_seconds[arm] = 0.0
-        for held_out in sorted(set(patient.values())):
-            train = {n: s for n, s in sections.items() if patient[n] != held_out}
-            tick = time.perf_counter()
-            model = sthist.tl.fit(train, method=method, token_cache=cache, **base, **fit_options)
-            fit_seconds[arm] += time.perf_counter() - tick
-            for name, sdata in sections.items():
-                if patient[name] != held_out:
-                    continue
-                predicted, _ = sthist.tl.predict(
-                    sdata,
-                    model,
-                    inplace=False,
-                    token_cache=cache,
-                    qc_column="sthist_pass_qc",
-                    **predict_options,
-                )
-                observed, predicted = aligned_frames(sdata, predicted, 1e4)
-                result = evaluation_frames(observed, predicted, n_top=50, marker_genes=markers)
-                for gene_set, summary in result["summary"].iterrows():
-                    rows.append({"arm": arm, "method": method, "held_out": held_out, "section": name,
-                                 "gene_set": gene_set, "pearson_mean": summary["pearson_mean"],
-                                 "gene_gene_fidelity": result["gene_gene_fidelity"]})  # fmt: skip
-                if name == "A1":
-                    adata = sdata.tables["table"].copy()
-                    sthist.pp.normalize(adata, overwrite=True)
-                    adata.obsm["sthist_pred"] = predicted.reindex(adata.obs_names)
-                    frame = sthist.tl.localisation(adata, genes=["ERBB2"])
-                    auroc.append({"arm": arm, "ERBB2 AUROC": float(frame.loc["ERBB2", "auroc_predicted"])})
-        print(f"{arm}: {fit_seconds[arm]:.0f} s of fitting", flush=True)
+        arm_rows, arm_auroc, seconds = run_arms(
+            sections, {arm: (method, fit_options)}, groups="patient", base=base, token_cache=cache,
+            predict_options=predict_options,
+        )  # fmt: skip
+        rows += arm_rows
+        auroc += arm_auroc
+        fit_seconds.update(seconds)
     table = pd.DataFrame(rows)
-    wide = table.pivot_table(index=["arm", "section"], columns="gene_set", values="pearson_mean")
-    fidelity = table[table["gene_set"] == "all"].set_index(["arm", "section"])["gene_gene_fidelity"]
+    wide = table.pivot_table(index=["method", "section"], columns="gene_set", values="pearson_mean")
+    fidelity = table[table["gene_set"] == "all"].set_index(["method", "section"])["gene_gene_fidelity"]
     wide = wide.join(fidelity)[["HEG@50", "HVG@50", "MG", "all", "gene_gene_fidelity"]]
-    mean = wide.groupby(level="arm").mean().loc[list(arms)]
-    mean = mean.join(pd.DataFrame(auroc).set_index("arm")).assign(
+    mean = wide.groupby(level="method").mean().loc[list(arms)]
+    mean = mean.join(pd.DataFrame(auroc).set_index("method")).assign(
         **{"fit (s, 3 folds)": pd.Series(fit_seconds)}
     )
     total = time.perf_counter() - start

@@ -85,7 +85,7 @@ def main() -> None:
             best = ranking.attrs["best"]
             choices.append({"held_out": held_out, "method": method, "chosen": best,
                             **{f"inner {c}": ranking.loc[c, "score"] for c in ranking.index}})  # fmt: skip
-            model = sthist.tl.fit(train, method=method, token_cache=cache, **base, **candidates[best])
+            model = sthist.tl.fit(train, method=method, token_cache=cache, **{**base, **candidates[best]})
             for name, sdata in test.items():
                 predicted, _ = sthist.tl.predict(
                     sdata, model, inplace=False, token_cache=cache, qc_column=base["qc_column"]

@@ -69,7 +69,6 @@ def _demo(args: argparse.Namespace) -> int:
             method=method,
             max_epochs=args.epochs,
             views=args.views,
-            learning_rate=1e-3,
             patch_size_um=args.patch_size_um,
             qc_column=Key.obs.QC_PASS,
             random_state=0,
@@ -484,8 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", default="output/demo", help="folder for results (default: output/demo)")
     demo.add_argument("--test-section", default="C6", help="held-out HER2ST section (default: C6)")
-    demo.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
-    demo.add_argument("--views", type=int, default=4, help="dihedral views encoded per patch (default: 4)")
+    training = TrainingConfig()
+    demo.add_argument(
+        "--epochs",
+        type=int,
+        default=training.max_epochs,
+        help=f"training epochs (default: tl.fit's, {training.max_epochs})",
+    )
+    demo.add_argument(
+        "--views",
+        type=int,
+        default=training.views,
+        help=f"dihedral views encoded per patch (default: {training.views})",
+    )
     demo.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the ridge baseline")
     demo.add_argument(
         "--patch-size-um",

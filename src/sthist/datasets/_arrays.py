@@ -13,20 +13,96 @@ from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._counts import check_raw_counts
 from sthist._core._scale import checked_scale, set_microns_per_pixel
 
+#: File endings read lazily, level by level, as (pyramidal) TIFFs.
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ome.tif")
 
-def _read_image(image) -> np.ndarray:
-    if isinstance(image, str | Path):
-        from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(image) as opened:
-            image = np.asarray(opened.convert("RGB"))
-    array = np.asarray(image)
+def _check_rgb_level(array, what: str) -> None:
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"image must be an RGB array (height, width, 3), got shape {array.shape}.")
+        raise ValueError(f"{what} must be an RGB array (height, width, 3), got shape {tuple(array.shape)}.")
     if array.dtype != np.uint8:
-        raise ValueError(f"image must be 8-bit RGB (uint8), got {array.dtype}; convert it first.")
-    return np.ascontiguousarray(array[..., :3])
+        raise ValueError(f"{what} must be 8-bit RGB (uint8), got {array.dtype}; convert it first.")
+
+
+def _tiff_levels(path: Path) -> list:
+    """The pyramid levels of a (pyramidal) TIFF as lazy dask arrays (height, width, 3), finest first."""
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shapes = series.axes, [level.shape for level in series.levels]
+    if axes != "YXS":
+        raise ValueError(f"{path} holds a {axes} image; an RGB H&E image (axes YXS) is needed.")
+    group = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+    if len(shapes) == 1 and not hasattr(group, "keys"):
+        arrays = [group]
+    else:
+        arrays = [group[str(i)] for i in range(len(shapes))]
+    return [da.from_zarr(array)[..., :3] for array in arrays]
+
+
+def _read_image(image) -> list:
+    """The image's levels (height, width, 3) uint8, finest first: numpy arrays, or lazy dask arrays."""
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"No image file at {path}.")
+        if path.name.lower().endswith(TIFF_SUFFIXES):
+            levels = _tiff_levels(path)
+        else:
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = None
+            with Image.open(path) as opened:
+                levels = [np.asarray(opened.convert("RGB"))]
+    elif isinstance(image, list | tuple):
+        levels = list(image)
+        if not levels:
+            raise ValueError("image is an empty list; give the image or its pyramid levels, finest first.")
+    else:
+        levels = [image]
+    levels = [level if hasattr(level, "dask") else np.asarray(level) for level in levels]
+    for i, level in enumerate(levels):
+        _check_rgb_level(level, "image" if len(levels) == 1 else f"image level {i}")
+    finest = levels[0].shape[:2]
+    for i, level in enumerate(levels[1:], start=1):
+        if level.shape[0] > finest[0] or level.shape[1] > finest[1]:
+            raise ValueError(f"image level {i} is larger than level 0; give the levels finest first.")
+    return [
+        level[..., :3] if hasattr(level, "dask") else np.ascontiguousarray(level[..., :3]) for level in levels
+    ]
+
+
+def _image_element(levels: list, transform, scale_factors: Sequence[int]):
+    """An Image2DModel element: a given pyramid kept as it is (lazy), or one built from a single level."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+    from spatialdata.transformations import Sequence as Chain
+    from xarray import DataTree
+
+    height, width = levels[0].shape[:2]
+    if len(levels) == 1:
+        factors = list(scale_factors)
+        while factors and min(height, width) // int(np.prod(factors)) < 64:
+            factors.pop()
+        return Image2DModel.parse(
+            levels[0].transpose(2, 0, 1), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+            scale_factors=factors or None, transformations={DEFAULT_COORDINATE_SYSTEM: transform},
+            chunks=(3, 2048, 2048),
+        )  # fmt: skip
+    scales = {}
+    for i, level in enumerate(levels):
+        to_finest = Scale([height / level.shape[0], width / level.shape[1]], axes=("y", "x"))
+        placed = Image2DModel.parse(
+            level.transpose(2, 0, 1), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+            transformations={DEFAULT_COORDINATE_SYSTEM: transform if i == 0 else Chain([to_finest, transform])},
+        )  # fmt: skip
+        scales[f"scale{i}"] = placed.to_dataset(name="image")
+    tree = DataTree.from_dict(scales)
+    Image2DModel().validate(tree)
+    return tree
 
 
 def from_arrays(
@@ -57,7 +133,9 @@ def from_arrays(
     spot_xy_px
         Spot centres (spots × 2; x = column, y = row) in pixels of ``image``.
     image
-        The H&E image: an RGB uint8 array (height, width, 3) or the path of an image file (PNG, JPEG, TIFF).
+        The H&E image: an RGB uint8 array (height, width, 3; numpy or dask), its pyramid levels (a list,
+        finest first, kept as they are), or the path of an image file. A TIFF (pyramidal or not, e.g. a
+        whole-slide image) is read lazily, level by level; PNG and JPEG are read into memory.
     microns_per_pixel
         µm per pixel of ``image``: one number, or ``(x, y)`` when pixels are not square.
     spot_diameter_um
@@ -71,7 +149,7 @@ def from_arrays(
     section
         Name of the section (recorded in ``attrs`` and ``obs['section']``).
     scale_factors
-        Downsampling factors of the image pyramid.
+        Downsampling factors of the image pyramid built from a single-level image (a given pyramid is kept).
 
     Returns
     -------
@@ -95,7 +173,7 @@ def from_arrays(
     import anndata as ad
     import geopandas as gpd
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity, Scale
 
     if isinstance(counts, pd.DataFrame):
@@ -129,8 +207,8 @@ def from_arrays(
         scale_x, scale_y = (checked_scale(v, "microns_per_pixel") for v in microns_per_pixel)
     else:
         scale_x = scale_y = checked_scale(microns_per_pixel, "microns_per_pixel")
-    rgb = _read_image(image)
-    height, width = rgb.shape[:2]
+    levels = _read_image(image)
+    height, width = levels[0].shape[:2]
     outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
     if outside.all():
         raise ValueError(
@@ -171,17 +249,7 @@ def from_arrays(
         ),
         transformations={DEFAULT_COORDINATE_SYSTEM: Identity()},
     )
-    factors = [f for f in scale_factors]
-    while factors and min(height, width) // int(np.prod(factors)) < 64:
-        factors.pop()
-    he = Image2DModel.parse(
-        rgb.transpose(2, 0, 1),
-        dims=("c", "y", "x"),
-        c_coords=["r", "g", "b"],
-        scale_factors=factors or None,
-        transformations={DEFAULT_COORDINATE_SYSTEM: image_transform},
-        chunks=(3, 2048, 2048),
-    )
+    he = _image_element(levels, image_transform, scale_factors)
     sdata = SpatialData(images={"he": he}, shapes={"spots": shapes}, tables={"table": table})
     set_microns_per_pixel(sdata, unit, source=source)
     if section is not None:
