@@ -14,6 +14,21 @@ def test_tissue_mask_separates_stain_from_glass_and_black():
     assert not mask[:, 55:].any() and not mask[:5].any()
 
 
+def test_tissue_mask_keeps_pale_tissue_and_drops_grey_specks_on_glass():
+    rng = np.random.default_rng(0)
+    rgb = np.full((80, 120, 3), 235, dtype=np.uint8) + rng.integers(0, 3, (80, 120, 3)).astype(
+        np.uint8
+    )  # glass
+    rgb[10:70, 10:50] = (180, 90, 160)  # stained tissue
+    rgb[10:70, 50:90] = (215, 208, 213)  # pale tissue beside it: barely coloured, darker than the glass
+    rgb[5:9, 100:104] = (200, 200, 200)  # a grey fiducial dot on the glass
+    rgb[60:70, 100:110] = (205, 205, 205)  # a grey smudge, larger than the dot
+    mask = sthist.pp.tissue_mask(rgb)
+    assert mask[12:68, 12:88].mean() > 0.98  # stained and pale tissue
+    assert not mask[:, 95:].any()  # fiducials and smudges on the glass are not tissue
+    assert not mask[75:].any()
+
+
 def test_qc_flags_spots_on_glass(toy):
     sdata = toy["toy0"]
     # Move two spots onto the glass margin (x < 100 µm carries no tissue).

@@ -540,6 +540,11 @@ def test_cli_qc_version_and_device(store, model_dir, capsys):
     assert table.obs["sthist_pass_qc"].dtype == bool and "sthist_qc" in table.uns
     assert main(["qc", str(store)]) == 2  # the columns exist: replaced only with --overwrite
     assert "--overwrite" in capsys.readouterr().err
+    plot = store.parent / "qc.png"
+    assert main(["qc", str(store), "--overwrite", "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 10_000
+    assert main(["qc", str(store), "--overwrite", "--plot", str(store.parent / "missing" / "qc.png")]) == 2
+    assert "--plot" in capsys.readouterr().err
     assert main(["predict", str(store), "--model", str(model_dir), "--qc-column", "sthist_pass_qc"]) == 0
     assert main(["predict", str(store), "--model", str(model_dir), "--key", "cpu", "--device", "cpu"]) == 0
     assert "autosharding" not in capsys.readouterr().err  # other libraries' notices only with --verbose

@@ -341,6 +341,8 @@ def _qc(args: argparse.Namespace) -> int:
 
     sdata = _read_store(args.store, args.microns_per_pixel)
     check_writable(args.store)
+    if args.plot is not None and (Path(args.plot).is_dir() or not Path(args.plot).parent.is_dir()):
+        raise UserError(f"--plot {args.plot}: give a file name in a folder that exists")
     elements = _elements(args, sdata)
     table_key = elements.table_key
     table = sdata.tables[table_key]
@@ -361,6 +363,15 @@ def _qc(args: argparse.Namespace) -> int:
         f"{passed} of {table.n_obs} spots pass QC (patch inside the image, on tissue); wrote "
         f"tables[{table_key!r}].obs[{Key.obs.QC_PASS!r}] into {args.store} (use --qc-column {Key.obs.QC_PASS})"
     )
+    if args.plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        sthist.pl.qc(
+            sdata, image_key=args.image_key, table_key=table_key, coordinate_system=elements.coordinate_system,
+            save=args.plot, show=False,
+        )  # fmt: skip
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -704,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )
     qc.add_argument("--overwrite", action="store_true", help="replace QC columns already in the table")
+    qc.add_argument("--plot", default=None, help="also draw the tissue mask and the spots' QC into this PNG")
     _add_element_flags(qc)
     qc.set_defaults(run=_qc)
 

@@ -8,6 +8,10 @@ import numpy as np
 TISSUE_MASK_MICRONS_PER_PIXEL = 16.0
 #: Bounds of the saturation threshold between glass and stained tissue.
 MIN_SATURATION, MAX_SATURATION = 0.04, 0.12
+#: Bounds of the darkness threshold (1 - grey level / glass level) that admits pale tissue.
+MIN_DARKNESS, MAX_DARKNESS = 0.07, 0.2
+#: Mask components smaller than this many pixels are dropped (about (100 µm)² at 16 µm/px: fiducials, dust).
+MIN_COMPONENT_PIXELS = 40
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
@@ -24,9 +28,13 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     """Boolean tissue mask of an RGB H&E image (h, w, 3; uint8).
 
-    Stained tissue is coloured; glass is bright and grey, masked background is black. A pixel is tissue when
-    its saturation exceeds an Otsu threshold (clipped to 0.04-0.12) and it is not near-black; small holes
-    (fat, tears) inside tissue are closed.
+    Stained tissue is coloured; glass is bright and grey, masked background is black. A pixel is stained
+    tissue when its saturation exceeds an Otsu threshold (clipped to 0.04-0.12) and it is not near-black.
+    Pale tissue (weak eosin, e.g. the outer layers of a mouse olfactory bulb) is barely coloured but darker
+    than the glass: pixels darker than the glass level (the 98th percentile of the grey level) by an Otsu
+    threshold between glass and pale tissue (clipped to 0.07-0.2) are added where they connect to stained tissue, so that grey fiducials
+    and shadows on the glass stay out. Small holes (fat, tears) inside tissue are closed, and components
+    under 40 pixels dropped.
 
     Parameters
     ----------
@@ -55,7 +63,17 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     if not lit.any():
         return np.zeros(rgb.shape[:2], dtype=bool)
     threshold = float(np.clip(_otsu(saturation[lit]), MIN_SATURATION, MAX_SATURATION))
-    mask = lit & (saturation > threshold)
+    stained = lit & (saturation > threshold)
+    grey = rgb.mean(axis=-1)
+    darkness = np.clip(1 - grey / max(float(np.percentile(grey[lit], 98)), 1e-6), 0, 1)
+    unstained = lit & ~stained  # glass and pale tissue: the darkness threshold separates those two
+    cut = _otsu(darkness[unstained]) if unstained.any() else MAX_DARKNESS
+    darker = unstained & (darkness > float(np.clip(cut, MIN_DARKNESS, MAX_DARKNESS)))
+    mask = ndimage.binary_propagation(stained, mask=stained | darker)  # pale tissue attached to stained
     mask = ndimage.binary_closing(mask, structure=np.ones((3, 3)), iterations=2)
     mask = ndimage.binary_fill_holes(mask)
-    return ndimage.binary_opening(mask, structure=np.ones((3, 3)))
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)))
+    labels, _ = ndimage.label(mask)
+    keep = np.bincount(labels.ravel()) >= MIN_COMPONENT_PIXELS
+    keep[0] = False
+    return keep[labels]
