@@ -3,7 +3,9 @@
 Each method at the settings chosen for it by ``benchmarks/nested.py`` (its search over the training
 patients), then CMRCNet with each of its components switched off once: the reconstruction loss (which leaves
 BLEEP on CMRCNet's settings), the spatial context, the regional token grid of the reconstruction branch (all
-49 tokens instead), and the panel with technical genes left out. Leave-one-patient-out (A, B, C) and
+49 tokens instead), and the panel with technical genes left out; and the ridge baseline at the HEST
+protocol's fixed strength. Arms identical to an earlier one (BLEEP at its chosen settings is CMRCNet's
+settings without the reconstruction loss) reuse its fits. Leave-one-patient-out (A, B, C) and
 leave-one-section-out, the same frozen ImageNet EfficientNet-Lite0 encoder, the same 112 µm / 224 px patch
 geometry, the same QC'd spots and the same folds, in one run. Each section is encoded once (4 dihedral views)
 and the tokens are shared by all fits, so that fit times compare training alone.
@@ -42,6 +44,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "cmrcnet −context": ("cmrcnet", {"context_um": None}),
     "cmrcnet −regional grid (49 tokens)": ("cmrcnet", {"reconstruction_grid": 0}),
     "cmrcnet, technical genes excluded": ("cmrcnet", {"exclude_technical": True}),
+    "ridge, HEST strength": ("ridge", {"ridge_alpha": "hest"}),
 }
 METHODS = ["cmrcnet", "bleep", "regression", "ridge"]
 COLUMNS = ["HEG@50", "HVG@50", "MG", "all", "gene_gene_fidelity", "mse_mean", "heg_pairwise_r_predicted",
@@ -73,7 +76,16 @@ def run_arms(sections: dict, arms: dict, *, groups: str, base: dict, token_cache
     markers = sthist.datasets.her2st_marker_genes
     group = {name: section_group(name, sdata, groups) for name, sdata in sections.items()}
     rows, auroc, fit_seconds = [], [], {}
+    done: dict[str, str] = {}  # an arm identical to an earlier one reuses its results
     for arm, (method, options) in arms.items():
+        same = done.get(json.dumps([method, options], sort_keys=True))
+        if same is not None:
+            rows += [{**row, "method": arm} for row in rows if row["method"] == same]
+            auroc += [{**row, "method": arm} for row in auroc if row["method"] == same]
+            fit_seconds[arm] = fit_seconds[same]
+            print(f"{groups}: {arm}: the same fits as {same}", flush=True)
+            continue
+        done[json.dumps([method, options], sort_keys=True)] = arm
         fit_seconds[arm] = 0.0
         for held_out in sorted(set(group.values())):
             train = {n: s for n, s in sections.items() if group[n] != held_out}

@@ -285,6 +285,11 @@ def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
     )
     with pytest.raises(ValueError, match="needs token_layers=0"):
         sthist.tl.predict_tiles(sdata, layered, key_added="layered")
+    with pytest.warns(UserWarning, match="fine-tuning trains the model without spatial context"):
+        tuned = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, fine_tune=True, context_um=320.0, **FAST)
+    assert tuned.architecture.context_um is None and tuned.module.context_projection is None
+    predicted, _ = sthist.tl.predict(sections["toy2"], tuned, inplace=False)
+    assert np.isfinite(predicted.to_numpy()).all()
 
 
 def test_ridge_strength_is_chosen_on_training_sections(sections):

@@ -125,7 +125,7 @@ class ArchitectureConfig(_Record):
     temperature: float = 1.0
     dropout: float = 0.1
     token_layers: int = 0
-    context_um: float | None = None
+    context_um: float | None = 300.0
     ridge_alpha: float | str = "cv"
     reconstruction_grid: int = 3
     detach_target: bool = False
@@ -180,9 +180,9 @@ class TrainingConfig(_Record):
         Train the encoder end to end on patches instead of the fast path (frozen encoder, cached tokens).
     """
 
-    max_epochs: int = 60
+    max_epochs: int = 30
     batch_size: int = 64
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-3
     min_learning_rate: float = 1e-5
     views: int = 4

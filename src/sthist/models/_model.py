@@ -261,6 +261,20 @@ class SthistModel:
                 f"Only {len(dataset)} training spots for batch_size={training.batch_size}; lower batch_size "
                 "or add sections."
             )
+        if training.fine_tune and self.architecture.context_um is not None:
+            import warnings
+
+            warnings.warn(
+                "context_um adds the neighbourhood's mean token from the cached tokens of the fast path; "
+                "fine-tuning trains the model without spatial context (recorded as context_um=None).",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.config["architecture"]["context_um"] = None
+            self.module = self._method.build(
+                token_dim=self.config["architecture"]["token_dim"], n_genes=len(self.genes),
+                architecture=self.architecture,
+            )  # fmt: skip
         if training.fine_tune and self.centering["tokens"]:
             raise ValueError(
                 "center_tokens applies to the frozen-encoder fast path (cached tokens); it cannot be combined "
