@@ -189,7 +189,9 @@ def run(
         return torch.stack(out, dim=1)
 
     def build(method, genes):
-        return get_method(method).build(token_dim=1280, n_genes=genes, architecture=ArchitectureConfig())
+        return get_method(method).build(
+            token_dim=1280, n_genes=genes, architecture=ArchitectureConfig(context_um=None)
+        )
 
     def train(module, dataset, n_epochs, precision):
         L.seed_everything(0, verbose=False)

@@ -74,7 +74,9 @@ def timed(function, repeats: int) -> float:
 
 def cmrcnet(token_dim: int, genes: int):
     """CMRCNet's trainable modules at the default architecture."""
-    return get_method("cmrcnet").build(token_dim=token_dim, n_genes=genes, architecture=ArchitectureConfig())
+    return get_method("cmrcnet").build(
+        token_dim=token_dim, n_genes=genes, architecture=ArchitectureConfig(context_um=None)
+    )
 
 
 def trainer(epochs: int, precision: str, timer: EpochTimer) -> L.Trainer:

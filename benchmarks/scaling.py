@@ -69,7 +69,9 @@ def main() -> None:
         expression = torch.rand(n, GENES) * 5
         for name in ("bleep", "cmrcnet"):
             method = get_method(name)
-            module = method.build(token_dim=CHANNELS, n_genes=GENES, architecture=ArchitectureConfig())
+            module = method.build(
+                token_dim=CHANNELS, n_genes=GENES, architecture=ArchitectureConfig(context_um=None)
+            )
             training = TrainingConfig(max_epochs=1, batch_size=64, learning_rate=1e-3, views=1)
             _reset_peak()
             tick = time.perf_counter()

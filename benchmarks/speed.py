@@ -41,7 +41,9 @@ def main() -> None:
     from sthist.models._training import TrainingModule
 
     def cmrcnet():
-        return get_method("cmrcnet").build(token_dim=1280, n_genes=300, architecture=ArchitectureConfig())
+        return get_method("cmrcnet").build(
+            token_dim=1280, n_genes=300, architecture=ArchitectureConfig(context_um=None)
+        )
 
     sthist.settings.progress = False
     device = args.device

@@ -100,7 +100,11 @@ def toy_sections():
     return sthist.datasets.toy(3, grid=8, n_genes=12, random_state=2)
 
 
-OPTIONS = {"backbone": "tiny", "max_epochs": 3, "batch_size": 16, "k": 5, "views": 1, "n_top_genes": 8}
+# Without spatial context: on these tiny synthetic sections the context token differs more between sections
+# than within, and one fold's retrieval collapses onto the same reference spots (constant predictions, which
+# tl.predict warns about: test_constant_predictions_are_flagged).
+OPTIONS = {"backbone": "tiny", "max_epochs": 3, "batch_size": 16, "k": 5, "views": 1, "n_top_genes": 8,
+           "context_um": None}  # fmt: skip
 
 
 def test_cross_validation_folds_and_table(toy_sections):
@@ -145,3 +149,16 @@ def test_held_out_section_influences_neither_panel_nor_model(toy_sections):
     )
     held = first[first["held_out"] == "toy2"]["pearson_mean"].to_numpy()
     assert not np.allclose(held, second[second["held_out"] == "toy2"]["pearson_mean"].to_numpy())
+
+
+def test_constant_predictions_are_flagged(toy_sections):
+    train = {k: toy_sections[k] for k in ("toy1", "toy2")}
+    model = sthist.tl.fit(train, method="bleep", **{**OPTIONS, "context_um": 300.0})
+    bank = model.tensors["bank.expression"]
+    model.tensors["bank.expression"] = (
+        bank[:1].clone().expand_as(bank).contiguous()
+    )  # every reference spot alike
+    with pytest.warns(UserWarning, match="the same for every spot"):
+        sthist.tl.predict(toy_sections["toy0"], model, key_added="flat")
+    domain = toy_sections["toy0"].tables["table"].uns["flat"]["domain"]
+    assert domain["constant_predictions"] is True

@@ -25,7 +25,7 @@ def sections():
 
 def test_token_layers_are_trained_and_ignore_the_order_of_tokens():
     torch.manual_seed(0)
-    architecture = ArchitectureConfig(embedding_dim=16, heads=2, token_layers=2)
+    architecture = ArchitectureConfig(embedding_dim=16, heads=2, token_layers=2, context_um=None)
     model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, reconstruction=True).eval()
     assert model.token_encoder is not None and len(model.token_encoder.layers) == 2
     tokens = torch.randn(4, 9, 8)
@@ -102,7 +102,7 @@ def test_centred_tokens_make_predictions_blind_to_a_section_wide_shift(sections)
 
 
 def test_test_time_augmentation_averages_the_dihedral_views(sections):
-    model = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, **FAST)
+    model = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, context_um=None, **FAST)
     cache = sthist.data.TokenCache()
     once, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache)
     twice, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache, tta_views=2)
@@ -277,7 +277,7 @@ def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
     sthist.tl.predict_tiles(sdata, model, stride_um=150, min_tissue_fraction=0.0)
     tiles = sdata.tables["sthist_tiles_table"]
     assert np.isfinite(tiles.X).all()
-    plain = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, method="bleep", **FAST)
+    plain = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=None, **FAST)
     sthist.tl.predict_tiles(sdata, plain, stride_um=150, min_tissue_fraction=0.0, key_added="plain")
     assert not np.allclose(sdata.tables["plain_table"].X, tiles.X)
     layered = sthist.tl.fit(
@@ -286,7 +286,9 @@ def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
     with pytest.raises(ValueError, match="needs token_layers=0"):
         sthist.tl.predict_tiles(sdata, layered, key_added="layered")
     with pytest.warns(UserWarning, match="fine-tuning trains the model without spatial context"):
-        tuned = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, fine_tune=True, context_um=320.0, **FAST)
+        tuned = sthist.tl.fit(
+            {k: sections[k] for k in ("toy0", "toy1")}, fine_tune=True, context_um=320.0, **FAST
+        )
     assert tuned.architecture.context_um is None and tuned.module.context_projection is None
     predicted, _ = sthist.tl.predict(sections["toy2"], tuned, inplace=False)
     assert np.isfinite(predicted.to_numpy()).all()

@@ -15,8 +15,15 @@ from sthist.__main__ import build_parser, main
 def predicted():
     sthist.settings.progress = False
     sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=1)
+    # One tiny training section: without spatial context, so that every gene's prediction varies.
     model = sthist.tl.fit(
-        {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=2, batch_size=16, k=5, views=1
+        {"toy0": sections["toy0"]},
+        backbone="tiny",
+        max_epochs=2,
+        batch_size=16,
+        k=5,
+        views=1,
+        context_um=None,
     )
     sdata = sections["toy1"]
     sthist.pp.normalize(sdata.tables["table"])

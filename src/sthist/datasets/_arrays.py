@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ def _tiff_levels(path: Path) -> list:
         axes, shapes = series.axes, [level.shape for level in series.levels]
     if axes != "YXS":
         raise ValueError(f"{path} holds a {axes} image; an RGB H&E image (axes YXS) is needed.")
-    group = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+    group: Any = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
     if len(shapes) == 1 and not hasattr(group, "keys"):
         arrays = [group]
     else:

@@ -74,7 +74,7 @@ def qc(
         sdata, max_image_pixels=max_image_pixels, image_key=image_key, table_key=table_key,
         coordinate_system=coordinate_system,
     )  # fmt: skip
-    obs = view.table.obs
+    obs = view.table.obs  # type: ignore[attr-defined]
     missing = [c for c in (Key.obs.QC_TISSUE_FRACTION, Key.obs.QC_PASS) if c not in obs]
     if missing:
         raise KeyError(f"The table has no {missing}; run `sthist.pp.qc_spots(sdata)` first.")

@@ -80,7 +80,7 @@ def gene_scores(
     >>> sthist.pp.normalize(sections["toy1"].tables["table"])
     >>> sthist.tl.evaluate(sections["toy1"], n_top=5)
     >>> ax = sthist.pl.gene_scores(sections["toy1"])
-    >>> len(ax.collections[0].get_offsets()) == len(model.genes)  # one dot per gene with a defined r
+    >>> 0 < len(ax.collections[0].get_offsets()) <= len(model.genes)  # one dot per gene with a defined r
     True
     """
     genes = _per_gene_table(evaluation, key)

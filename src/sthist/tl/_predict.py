@@ -227,6 +227,18 @@ def predict(
                 spreads.append(spread)
             mean_values += torch.cat(means)[:, columns].numpy() / tta_views
             spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
+    if len(mean_values) > 1 and float(np.nanmax(np.nanstd(mean_values, axis=0), initial=0.0)) < 1e-4:
+        import warnings
+
+        message = (
+            f"section {section.name!r}: the predictions are the same for every spot (the patches' embeddings all "
+            "retrieve the same reference spots or give the same output), so they carry no spatial pattern; the "
+            "section is likely out of the model's domain (stain, scale, tissue). Try context_um=None or "
+            "stain_normalization=True when fitting."
+        )
+        warnings.warn(message, UserWarning, stacklevel=2)
+        domain["warnings"] = [*domain.get("warnings", []), message]
+        domain["constant_predictions"] = True
     if smooth_um is not None:
         mean_values = smooth(mean_values, centres_um, smooth_um)
     index = pd.Index(dataset.spots["obs_name"].to_numpy())
