@@ -24,7 +24,7 @@ def neighbour_weights(centres_um: np.ndarray, radius_um: float):
 def neighbour_mean(
     values: np.ndarray, centres_um: np.ndarray, radius_um: float, groups: np.ndarray | None = None
 ) -> np.ndarray:
-    """Mean of each row of ``values`` over the rows within ``radius_um`` of it (itself included).
+    """Mean of each row of ``values`` (spots × features) over the rows within ``radius_um`` of it (itself included).
 
     ``groups`` (one label per row, e.g. the section) keeps neighbourhoods inside a group: spots of different
     sections are never neighbours, whatever their coordinates.
@@ -38,5 +38,5 @@ def neighbour_mean(
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
         weights = neighbour_weights(centres_um[rows], radius_um)
-        out[rows] = weights @ values[rows].reshape(len(rows), -1).astype(np.float64).reshape(len(rows), -1)
+        out[rows] = weights @ values[rows].astype(np.float64)
     return out
