@@ -342,7 +342,8 @@ def predict_tiles(
     context_um = model.architecture.context_um
     # A context model needs every tile's neighbourhood: keep each tile's mean token (the patch's tokens enter
     # the model only through their mean when it has no token layers), then predict once all are encoded.
-    pooled = torch.empty((n_tiles, 1, 1, model.config["architecture"]["token_dim"]), dtype=torch.float16)
+    if context_um is not None:
+        pooled = torch.empty((n_tiles, 1, 1, model.config["architecture"]["token_dim"]), dtype=torch.float16)
     progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
     for start in range(0, n_tiles, chunk_tiles):
         indices = range(start, min(start + chunk_tiles, n_tiles))
