@@ -234,6 +234,7 @@ def _fit(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         k=args.k,
         views=args.views,
+        hed_jitter=args.hed_jitter,
         fine_tune=args.fine_tune,
         token_layers=args.token_layers,
         reconstruction_grid=args.reconstruction_grid,
@@ -564,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=training.views,
         help=f"dihedral views encoded per patch, frozen encoder (default: {training.views})",
+    )
+    fit.add_argument(
+        "--hed-jitter",
+        type=float,
+        default=training.hed_jitter,
+        help="stain augmentation strength σ: H, E and DAB concentrations scaled by U(1-σ, 1+σ) and shifted by "
+        f"U(-σ, σ) in views 1 and up (0 = off; 0.05 is light; default: {training.hed_jitter:g})",
     )
     fit.add_argument(
         "--fine-tune",

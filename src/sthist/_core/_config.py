@@ -176,6 +176,11 @@ class TrainingConfig(_Record):
         AdamW with a cosine schedule from ``learning_rate`` to ``min_learning_rate`` over ``max_epochs``.
     views
         Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
+    hed_jitter
+        Stain augmentation strength σ (Tellez et al. 2018): haematoxylin, eosin and DAB concentrations of a
+        patch are scaled by U(1 − σ, 1 + σ) and shifted by U(−σ, σ). On the fast path views 1 and up are
+        encoded jittered (view 0 stays as scanned, so it needs ``views`` ≥ 2); fine-tuning draws a new jitter
+        for every patch it reads. 0 turns it off.
     fine_tune
         Train the encoder end to end on patches instead of the fast path (frozen encoder, cached tokens).
     """
@@ -186,6 +191,7 @@ class TrainingConfig(_Record):
     weight_decay: float = 1e-3
     min_learning_rate: float = 1e-5
     views: int = 4
+    hed_jitter: float = 0.0
     fine_tune: bool = False
 
     def __post_init__(self):
@@ -195,6 +201,17 @@ class TrainingConfig(_Record):
         )
         if self.views > 8:
             raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {self.views}.")
+        jitter = self.hed_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ValueError(
+                f"hed_jitter must be a number in [0, 1) (0: off; 0.05 is light), got {jitter!r}."
+            )
+        if jitter and self.views < 2 and not self.fine_tune:
+            raise ValueError(
+                f"hed_jitter={jitter} needs views >= 2 on the fast path: view 0 is encoded as scanned and views 1 "
+                "and up carry the jitter. Raise views or set hed_jitter=0."
+            )
+        object.__setattr__(self, "hed_jitter", float(jitter))
 
 
 #: Names of the methods, in the order tables and plots list them (``sthist.models.METHODS`` implements them;

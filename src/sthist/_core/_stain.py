@@ -85,3 +85,28 @@ def normalise(patch: np.ndarray, source: StainStats, target: StainStats) -> np.n
     scale = np.asarray(target.std) / np.asarray(source.std)
     lab = (lab - np.asarray(source.mean)) * scale + np.asarray(target.mean)
     return lab_to_rgb(lab)
+
+
+# Stain vectors of haematoxylin, eosin and DAB as optical densities in RGB (Ruifrok & Johnston 2001), each
+# normalised to unit length: optical density = concentrations @ _HED_TO_OD.
+_HED_TO_OD = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+_HED_TO_OD = _HED_TO_OD / np.linalg.norm(_HED_TO_OD, axis=1, keepdims=True)
+_OD_TO_HED = np.linalg.inv(_HED_TO_OD)
+
+
+def hed_jitter(patch: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """``patch`` (h, w, 3; uint8) with its stain concentrations randomly rescaled and shifted (HED augmentation).
+
+    Colour deconvolution (Ruifrok & Johnston 2001) splits the optical density of each pixel into
+    haematoxylin, eosin and DAB concentrations; each is scaled by α ~ U(1 − σ, 1 + σ) and shifted by
+    β ~ U(−σ, σ), with σ = ``strength`` (Tellez et al. 2018, "HED-light" is σ = 0.05), and the patch is
+    recomposed. One draw per patch, so the whole patch changes stain as a section from another lab would.
+    """
+    if strength == 0:
+        return patch
+    od = -np.log10(np.maximum(patch.astype(np.float64), 1.0) / 255.0)
+    concentrations = od @ _OD_TO_HED
+    alpha = rng.uniform(1 - strength, 1 + strength, size=3)
+    beta = rng.uniform(-strength, strength, size=3)
+    od = (concentrations * alpha + beta) @ _HED_TO_OD
+    return np.clip(np.rint(255.0 * 10.0 ** (-od)), 0, 255).astype(np.uint8)

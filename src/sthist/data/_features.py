@@ -9,7 +9,7 @@ from tqdm import tqdm
 from sthist._core._neighbours import neighbour_mean
 from sthist._logging import logger
 from sthist._settings import settings
-from sthist.data._patches import SpotPatchDataset, dihedral
+from sthist.data._patches import SpotPatchDataset
 
 
 @torch.inference_mode()
@@ -23,10 +23,12 @@ def encode_patches(
     dtype: torch.dtype = torch.float16,
     indices=None,
     description: str = "encoding patches",
+    jitter: float = 0.0,
 ) -> torch.Tensor:
     """Tokens of each spot's patch under the first ``views`` dihedral transforms: (spots, views, tokens, channels).
 
-    View 0 is the patch as it is; views 1-3 are quarter turns, 4-7 the same flipped. Batches keep one shape
+    View 0 is the patch as it is; views 1-3 are quarter turns, 4-7 the same flipped; with ``jitter`` views 1
+    and up also carry a stain jitter of that strength (:meth:`SpotPatchDataset.view`). Batches keep one shape
     (the last one is padded) so the allocator reuses its buffers.
     """
     if not 1 <= views <= 8:
@@ -46,7 +48,7 @@ def encode_patches(
         for slot, (_, index, view) in enumerate(chunk):
             if index != read_index:  # each patch is read, resampled (and stain-normalised) once for all views
                 read_index, base = index, dataset.patch(index)
-            patch = np.ascontiguousarray(dihedral(base, view)) if view else base
+            patch = dataset.view(index, view, jitter, base=base)
             batch[slot] = torch.from_numpy(patch).permute(2, 0, 1)
         tokens = encoder(batch.to(device, non_blocking=True))[: len(chunk)]
         if output is None:
@@ -101,18 +103,35 @@ class TokenCache:
         return sum(t.numel() * t.element_size() for t in self._entries.values())
 
     def tokens(
-        self, dataset: SpotPatchDataset, encoder, *, identity: str, views: int, device="cpu"
+        self,
+        dataset: SpotPatchDataset,
+        encoder,
+        *,
+        identity: str,
+        views: int,
+        device="cpu",
+        jitter: float = 0.0,
     ) -> torch.Tensor:
-        """Tokens of all items of ``dataset`` (items, views, tokens, channels), encoding only missing sections."""
+        """Tokens of all items of ``dataset`` (items, views, tokens, channels), encoding only missing sections.
+
+        Views 1 and up depend on the stain ``jitter``, so it is part of the key.
+        """
         parts = []
         for position, name in enumerate(dataset.sections):
             start, stop = int(dataset._offsets[position]), int(dataset._offsets[position + 1])
-            key = (section_digest(dataset, position), identity, dataset.patch_size_um, dataset.patch_size_px)
+            key: tuple = (
+                section_digest(dataset, position),
+                identity,
+                dataset.patch_size_um,
+                dataset.patch_size_px,
+            )
+            if jitter and views > 1:
+                key = (*key, float(jitter))
             cached = self._entries.get(key)
             if cached is None or cached.shape[1] < views:
                 cached = encode_patches(
                     dataset, encoder, views=views, device=device, indices=range(start, stop),
-                    description=f"encoding {name}",
+                    description=f"encoding {name}", jitter=jitter,
                 )  # fmt: skip
                 self._entries[key] = cached
             parts.append(cached[:, :views])
@@ -159,17 +178,20 @@ def tokens_of(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     token_cache: TokenCache | None = None,
+    jitter: float = 0.0,
 ) -> torch.Tensor:
     """Tokens of every item of ``dataset`` (items, views, tokens, channels), from ``token_cache`` when given.
 
     ``identity`` names the encoder's weights (backbone and weights identity); a cache reuses tokens only for
-    the same identity, patch geometry, spots and views.
+    the same identity, patch geometry, spots, views and stain ``jitter`` (of views 1 and up).
     """
     if token_cache is None:
-        return encode_patches(dataset, encoder, views=views, batch_size=batch_size, device=device)
+        return encode_patches(
+            dataset, encoder, views=views, batch_size=batch_size, device=device, jitter=jitter
+        )
     if not isinstance(token_cache, TokenCache):
         raise TypeError(f"token_cache must be a sthist.data.TokenCache, got {type(token_cache)}.")
-    return token_cache.tokens(dataset, encoder, identity=identity, views=views, device=device)
+    return token_cache.tokens(dataset, encoder, identity=identity, views=views, device=device, jitter=jitter)
 
 
 def add_context(

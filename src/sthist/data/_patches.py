@@ -15,7 +15,7 @@ from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._checks import boolean_column
 from sthist._core._config import PatchConfig
 from sthist._core._section import PatchGeometry, resolve_sections
-from sthist._core._stain import StainStats, normalise
+from sthist._core._stain import StainStats, hed_jitter, normalise
 from sthist._settings import settings
 from sthist.data._readers import InMemoryLevel, LazyLevel
 
@@ -89,7 +89,11 @@ class SpotPatchDataset(torch.utils.data.Dataset):
     patch_size_px
         Side of the resampled patch in pixels.
     augment
-        Apply a random one of the 8 dihedral transforms (rotations by 90°, flips) to each item.
+        Apply a random one of the 8 dihedral transforms (rotations by 90°, flips) to each item, and the stain
+        jitter of ``hed_jitter``.
+    hed_jitter
+        Strength of the random stain (HED) jitter applied to augmented items (:func:`sthist._core._stain.hed_jitter`);
+        0 turns it off.
     qc_column
         Boolean ``obs`` column selecting the spots to use (e.g. ``sthist_pass_qc`` from
         :func:`sthist.pp.qc_spots`); all spots by default.
@@ -118,12 +122,14 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         table_key: str | None = None,
         coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
         stain_reference: StainStats | None = None,
+        hed_jitter: float = 0.0,
     ):
         patch = PatchConfig(size_um=patch_size_um, size_px=patch_size_px)
         self.stain_reference = stain_reference
         self.patch_size_px = patch.size_px
         self.patch_size_um = patch.size_um
         self.augment = bool(augment)
+        self.hed_jitter = float(hed_jitter)
         self.genes = None if genes is None else list(genes)
         self._sections: list[_SectionPatches] = []
         spot_frames = []
@@ -214,6 +220,22 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         section = int(np.searchsorted(self._offsets, index, side="right") - 1)
         return section, index - int(self._offsets[section])
 
+    def view(self, index: int, view: int, jitter: float = 0.0, base: np.ndarray | None = None) -> np.ndarray:
+        """View ``view`` (0-7) of item ``index`` as the fast path encodes it (px × px × 3, uint8).
+
+        The dihedral transform ``view`` and, for ``view`` ≥ 1, a stain jitter of strength ``jitter`` drawn from
+        a generator seeded by the spot's table row and the view, so that a section's views are the same in
+        every dataset that holds it. ``base`` is the item's untransformed patch when already read.
+        """
+        patch = self.patch(index) if base is None else base
+        if view:
+            patch = np.ascontiguousarray(dihedral(patch, view))
+            if jitter:
+                section_index, spot = self._locate(index)
+                row = int(self._sections[section_index].rows[spot])
+                patch = hed_jitter(patch, jitter, np.random.default_rng((row, view)))
+        return patch
+
     def patch(self, index: int, transform: int = 0) -> np.ndarray:
         """The resampled patch of item ``index`` (px × px × 3, uint8), after dihedral ``transform`` (0-7)."""
         section_index, spot = self._locate(index)
@@ -233,8 +255,12 @@ class SpotPatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         section_index, spot = self._locate(index)
         transform = int(torch.randint(8, (1,)).item()) if self.augment else 0
+        patch = self.patch(index, transform)
+        if self.augment and self.hed_jitter:
+            seed = int(torch.randint(2**62, (1,)).item())  # follows torch's seeding (and each worker's)
+            patch = hed_jitter(patch, self.hed_jitter, np.random.default_rng(seed))
         item = {
-            "image": torch.from_numpy(self.patch(index, transform)).permute(2, 0, 1),
+            "image": torch.from_numpy(patch).permute(2, 0, 1),
             "section": section_index,
             "spot": spot,
         }

@@ -308,14 +308,14 @@ class SthistModel:
             self._method.prepare(module, expression)
             train_data: torch.utils.data.Dataset
             if training.fine_tune:
-                dataset.augment = True
+                dataset.augment, dataset.hed_jitter = True, training.hed_jitter
                 # Patches from the dataset, targets as prepared here (centred when asked).
                 train_data = _WithTargets(dataset, expression) if self.centering["expression"] else dataset
             else:
                 with stage("encoding"):
                     tokens = tokens_of(
                         dataset, self.encoder, identity=identity, views=training.views, device=device,
-                        token_cache=token_cache,
+                        token_cache=token_cache, jitter=training.hed_jitter,
                     )  # fmt: skip
                     tokens = self._centred_tokens(tokens, sections)
                     tokens = self._with_context(tokens, sections)
@@ -329,7 +329,7 @@ class SthistModel:
                         checkpoint_dir=checkpoint_dir, resume_from=resume_from,
                     )  # fmt: skip
             finally:
-                dataset.augment = False
+                dataset.augment, dataset.hed_jitter = False, 0.0
             self.module = module.cpu().eval()
             self.encoder = self.encoder.cpu().eval()
             with stage("retrieval bank"):

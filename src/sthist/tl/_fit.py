@@ -55,6 +55,7 @@ def fit(
     ridge_alpha: float | str = _ARCHITECTURE.ridge_alpha,
     detach_target: bool = _ARCHITECTURE.detach_target,
     views: int = _TRAINING.views,
+    hed_jitter: float = _TRAINING.hed_jitter,
     fine_tune: bool = _TRAINING.fine_tune,
     patch_size_um: float = PatchConfig.size_um,
     qc_column: str | None = None,
@@ -105,6 +106,10 @@ def fit(
         ``'hest'`` (the HEST protocol's fixed strength) or a number.
     views
         Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
+    hed_jitter
+        Stain augmentation strength σ (haematoxylin, eosin and DAB concentrations scaled by U(1 − σ, 1 + σ) and
+        shifted by U(−σ, σ); Tellez et al. 2018). Fast path: views 1 and up are encoded jittered, once;
+        fine-tuning jitters every patch it reads. 0 turns it off.
     fine_tune
         Train the encoder end to end on patches (GPU; mixed precision) instead of the fast path, in which
         the encoder is frozen and its tokens are computed once. On HER2ST-sized cohorts (about 1,200
@@ -143,6 +148,7 @@ def fit(
         weight_decay=weight_decay,
         min_learning_rate=min_learning_rate,
         views=views,
+        hed_jitter=hed_jitter,
         fine_tune=fine_tune,
     )
     architecture = ArchitectureConfig(
