@@ -1,6 +1,7 @@
 """Predictions handed to scanpy: an AnnData with spatial coordinates and the H&E, ready for its tools and plots."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import sthist
@@ -96,3 +97,60 @@ def test_expression_plot_takes_colour_limits(predicted):
     figure = sthist.pl.expression(sdata, model.genes[:1], vmin=0.0, vmax=9.0)
     spots = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
     assert all(ax.collections[0].get_clim() == (0.0, 9.0) for ax in spots)
+
+
+def test_to_anndata_draws_stretched_pixels_with_true_aspect(caplog):
+    """Non-square pixels: the image kept for scanpy is resampled to one scale, so spots land where they are."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    image = (rng.random((400, 600, 3)) * 100 + 80).astype(np.uint8)
+    ys, xs = np.meshgrid(np.arange(100, 300, 50.0), np.arange(100, 500, 50.0), indexing="ij")
+    xy = np.c_[xs.ravel(), ys.ravel()]
+    counts = rng.poisson(3, (len(xy), 4))
+    sdata = sthist.datasets.from_arrays(
+        counts, xy, image, microns_per_pixel=(0.5, 0.45), spot_diameter_um=20,
+        gene_names=["A", "B", "C", "D"], section="stretched",
+    )  # fmt: skip
+    table = sdata.tables["table"]
+    table.obsm["sthist_pred"] = pd.DataFrame(
+        rng.random((table.n_obs, 4)), index=table.obs_names, columns=["A", "B", "C", "D"]
+    )
+    adata = sthist.tl.to_anndata(sdata, max_image_pixels=600)
+    spatial = adata.uns["spatial"]["stretched"]
+    lowres, factor = spatial["images"]["lowres"], spatial["scalefactors"]["tissue_lowres_scalef"]
+    # 600 px × 0.5 µm = 300 µm wide, 400 px × 0.45 µm = 180 µm high: the kept image has that aspect.
+    assert lowres.shape[1] / lowres.shape[0] == pytest.approx(300 / 180, rel=0.01)
+    # A spot's centre in µm times the factor is its pixel in the kept image (x and y alike).
+    expected = xy * np.array([0.5, 0.45]) * factor  # µm → kept pixels
+    np.testing.assert_allclose(adata.obsm["spatial"] * factor, expected, rtol=1e-6)
+    assert (expected[:, 0] < lowres.shape[1]).all() and (expected[:, 1] < lowres.shape[0]).all()
+    # Pixel (x, y) of the source maps to the kept image at the same place: compare a bright marker.
+    marked = image.copy()
+    marked[200:210, 300:310] = 255
+    sdata_marked = sthist.datasets.from_arrays(
+        counts, xy, marked, microns_per_pixel=(0.5, 0.45), spot_diameter_um=20,
+        gene_names=["A", "B", "C", "D"], section="marked",
+    )  # fmt: skip
+    sdata_marked.tables["table"].obsm["sthist_pred"] = table.obsm["sthist_pred"]
+    kept = sthist.tl.to_anndata(sdata_marked, max_image_pixels=600).uns["spatial"]["marked"]
+    bright = np.argwhere(kept["images"]["lowres"].min(axis=2) > 0.98).mean(axis=0)  # (row, col)
+    f = kept["scalefactors"]["tissue_lowres_scalef"]
+    np.testing.assert_allclose(bright, [205 * 0.45 * f, 305 * 0.5 * f], atol=2)
+
+
+def test_to_anndata_warns_when_the_image_is_offset(predicted, caplog):
+    from spatialdata.transformations import Sequence, Translation, get_transformation, set_transformation
+
+    sdata, _ = predicted
+    image_key = next(iter(sdata.images))
+    original = get_transformation(sdata.images[image_key], "global")
+    try:
+        shifted = Sequence([original, Translation([-30.0, -20.0], axes=("x", "y"))])  # image offset
+        set_transformation(sdata.images[image_key], shifted, "global")
+        with caplog.at_level("WARNING", logger="sthist"):
+            adata = sthist.tl.to_anndata(sdata)
+    finally:
+        set_transformation(sdata.images[image_key], original, "global")
+    assert "spatial" not in adata.uns and "uns['spatial'] is left out" in caplog.text

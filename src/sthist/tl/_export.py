@@ -9,6 +9,7 @@ import numpy as np
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._docs import doc_params
 from sthist._core._section import Section
+from sthist._logging import logger
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -103,9 +104,22 @@ def to_anndata(
         adata.uns[key] = dict(record)
     library_id = library_id or section.name
     level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
-    to_view = _axis_aligned_scale(level.to_pixels)
-    if to_view is not None:
+    scales = _axis_aligned_scales(level.to_pixels)
+    if scales is None:
+        logger.warning(
+            "to_anndata: the image is rotated, sheared or offset against %r; uns['spatial'] is left out, so "
+            "sc.pl.spatial draws no H&E (obsm['spatial'] holds the spot centres).",
+            coordinate_system,
+        )
+    else:
         rgb = np.asarray(level.data.transpose("y", "x", "c").data)
+        to_view = min(scales)
+        if not np.isclose(scales[0], scales[1], rtol=1e-3):  # pixels not square: resample to one scale
+            from PIL import Image
+
+            height, width = rgb.shape[:2]
+            size = (round(width * to_view / scales[0]), round(height * to_view / scales[1]))
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
         adata.uns["spatial"] = {
             library_id: {
                 "images": {"lowres": rgb.astype(np.float32) / 255.0},
@@ -119,15 +133,15 @@ def to_anndata(
     return adata
 
 
-def _axis_aligned_scale(to_pixels: np.ndarray) -> float | None:
-    """The factor from coordinate-system units to a level's pixels, if that map is one isotropic scale."""
+def _axis_aligned_scales(to_pixels: np.ndarray) -> tuple[float, float] | None:
+    """The x and y factors from coordinate-system units to a level's pixels, if that map is a pure scale."""
     matrix = np.asarray(to_pixels, dtype=float)
-    scale = matrix[0, 0]
     if (
         np.isclose(matrix[0, 1], 0)
         and np.isclose(matrix[1, 0], 0)
-        and np.isclose(matrix[1, 1], scale)
+        and matrix[0, 0] > 0
+        and matrix[1, 1] > 0
         and np.allclose(matrix[:2, 2], 0, atol=1e-6)
     ):
-        return float(scale)
+        return float(matrix[0, 0]), float(matrix[1, 1])
     return None
