@@ -82,8 +82,8 @@ def main() -> None:
         fit_seconds.update(seconds)
     table = pd.DataFrame(rows)
     wide = table.pivot_table(index=["method", "section"], columns="gene_set", values="pearson_mean")
-    fidelity = table[table["gene_set"] == "all"].set_index(["method", "section"])["gene_gene_fidelity"]
-    wide = wide.join(fidelity)[["HEG@50", "HVG@50", "MG", "all", "gene_gene_fidelity"]]
+    fidelity = table[table["gene_set"] == "panel"].set_index(["method", "section"])["gene_gene_fidelity"]
+    wide = wide.join(fidelity)[["HEG@50", "HVG@50", "MG", "panel", "gene_gene_fidelity"]]
     mean = wide.groupby(level="method").mean().loc[list(arms)]
     mean = mean.join(pd.DataFrame(auroc).set_index("method")).assign(
         **{"fit (s, 3 folds)": pd.Series(fit_seconds)}

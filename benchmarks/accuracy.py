@@ -47,7 +47,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "ridge, HEST strength": ("ridge", {"ridge_alpha": "hest"}),
 }
 METHODS = ["cmrcnet", "bleep", "regression", "ridge"]
-COLUMNS = ["HEG@50", "HVG@50", "MG", "all", "gene_gene_fidelity", "mse_mean", "heg_pairwise_r_predicted",
+COLUMNS = ["HEG@50", "HVG@50", "MG", "panel", "gene_gene_fidelity", "mse_mean", "heg_pairwise_r_predicted",
            "heg_pairwise_r_observed"]  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def summarise(rows: list[dict], order: list[str]) -> tuple[pd.DataFrame, pd.Data
     """Per held-out section (arm × section) and mean over sections (one row per arm)."""
     table = pd.DataFrame(rows)
     wide = table.pivot_table(index=["method", "section"], columns="gene_set", values="pearson_mean")
-    extra = table[table["gene_set"] == "all"].set_index(["method", "section"])[
+    extra = table[table["gene_set"] == "panel"].set_index(["method", "section"])[
         ["gene_gene_fidelity", "mse_mean", "heg_pairwise_r_predicted", "heg_pairwise_r_observed"]
     ]
     wide = wide.join(extra)[COLUMNS]

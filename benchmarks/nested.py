@@ -157,7 +157,7 @@ def main() -> None:
         print(f"all patients, {method}: chose {ranking.attrs['best']!r}", flush=True)
     table = pd.DataFrame(rows)
     wide = table.pivot_table(index=["method", "section"], columns="gene_set", values="pearson_mean")
-    wide = wide[["HEG@50", "HVG@50", "MG", "all"]]
+    wide = wide[["HEG@50", "HVG@50", "MG", "panel"]]
     mean = wide.groupby(level="method").mean().loc[list(candidates_of)]
     total = time.perf_counter() - start
     text = "\n".join([

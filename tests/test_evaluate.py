@@ -31,8 +31,8 @@ def test_metrics_match_scipy_and_count_nans():
     assert genes.loc["a", "mse"] == pytest.approx(np.mean((observed["a"] - predicted["a"]) ** 2))
     assert np.isnan(genes.loc["b", "pearson"]) and np.isnan(genes.loc["c", "pearson"])  # constant sides
     summary = result["summary"]
-    assert summary.loc["all", "n_nan"] == 2 and summary.loc["all", "n_genes"] == 3
-    assert summary.loc["all", "pearson_mean"] == pytest.approx(genes.loc["a", "pearson"])
+    assert summary.loc["panel", "n_nan"] == 2 and summary.loc["panel", "n_genes"] == 3
+    assert summary.loc["panel", "pearson_mean"] == pytest.approx(genes.loc["a", "pearson"])
     assert summary.loc["MG", "n_genes"] == 2
     # HEG@2: top by mean observed (c 3, a 3, b 2: stable order keeps a before c); HVG@2: a and c.
     assert set(genes.index[genes["in_HEG@2"]]) == {"a", "c"}
@@ -113,7 +113,7 @@ def test_cross_validation_folds_and_table(toy_sections):
     )
     assert set(table["held_out"]) == {"toy0", "toy1", "toy2"}
     assert set(table["method"]) == {"bleep", "ridge"}
-    assert set(table["gene_set"]) == {"HEG@5", "HVG@5", "all"}
+    assert set(table["gene_set"]) == {"HEG@5", "HVG@5", "panel"}
     assert len(table) == 3 * 2 * 3
     assert table["pearson_mean"].notna().all()
     with pytest.raises(ValueError, match="at least two patients"):

@@ -93,3 +93,24 @@ def test_fit_records_the_technical_exclusion(toy):
                                       patch_size_um=64, exclude_technical=True)  # fmt: skip
     assert model.config["panel"]["exclude_technical"] is True
     assert model.setup_options()["exclude_technical"] is True
+
+
+def test_a_panel_of_every_detected_gene(toy):
+    """n_top_genes=None: every gene detected in ≥ 10 % of the spots of each section; evaluation calls it 'panel'."""
+    for sdata in toy.values():
+        sthist.pp.normalize(sdata.tables["table"])
+    detected = sthist.pp.select_genes(toy, n_top=None)
+    model = sthist.models.SthistModel(toy, method="ridge", backbone="tiny", pretrained=False,
+                                      patch_size_um=64, n_top_genes=None)  # fmt: skip
+    assert sorted(model.genes) == sorted(detected) and model.config["panel"]["n_top_genes"] is None
+    assert len(model.genes) > len(sthist.models.SthistModel(
+        toy, method="ridge", backbone="tiny", pretrained=False, patch_size_um=64, n_top_genes=3
+    ).genes)  # fmt: skip
+    with pytest.raises(ValueError, match="n_top_genes"):
+        sthist.models.SthistModel(toy, method="ridge", backbone="tiny", pretrained=False, n_top_genes=0)
+    from sthist.__main__ import build_parser
+
+    parsed = build_parser().parse_args(["fit", "a.zarr", "--output", "m", "--n-top-genes", "all"])
+    assert parsed.n_top_genes is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "a.zarr", "--output", "m", "--n-top-genes", "many"])

@@ -196,7 +196,7 @@ def test_cross_validation_plot(tmp_path):
         {"section": s, "method": m, "gene_set": g, "pearson_mean": v + (0.1 if g == "HVG@50" else 0)}
         for s, offset in (("A1", 0.0), ("B1", 0.02))
         for m, v0 in (("ridge", 0.05), ("cmrcnet", 0.15))
-        for g in ("HEG@50", "HVG@50", "all")
+        for g in ("HEG@50", "HVG@50", "panel")
         for v in [v0 + offset]
     ]
     results = pd.DataFrame(rows)

@@ -465,6 +465,15 @@ def _ridge_alpha(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected cv, hest or a number, got {value!r}") from None
 
 
+def _n_top_genes(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of genes or 'all', got {value!r}") from None
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -532,9 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--n-top-genes",
-        type=int,
+        type=_n_top_genes,
         default=N_TOP_GENES,
-        help=f"size of the HEG and HVG sets of the panel (default: {N_TOP_GENES})",
+        help=f"size of the HEG and HVG sets of the panel, or 'all' for every detected gene (default: {N_TOP_GENES})",
     )
     fit.add_argument(
         "--epochs",

@@ -31,7 +31,8 @@ SHARED_PARAMETERS = {
         Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
         (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
     n_top_genes
-        Size of the HEG and HVG sets of the default panel.
+        Size of the HEG and HVG sets of the default panel; ``None`` keeps every gene detected in ≥ 10 % of
+        the spots of every training section (evaluation's ``panel`` set is then all detected genes).
     exclude_technical
         Leave technical genes (mitochondrial, ribosomal-protein, MALAT1/NEAT1:
         :func:`sthist.pp.technical_genes`) out of the default panel, so that they cannot fill the top of

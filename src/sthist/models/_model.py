@@ -91,7 +91,7 @@ class SthistModel:
         *,
         method: str = "cmrcnet",
         genes: list[str] | None = None,
-        n_top_genes: int = N_TOP_GENES,
+        n_top_genes: int | None = N_TOP_GENES,
         exclude_technical: bool = False,
         backbone: str | None = None,
         pretrained: bool | str = True,
@@ -116,7 +116,8 @@ class SthistModel:
 
         self._method = get_method(method)
         check_positive_integer(k, "k")
-        check_positive_integer(n_top_genes, "n_top_genes")
+        if n_top_genes is not None:
+            check_positive_integer(n_top_genes, "n_top_genes")
         genes = gene_list(genes)
         explicit_panel = genes is not None
         architecture = architecture or ArchitectureConfig()
@@ -158,7 +159,7 @@ class SthistModel:
             "method": self._method.name,
             "genes": list(genes),
             "panel": {
-                "n_top_genes": int(n_top_genes),
+                "n_top_genes": None if n_top_genes is None else int(n_top_genes),
                 "exclude_technical": bool(exclude_technical),
                 "explicit": explicit_panel,
             },
@@ -572,8 +573,13 @@ def _check_variation(dataset, genes: list[str]) -> None:
         )
 
 
-def _panel(sections: dict[str, Section], layer: str, n_top: int, genes, exclude_technical: bool) -> list[str]:
-    """The explicit panel (checked against every section) or HEG ∪ HVG over the training sections."""
+def _panel(
+    sections: dict[str, Section], layer: str, n_top: int | None, genes, exclude_technical: bool
+) -> list[str]:
+    """The explicit panel (checked against every section) or HEG ∪ HVG over the training sections.
+
+    With ``n_top`` ``None``: every gene detected in ≥ 10 % of the spots of every section.
+    """
     from sthist.pp import select_genes
 
     tables = {name: section.table for name, section in sections.items()}

@@ -243,7 +243,7 @@ def cross_validation(
         Column to plot, e.g. ``'pearson_mean'``, ``'pearson_median'``, ``'spearman_mean'``, ``'mse_mean'``
         or ``'gene_gene_fidelity'``.
     gene_sets
-        Gene sets to show, one panel each (default: every set except ``'all'``).
+        Gene sets to show, one panel each (default: every set except ``'panel'``).
     methods
         Methods in the order to show them (default: CMRCNet first, then the baselines present).
     title
@@ -275,7 +275,9 @@ def cross_validation(
             f"(metric={metric!r} must be one of its columns)."
         )
     present_sets = list(dict.fromkeys(results["gene_set"]))
-    gene_sets = [s for s in present_sets if s != "all"] if gene_sets is None else list(gene_sets)
+    gene_sets = (
+        [s for s in present_sets if s not in ("panel", "all")] if gene_sets is None else list(gene_sets)
+    )
     unknown = [s for s in gene_sets if s not in present_sets]
     if unknown or not gene_sets:
         raise KeyError(f"Gene sets {unknown or gene_sets} are not in the results; they have {present_sets}.")

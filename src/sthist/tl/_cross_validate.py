@@ -111,7 +111,7 @@ def cross_validate(
 
     Returns
     -------
-    A tidy DataFrame: one row per fold, held-out section, method and gene set (HEG@n, HVG@n, MG, all), with
+    A tidy DataFrame: one row per fold, held-out section, method and gene set (HEG@n, HVG@n, MG, panel), with
     ``pearson_mean``, ``pearson_median``, ``spearman_mean``, ``mse_mean``, ``n_genes``, ``n_nan``,
     ``gene_gene_fidelity``, ``training_spots`` and ``panel_size`` (and the models, with ``return_models``).
     Nothing is written into the sections.

@@ -66,9 +66,9 @@ def evaluation_frames(
         if len(markers) < len(list(marker_genes)):
             logger.info("%d of %d marker genes are in the panel", len(markers), len(list(marker_genes)))
         sets["MG"] = markers
-    sets["all"] = list(observed.columns)
+    sets["panel"] = list(observed.columns)
     for name, members in sets.items():
-        if name != "all":
+        if name != "panel":
             genes[f"in_{name}"] = genes.index.isin(members)
     rows = []
     for name, members in sets.items():
@@ -139,8 +139,9 @@ def evaluate(
     """Compare predictions in ``table.obsm[key]`` with the observed expression of the same spots.
 
     Per gene: Pearson and Spearman correlation across spots, MSE, and membership in HEG@n (top ``n_top``
-    genes by mean observed expression in this section), HVG@n (top by variance), the marker genes and all
-    genes. Per gene set: mean and median Pearson, mean Spearman, mean MSE and the number of NaN correlations
+    genes by mean observed expression in this section), HVG@n (top by variance) and the marker genes; ``panel``
+    is every gene the model predicts (fit with ``n_top_genes=None`` for a panel of all detected genes).
+    Per gene set: mean and median Pearson, mean Spearman, mean MSE and the number of NaN correlations
     (constant genes). Plus gene–gene correlation fidelity. Spots without a prediction (NaN) are left out.
 
     Parameters
@@ -181,7 +182,7 @@ def evaluate(
     ...     np.log1p(observed) + rng.normal(0, 0.1, (20, 3)), index=adata.obs_names, columns=adata.var_names
     ... )
     >>> result = sthist.tl.evaluate(adata, n_top=2, inplace=False)
-    >>> bool(result["summary"].loc["all", "pearson_mean"] > 0.9)
+    >>> bool(result["summary"].loc["panel", "pearson_mean"] > 0.9)
     True
     """
     if not is_positive_integer(n_top):

@@ -34,7 +34,7 @@ def fit(
     method: Literal["cmrcnet", "bleep", "regression", "ridge"] = "cmrcnet",
     backbone: str | None = None,
     pretrained: bool | str = True,
-    n_top_genes: int = N_TOP_GENES,
+    n_top_genes: int | None = N_TOP_GENES,
     exclude_technical: bool = False,
     max_epochs: int = _TRAINING.max_epochs,
     batch_size: int = _TRAINING.batch_size,

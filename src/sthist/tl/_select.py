@@ -44,7 +44,7 @@ def select_settings(
     groups
         ``'patient'`` or ``'section'``: what each inner fold leaves out.
     gene_sets
-        Gene sets whose scores are averaged (``'HEG'``, ``'HVG'``, ``'MG'`` or ``'all'``).
+        Gene sets whose scores are averaged (``'HEG'``, ``'HVG'``, ``'MG'`` or ``'panel'``, every gene the model predicts; ``'all'`` is read as ``'panel'``).
     n_top
         Size of the HEG and HVG sets.
     fit_options
@@ -71,7 +71,7 @@ def select_settings(
 
     if not candidates:
         raise ValueError("Give at least one candidate.")
-    names = {"HEG": f"HEG@{n_top}", "HVG": f"HVG@{n_top}", "MG": "MG", "all": "all"}
+    names = {"HEG": f"HEG@{n_top}", "HVG": f"HVG@{n_top}", "MG": "MG", "panel": "panel", "all": "panel"}
     unknown = [g for g in gene_sets if g not in names]
     if unknown or not gene_sets:
         raise ValueError(f"gene_sets must be among {list(names)}, got {list(gene_sets)}.")
