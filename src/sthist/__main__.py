@@ -249,6 +249,8 @@ def _fit(args: argparse.Namespace) -> int:
         random_state=args.seed,
         accelerator=args.accelerator,
         devices=args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
     )
     if not _is_rank_zero():
         return 0  # one process of a multi-device run: the first saves and reports
@@ -264,6 +266,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     args.key = args.key or (Key.shapes.TILES if args.tiles else Key.obsm.PREDICTION)
     check_key_name(args.key, "--key")
+    if len(args.store) > 1 or args.devices != "1" or args.num_nodes > 1:
+        return _predict_stores(args)
+    args.store = args.store[0]
     sdata = _read_store(args.store, args.microns_per_pixel)
     check_writable(args.store)
     model = sthist.models.load(args.model)
@@ -309,6 +314,31 @@ def _predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote tables[{table_key!r}].obsm[{args.key!r}] into {args.store}")
+    return 0
+
+
+def _predict_stores(args: argparse.Namespace) -> int:
+    """Several stores: shared among processes by Lightning (sthist.tl.predict_stores)."""
+    import sthist
+
+    if args.tiles:
+        raise UserError("--tiles predicts one store at a time; give one store, or predict spots for several")
+    if args.microns_per_pixel is not None:
+        raise UserError(
+            "--microns-per-pixel applies to one store; record each store's scale with "
+            "sthist.pp.set_microns_per_pixel, then predict them together"
+        )
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    accelerator = "cpu" if args.device == "cpu" else ("gpu" if args.device.startswith("cuda") else "auto")
+    summary = sthist.tl.predict_stores(
+        args.store, args.model, key_added=args.key, overwrite=args.overwrite, accelerator=accelerator,
+        devices=devices, num_nodes=args.num_nodes, strategy=args.strategy, qc_column=args.qc_column,
+        tta_views=args.tta_views, smooth_um=args.smooth_um, image_key=args.image_key, table_key=args.table,
+        coordinate_system=args.coordinate_system,
+    )  # fmt: skip
+    if _is_rank_zero():
+        print(_markdown(summary.round(2).to_dict(orient="records")))
+        print(f"wrote obsm[{args.key!r}] into {len(summary)} stores")
     return 0
 
 
@@ -649,6 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     fit.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
+    fit.add_argument("--strategy", default="auto", help="Lightning strategy (e.g. ddp; default: auto)")
+    fit.add_argument(
+        "--num-nodes", type=int, default=1, help="nodes (under SLURM: srun one task per device and node)"
+    )
     fit.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     fit.set_defaults(run=_fit)
 
@@ -659,7 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiles, over a grid of tiles on the tissue (new shapes + table). Existing elements are kept; "
         "results are written atomically; an existing KEY is replaced only with --overwrite.",
     )
-    predict.add_argument("store", help="section (.zarr)")
+    predict.add_argument(
+        "store",
+        nargs="+",
+        help="section (.zarr); several stores are shared among --devices processes (one process each by default)",
+    )
     predict.add_argument("--model", required=True, help="folder of a fitted model")
     predict.add_argument(
         "--key",
@@ -706,6 +744,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch device of the encoder: auto (GPU if present), cpu, cuda, cuda:1",
     )
     predict.add_argument("--overwrite", action="store_true")
+    predict.add_argument(
+        "--devices",
+        default="1",
+        help="several stores: processes (devices) to share them among, e.g. 4 GPUs, or 'auto' (default: 1)",
+    )
+    predict.add_argument(
+        "--num-nodes",
+        type=int,
+        default=1,
+        help="several stores: nodes (under SLURM: srun one task per device)",
+    )
+    predict.add_argument(
+        "--strategy", default="auto", help="several stores: Lightning strategy (default: auto, i.e. ddp)"
+    )
     _add_element_flags(predict)
     predict.set_defaults(run=_predict)
 

@@ -1,5 +1,6 @@
 """Tools: fit a model on measured sections, predict expression at spots, evaluate and cross-validate."""
 
+from sthist.tl._cohort import predict_stores
 from sthist.tl._cross_validate import cross_validate
 from sthist.tl._evaluate import evaluate, gene_gene_fidelity
 from sthist.tl._export import to_anndata
@@ -19,6 +20,7 @@ __all__ = [
     "gene_reliability",
     "localisation",
     "predict",
+    "predict_stores",
     "predict_tiles",
     "select_settings",
     "tile_grid",
