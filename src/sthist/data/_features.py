@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -29,7 +32,9 @@ def encode_patches(
 
     View 0 is the patch as it is; views 1-3 are quarter turns, 4-7 the same flipped; with ``jitter`` views 1
     and up also carry a stain jitter of that strength (:meth:`SpotPatchDataset.view`). Batches keep one shape
-    (the last one is padded) so the allocator reuses its buffers.
+    (the last one is padded) so the allocator reuses its buffers. A reader thread fills the next batch (reading,
+    resampling, stain changes: numpy, PIL and zarr release the GIL) while the encoder runs on the current one,
+    so reading overlaps the forward pass instead of adding to it.
     """
     if not 1 <= views <= 8:
         raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {views}.")
@@ -38,28 +43,42 @@ def encode_patches(
     n = len(items)
     jobs = [(row, index, view) for row, index in enumerate(items) for view in range(views)]
     size = dataset.patch_size_px
-    batch = torch.empty((batch_size, 3, size, size), dtype=torch.uint8)
+    buffers = [torch.empty((batch_size, 3, size, size), dtype=torch.uint8) for _ in range(2)]
+    starts = list(range(0, len(jobs), batch_size))
+    state: dict[str, Any] = {"read_index": -1, "base": np.zeros((size, size, 3), dtype=np.uint8)}
+
+    def fill(number: int) -> torch.Tensor:
+        """Batch ``number`` into one of two buffers (the other is the one the encoder is reading)."""
+        batch = buffers[number % 2]
+        with torch.inference_mode():
+            for slot, (_, index, view) in enumerate(jobs[starts[number] : starts[number] + batch_size]):
+                if index != state["read_index"]:  # each patch is read and resampled once for all its views
+                    state["read_index"], state["base"] = index, dataset.patch(index)
+                patch = dataset.view(index, view, jitter, base=state["base"])
+                batch[slot] = torch.from_numpy(patch).permute(2, 0, 1)
+        return batch
+
     output = None
-    read_index, base = -1, np.zeros((size, size, 3), dtype=np.uint8)
-    for start in tqdm(
-        range(0, len(jobs), batch_size), desc=description, disable=not settings.progress, unit="batch"
-    ):
-        chunk = jobs[start : start + batch_size]
-        for slot, (_, index, view) in enumerate(chunk):
-            if index != read_index:  # each patch is read, resampled (and stain-normalised) once for all views
-                read_index, base = index, dataset.patch(index)
-            patch = dataset.view(index, view, jitter, base=base)
-            batch[slot] = torch.from_numpy(patch).permute(2, 0, 1)
-        tokens = encoder(batch.to(device, non_blocking=True))[: len(chunk)]
-        if output is None:
-            output = torch.empty((n, views, *tokens.shape[1:]), dtype=dtype)
-            logger.info(
-                "token cache: %d spots × %d views × %d tokens × %d channels (%s) = %.0f MiB",
-                n, views, tokens.shape[1], tokens.shape[2], dtype, output.numel() * output.element_size() / 2**20,
-            )  # fmt: skip
-        rows = np.array([row for row, _, _ in chunk])
-        columns = np.array([view for _, _, view in chunk])
-        output[rows, columns] = tokens.to("cpu", dtype)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sthist-read") as reader:
+        pending = reader.submit(fill, 0) if starts else None
+        for number in tqdm(range(len(starts)), desc=description, disable=not settings.progress, unit="batch"):
+            assert pending is not None
+            batch = pending.result()
+            # The next batch goes to the other buffer while this one is encoded (copied to the device first).
+            on_device = batch.to(device, non_blocking=False)
+            pending = reader.submit(fill, number + 1) if number + 1 < len(starts) else None
+            chunk = jobs[starts[number] : starts[number] + batch_size]
+            tokens = encoder(on_device)[: len(chunk)]
+            if output is None:
+                output = torch.empty((n, views, *tokens.shape[1:]), dtype=dtype)
+                logger.info(
+                    "token cache: %d spots × %d views × %d tokens × %d channels (%s) = %.0f MiB",
+                    n, views, tokens.shape[1], tokens.shape[2], dtype,
+                    output.numel() * output.element_size() / 2**20,
+                )  # fmt: skip
+            rows = np.array([row for row, _, _ in chunk])
+            columns = np.array([view for _, _, view in chunk])
+            output[rows, columns] = tokens.to("cpu", dtype)
     if output is None:
         raise ValueError("No patch to encode (empty dataset or indices).")
     return output
