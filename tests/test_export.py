@@ -154,3 +154,34 @@ def test_to_anndata_warns_when_the_image_is_offset(predicted, caplog):
     finally:
         set_transformation(sdata.images[image_key], original, "global")
     assert "spatial" not in adata.uns and "uns['spatial'] is left out" in caplog.text
+
+
+def test_spatialdata_plot_draws_the_predictions(predicted, tmp_path):
+    """spatialdata-plot renders predicted expression on the H&E from the view to_spatialdata returns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spatialdata_plot = pytest.importorskip("spatialdata_plot")
+    sdata, model = predicted
+    tables_before = set(sdata.tables)
+    view = sthist.tl.to_spatialdata(sdata)
+    assert set(sdata.tables) == tables_before  # the user's object is unchanged
+    table = view.tables["predictions"]
+    keep = sdata.tables["table"].obs["keep"].to_numpy()
+    np.testing.assert_allclose(table.X, sdata.tables["table"].obsm["sthist_pred"].to_numpy()[keep])
+    assert table.uns["spatialdata_attrs"]["region"] == "spots"
+    gene = model.genes[0]
+    figure, ax = plt.subplots(figsize=(4, 4))
+    view.pl.render_images().pl.render_shapes(color=gene, table_name="predictions").pl.show(ax=ax)
+    # The spots are drawn in the colours of their predicted values: as many distinct colours as values.
+    collections = [c for c in ax.collections if len(c.get_facecolors()) == table.n_obs]
+    assert collections, "no collection with one face per predicted spot"
+    colours = collections[0].get_facecolors()
+    order = np.argsort(table[:, gene].X.ravel())
+    assert not np.allclose(colours[order[0]], colours[order[-1]])  # lowest and highest differ
+    figure.savefig(tmp_path / "spatialdata_plot.png")
+    assert (tmp_path / "spatialdata_plot.png").stat().st_size > 5_000
+    assert spatialdata_plot.__version__
+    plt.close(figure)

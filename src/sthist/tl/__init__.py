@@ -3,7 +3,7 @@
 from sthist.tl._cohort import predict_stores
 from sthist.tl._cross_validate import cross_validate
 from sthist.tl._evaluate import evaluate, gene_gene_fidelity
-from sthist.tl._export import to_anndata
+from sthist.tl._export import to_anndata, to_spatialdata
 from sthist.tl._fit import fit
 from sthist.tl._localisation import auroc, localisation
 from sthist.tl._predict import predict
@@ -25,4 +25,5 @@ __all__ = [
     "select_settings",
     "tile_grid",
     "to_anndata",
+    "to_spatialdata",
 ]

@@ -145,3 +145,76 @@ def _axis_aligned_scales(to_pixels: np.ndarray) -> tuple[float, float] | None:
     ):
         return float(matrix[0, 0]), float(matrix[1, 1])
     return None
+
+
+@doc_params
+def to_spatialdata(
+    sdata: SpatialData,
+    *,
+    key: str = Key.obsm.PREDICTION,
+    image_key: str | None = None,
+    shapes_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = DEFAULT_COORDINATE_SYSTEM,
+) -> SpatialData:
+    """A new SpatialData of the section's image and spots with the predictions as its table, for spatialdata-plot.
+
+    spatialdata-plot colours shapes by the genes of a table's ``X``; sthist writes predictions to
+    ``obsm`` so the measured expression stays in ``X``. This returns a new SpatialData object holding the
+    same image and spots elements (not copied) and one table, ``'predictions'``, annotating the spots, with
+    ``X`` = predictions (log1p units), ``layers['uncertainty']`` and ``obs`` as in :func:`to_anndata`.
+    ``sdata`` is not changed, so its own table stays the one every sthist function finds.
+
+    Parameters
+    ----------
+    sdata
+        A section with predictions from :func:`sthist.tl.predict` (spots, or the tiles of
+        :func:`sthist.tl.predict_tiles` with ``shapes_key`` and ``table_key`` naming them).
+    {key}
+    {element_keys}
+    {coordinate_system}
+
+    Returns
+    -------
+    A new SpatialData object: ``images`` (the H&E), ``shapes`` (the spots), ``tables['predictions']``.
+
+    Examples
+    --------
+    >>> import sthist
+    >>> sections = sthist.datasets.toy()
+    >>> model = sthist.tl.fit(
+    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
+    ... )
+    >>> sthist.tl.predict(sections["toy1"], model)
+    >>> view = sthist.tl.to_spatialdata(sections["toy1"])
+    >>> view.tables["predictions"].n_vars == len(model.genes)
+    True
+    >>> # import spatialdata_plot; view.pl.render_images().pl.render_shapes(color=model.genes[0]).pl.show()
+    """
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    section = Section.resolve(
+        sdata,
+        image_key=image_key,
+        shapes_key=shapes_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+        require_scale=False,
+    )
+    spots = section.spots
+    adata = to_anndata(
+        sdata, key=key, image_key=section.image_key, shapes_key=spots.shapes_key, table_key=spots.table_key,
+        coordinate_system=section.coordinate_system,
+    )  # fmt: skip
+    adata.uns.pop("spatial", None)  # the image is an element of the SpatialData object
+    attrs = section.table.uns["spatialdata_attrs"]
+    adata.obs[attrs["region_key"]] = adata.obs[attrs["region_key"]].astype("category")
+    table = TableModel.parse(
+        adata, region=spots.shapes_key, region_key=attrs["region_key"], instance_key=attrs["instance_key"]
+    )
+    return SpatialData(
+        images={section.image_key: sdata.images[section.image_key]},
+        shapes={spots.shapes_key: sdata.shapes[spots.shapes_key]},
+        tables={"predictions": table},
+    )
