@@ -2,7 +2,7 @@
 
 Each method at the settings chosen for it by ``benchmarks/nested.py`` (its search over the training
 patients), then CMRCNet with each of its components switched off once: the reconstruction loss (which leaves
-BLEEP on CMRCNet's settings), the spatial context, the regional token grid of the reconstruction branch (all
+BLEEP on CMRCNet's settings), test-time augmentation at prediction, the spatial context, the regional token grid of the reconstruction branch (all
 49 tokens instead), and the panel with technical genes left out; and the ridge baseline at the HEST
 protocol's fixed strength. Arms identical to an earlier one (BLEEP at its chosen settings is CMRCNet's
 settings without the reconstruction loss) reuse its fits. Leave-one-patient-out (A, B, C) and
@@ -33,7 +33,7 @@ SECTIONS = ["A1", "B4", "C2", "C3", "C4", "C5", "C6"]
 #: Shared by every arm: the tables' patch geometry, batch, neighbours, QC and seed (tl.fit's defaults for the
 #: rest, which are CMRCNet's chosen settings).
 BASE = {"batch_size": 64, "k": 50, "qc_column": "sthist_pass_qc", "random_state": 0}
-#: Arm name → (method, options of tl.fit). The first four are the methods at their chosen settings
+#: Arm name → (method, options of tl.fit, with ``predict``: options of tl.predict). The first four are the methods at their chosen settings
 #: (``nested.md``); the others switch one component of sthist's default off.
 ARMS: dict[str, tuple[str, dict]] = {
     "cmrcnet": ("cmrcnet", {}),
@@ -41,6 +41,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "regression": ("regression", {}),
     "ridge": ("ridge", {}),
     "cmrcnet −reconstruction": ("bleep", {}),
+    "cmrcnet −TTA (patch as scanned only)": ("cmrcnet", {"predict": {"tta_views": 1}}),
     "cmrcnet −context": ("cmrcnet", {"context_um": None}),
     "cmrcnet −regional grid (49 tokens)": ("cmrcnet", {"reconstruction_grid": 0}),
     "cmrcnet, technical genes excluded": ("cmrcnet", {"exclude_technical": True}),
@@ -87,6 +88,8 @@ def run_arms(sections: dict, arms: dict, *, groups: str, base: dict, token_cache
             continue
         done[json.dumps([method, options], sort_keys=True)] = arm
         fit_seconds[arm] = 0.0
+        options = dict(options)
+        arm_predict = {**(predict_options or {}), **options.pop("predict", {})}  # e.g. tta_views
         for held_out in sorted(set(group.values())):
             train = {n: s for n, s in sections.items() if group[n] != held_out}
             tick = time.perf_counter()
@@ -97,7 +100,7 @@ def run_arms(sections: dict, arms: dict, *, groups: str, base: dict, token_cache
                     continue
                 predicted, _ = sthist.tl.predict(
                     sdata, model, inplace=False, token_cache=token_cache, qc_column=base["qc_column"],
-                    **(predict_options or {}),
+                    **arm_predict,
                 )  # fmt: skip
                 observed, aligned = aligned_frames(sdata, predicted, 1e4)
                 result = evaluation_frames(observed, aligned, n_top=50, marker_genes=markers)
@@ -152,7 +155,7 @@ def main() -> None:
     import torch
 
     import sthist
-    from sthist._core._config import ArchitectureConfig, TrainingConfig
+    from sthist._core._config import TTA_VIEWS, ArchitectureConfig, TrainingConfig
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
 
@@ -180,14 +183,15 @@ def main() -> None:
         f"(2-core CPU, {torch.get_num_threads()} torch threads, machine otherwise idle; fast path: frozen "
         f"ImageNet EfficientNet-Lite0, {training.views} dihedral views cached, tl.fit defaults: "
         f"{training.max_epochs} epochs, lr {training.learning_rate:g}, batch {BASE['batch_size']}, k {BASE['k']}, "
-        f"context {architecture.context_um} µm, regional grid {architecture.reconstruction_grid}; "
+        f"context {architecture.context_um} µm, regional grid {architecture.reconstruction_grid}; tl.predict "
+        f"default: test-time augmentation over {TTA_VIEWS} dihedral views; "
         f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}). Total {total / 60:.1f} min "
         f"(token cache {cache.nbytes / 2**20:.0f} MiB for {len(cache)} section entries).",
         "",
         "Arms: " + "; ".join(f"**{arm}** = `{method}` {options or '(defaults)'}" for arm, (method, options) in ARMS.items()),
         "",
         "Mean Pearson r across spots of each held-out section (HEG@50/HVG@50: top 50 genes of that section by "
-        "mean/variance among the panel; MG: breast-cancer markers in the panel; all: whole panel), gene–gene "
+        "mean/variance among the panel; MG: breast-cancer markers in the panel; panel: every predicted gene), gene–gene "
         "correlation fidelity, MSE (log1p units) and the mean pairwise r among the HEG@50 genes, predicted "
         "and observed (predictions that all move together show a high predicted value), averaged over "
         "held-out sections; ERBB2 AUROC: predicted "

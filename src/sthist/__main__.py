@@ -15,6 +15,7 @@ from sthist._core._config import (
     K_NEIGHBOURS,
     METHOD_NAMES,
     N_TOP_GENES,
+    TTA_VIEWS,
     ArchitectureConfig,
     PatchConfig,
     TrainingConfig,
@@ -729,8 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--tta-views",
         type=int,
-        default=1,
-        help="dihedral views predicted and averaged per patch (default: 1)",
+        default=TTA_VIEWS,
+        help=f"dihedral views predicted and averaged per patch (test-time augmentation; default: {TTA_VIEWS})",
     )
     predict.add_argument(
         "--smooth-um", type=float, default=None, help="average predictions over spots within this many µm"

@@ -220,5 +220,8 @@ METHOD_NAMES = ("cmrcnet", "bleep", "regression", "ridge")
 #: Default gene panel size (top genes by mean and by variance), retrieval neighbours and normalisation.
 N_TOP_GENES = 250
 K_NEIGHBOURS = 50
+#: Dihedral views predicted and averaged per patch by ``tl.predict`` (test-time augmentation), chosen by
+#: ``benchmarks/nested.py`` (round 2) for every method.
+TTA_VIEWS = 4
 TARGET_SUM = 1e4
 DEFAULT_BACKBONE = "efficientnet_lite0"

@@ -17,6 +17,7 @@ from sthist._core._checks import (
     did_you_mean,
     gene_list,
 )
+from sthist._core._config import TTA_VIEWS
 from sthist._core._docs import doc_params
 from sthist._core._neighbours import neighbour_mean
 from sthist._core._section import Section
@@ -40,7 +41,7 @@ def predict(
     qc_column: str | None = None,
     batch_size: int = 32,
     device: str = "auto",
-    tta_views: int = 1,
+    tta_views: int = TTA_VIEWS,
     smooth_um: float | None = None,
     image_key: str | None = None,
     shapes_key: str | None = None,
@@ -80,7 +81,9 @@ def predict(
         ``'cuda'``, ``'cuda:1'``.
     tta_views
         Test-time augmentation: predict each of the first ``tta_views`` dihedral views of every patch
-        (1-8) and average the predictions and spreads.
+        (1-8) and average the predictions and spreads. The default, 4, was chosen for every method by the
+        search inside training patients (``benchmarks/results/nested_defaults.md``); 1 predicts the patch
+        as scanned, 4× faster to encode.
     smooth_um
         Average each spot's prediction with those of the predicted spots whose centres lie within this
         distance (µm); ``None`` leaves predictions as they are. The spread is not smoothed.
