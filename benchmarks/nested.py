@@ -94,12 +94,24 @@ def main() -> None:
         action="store_true",
         help="only the search over all patients that sets the defaults (no outer folds: no unbiased estimate)",
     )
+    parser.add_argument(
+        "--outer-only",
+        action="store_true",
+        help="only the outer folds (the estimate), not the search over all patients (see --defaults-only)",
+    )
+    parser.add_argument("--methods", nargs="+", default=None, help="methods to search (default: all four)")
     parser.add_argument("--round", type=int, choices=(1, 2), default=2, help="candidate set (default: 2)")
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
     rounds = {1: ROUND_1, 2: ROUND_2}
-    candidates_of = {m: {**c, **(MORE if args.more else {})} for m, c in rounds[args.round].items()}
+    candidates_of = {
+        m: {**c, **(MORE if args.more else {})}
+        for m, c in rounds[args.round].items()
+        if args.methods is None or m in args.methods
+    }
     name = {1: "nested_round1", 2: "nested"}[args.round] + ("_defaults" if args.defaults_only else "")
+    if args.methods:
+        name += "_" + "_".join(args.methods)
 
     import sthist
     from sthist._core._report import markdown_table
@@ -151,7 +163,7 @@ def main() -> None:
     # The defaults: the same search over all patients (what a user holding these sections would do); the
     # outer figures above judge this procedure, not the particular choice.
     defaults = []
-    for method, candidates in candidates_of.items():
+    for method, candidates in {} if args.outer_only else candidates_of.items():
         named = {name: {"method": method, **options} for name, options in candidates.items()}
         ranking = sthist.tl.select_settings(
             sections, named, groups="patient", fit_options=base, token_cache=cache
@@ -177,7 +189,10 @@ def main() -> None:
     else:
         outer = ["Only the search over all patients ran (`--defaults-only`): no outer folds, so no unbiased "
                  "estimate from this run.", ""]  # fmt: skip
-    flags = f"{' --defaults-only' if args.defaults_only else ''}{' --more' if args.more else ''}"
+    flags = f"{' --defaults-only' if args.defaults_only else ''}{' --outer-only' if args.outer_only else ''}"
+    flags += " --more" if args.more else ""
+    if args.methods:
+        flags += " --methods " + " ".join(args.methods)
     text = "\n".join([
         "# Nested cross-validation on HER2ST (settings chosen inside the training patients)",
         "",
@@ -192,7 +207,7 @@ def main() -> None:
         "HEG@50 and HVG@50): these are the defaults of `tl.fit`/`tl.predict` and the settings of "
         "`benchmarks/accuracy.py`.",
         "",
-        markdown_table(pd.DataFrame(defaults), index=False),
+        markdown_table(pd.DataFrame(defaults), index=False) if defaults else "(not run: `--outer-only`)",
         "",
         *(["Choices per outer fold (inner scores):", "", markdown_table(pd.DataFrame(choices), index=False), "",
            "Per held-out section:", "", markdown_table(wide), ""] if rows else []),
