@@ -58,9 +58,12 @@ ROUND_1 = {
 #: Round 2 (default): round 1's choice against stain (HED) jitter of the cached views 1-3 during training and
 #: test-time augmentation (4 dihedral views averaged at prediction), each added alone (context was settled
 #: in round 1, where every method chose it).
+#: Prediction options are explicit, so that the candidates stay what they were whatever tl.predict's default
+#: (TTA over 4 views since this round chose it).
+NO_TTA = {"predict": {"tta_views": 1}}
 _ROUND_2_TRAINED = {
-    "context 300 µm": CONTEXT,
-    "+HED jitter 0.05": {**CONTEXT, "hed_jitter": 0.05},
+    "context 300 µm": {**CONTEXT, **NO_TTA},
+    "+HED jitter 0.05": {**CONTEXT, "hed_jitter": 0.05, **NO_TTA},
     "+TTA 4 views": {**CONTEXT, "predict": {"tta_views": 4}},
 }
 ROUND_2 = {
@@ -68,9 +71,9 @@ ROUND_2 = {
     "bleep": _ROUND_2_TRAINED,
     "regression": _ROUND_2_TRAINED,
     "ridge": {
-        "alpha cv, context 300 µm": CONTEXT,
+        "alpha cv, context 300 µm": {**CONTEXT, **NO_TTA},
         "+TTA 4 views": {**CONTEXT, "predict": {"tta_views": 4}},
-        "alpha hest, context 300 µm": {**CONTEXT, "ridge_alpha": "hest"},
+        "alpha hest, context 300 µm": {**CONTEXT, "ridge_alpha": "hest", **NO_TTA},
     },
 }
 #: Earlier options, added with --more (centring of expression and tokens, token layers).

@@ -246,7 +246,7 @@ def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sectio
     model = sthist.tl.fit(train, method=method, context_um=320.0, **FAST)
     assert model.architecture.context_um == 320.0
     cache = sthist.data.TokenCache()
-    predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache)
+    predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache, tta_views=1)
     assert np.isfinite(predicted.to_numpy()).all()
     # The neighbourhood matters: the same spots predicted from a section with its spots shuffled in space
     # keep their patches but not their neighbours.
@@ -264,7 +264,7 @@ def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sectio
     assert not np.allclose(far.numpy(), by_hand.numpy())
     model.save(tmp_path / "model")
     loaded = sthist.models.load(tmp_path / "model")
-    again, _ = sthist.tl.predict(sections["toy2"], loaded, inplace=False)
+    again, _ = sthist.tl.predict(sections["toy2"], loaded, inplace=False, tta_views=1)
     np.testing.assert_allclose(again.to_numpy(), predicted.to_numpy(), rtol=1e-5, atol=1e-6)
     assert table.n_obs == len(predicted)
 
