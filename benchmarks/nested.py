@@ -112,6 +112,10 @@ def main() -> None:
         for m, c in rounds[args.round].items()
         if args.methods is None or m in args.methods
     }
+    # Every candidate predicts the patch as scanned unless it says otherwise (round 1 predates the TTA default).
+    candidates_of = {
+        m: {name: {**NO_TTA, **options} for name, options in c.items()} for m, c in candidates_of.items()
+    }
     name = {1: "nested_round1", 2: "nested"}[args.round] + ("_defaults" if args.defaults_only else "")
     if args.methods:
         name += "_" + "_".join(args.methods)
