@@ -90,6 +90,9 @@ class Key:
         TILES = "sthist_tiles"
 
     class tables:
+        #: The table of the view :func:`sthist.tl.to_spatialdata` returns (predictions in ``X``).
+        PREDICTIONS = "predictions"
+
         @staticmethod
         def tiles(key: str) -> str:
             """Name of the table annotating the tiles ``shapes[key]``."""

@@ -62,7 +62,8 @@ def encode_patches(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sthist-read") as reader:
         pending = reader.submit(fill, 0) if starts else None
         for number in tqdm(range(len(starts)), desc=description, disable=not settings.progress, unit="batch"):
-            assert pending is not None
+            if pending is None:  # cannot happen: a batch is submitted for every number in range
+                raise RuntimeError(f"encode_patches: batch {number} was never read.")
             batch = pending.result()
             # The next batch goes to the other buffer while this one is encoded (copied to the device first).
             on_device = batch.to(device, non_blocking=False)

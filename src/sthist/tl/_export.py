@@ -216,5 +216,5 @@ def to_spatialdata(
     return SpatialData(
         images={section.image_key: sdata.images[section.image_key]},
         shapes={spots.shapes_key: sdata.shapes[spots.shapes_key]},
-        tables={"predictions": table},
+        tables={Key.tables.PREDICTIONS: table},
     )
