@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import load_sections
 
 NO_CONTEXT = {"context_um": None}
+NO_TTA = {"predict": {"tta_views": 1}}
 CONTEXT = {"context_um": 300.0}
 #: Round 1 (``--round 1``, results in ``nested_round1.md``): the schedule of the published tables, spatial
 #: context, and a longer schedule (the paper's for the contrastive methods; more epochs for regression, which
@@ -58,12 +59,9 @@ ROUND_1 = {
 #: Round 2 (default): round 1's choice against stain (HED) jitter of the cached views 1-3 during training and
 #: test-time augmentation (4 dihedral views averaged at prediction), each added alone (context was settled
 #: in round 1, where every method chose it).
-#: Prediction options are explicit, so that the candidates stay what they were whatever tl.predict's default
-#: (TTA over 4 views since this round chose it).
-NO_TTA = {"predict": {"tta_views": 1}}
 _ROUND_2_TRAINED = {
-    "context 300 µm": {**CONTEXT, **NO_TTA},
-    "+HED jitter 0.05": {**CONTEXT, "hed_jitter": 0.05, **NO_TTA},
+    "context 300 µm": CONTEXT,
+    "+HED jitter 0.05": {**CONTEXT, "hed_jitter": 0.05},
     "+TTA 4 views": {**CONTEXT, "predict": {"tta_views": 4}},
 }
 ROUND_2 = {
@@ -71,9 +69,9 @@ ROUND_2 = {
     "bleep": _ROUND_2_TRAINED,
     "regression": _ROUND_2_TRAINED,
     "ridge": {
-        "alpha cv, context 300 µm": {**CONTEXT, **NO_TTA},
+        "alpha cv, context 300 µm": CONTEXT,
         "+TTA 4 views": {**CONTEXT, "predict": {"tta_views": 4}},
-        "alpha hest, context 300 µm": {**CONTEXT, "ridge_alpha": "hest", **NO_TTA},
+        "alpha hest, context 300 µm": {**CONTEXT, "ridge_alpha": "hest"},
     },
 }
 #: Earlier options, added with --more (centring of expression and tokens, token layers).
@@ -107,14 +105,12 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
     rounds = {1: ROUND_1, 2: ROUND_2}
+    # Every candidate predicts the patch as scanned unless it asks for TTA, so that the candidates stay what they
+    # were whatever tl.predict's default (TTA over 4 views since round 2 chose it).
     candidates_of = {
-        m: {**c, **(MORE if args.more else {})}
+        m: {name: {**NO_TTA, **options} for name, options in {**c, **(MORE if args.more else {})}.items()}
         for m, c in rounds[args.round].items()
         if args.methods is None or m in args.methods
-    }
-    # Every candidate predicts the patch as scanned unless it says otherwise (round 1 predates the TTA default).
-    candidates_of = {
-        m: {name: {**NO_TTA, **options} for name, options in c.items()} for m, c in candidates_of.items()
     }
     name = {1: "nested_round1", 2: "nested"}[args.round] + ("_defaults" if args.defaults_only else "")
     if args.methods:

@@ -1,4 +1,4 @@
-"""``sthist.tl.to_anndata``: predictions as an AnnData ready for scanpy (PCA, neighbours, clustering, plots)."""
+"""``sthist.tl.to_anndata`` and ``to_spatialdata``: predictions for scanpy and for spatialdata-plot."""
 
 from __future__ import annotations
 
@@ -66,8 +66,6 @@ def to_anndata(
     >>> adata.obsm["X_pca"].shape
     (100, 5)
     """
-    import anndata as ad
-
     section = Section.resolve(
         sdata,
         image_key=image_key,
@@ -76,32 +74,7 @@ def to_anndata(
         coordinate_system=coordinate_system,
         require_scale=False,
     )
-    table = section.table
-    if key not in table.obsm:
-        raise KeyError(
-            f"No predictions under table.obsm[{key!r}]; run `sthist.tl.predict(sdata, model)` first. "
-            f"Available: {sorted(table.obsm.keys())}."
-        )
-    predicted = table.obsm[key]
-    rows = predicted.notna().all(axis=1).to_numpy()
-    if not rows.any():
-        raise ValueError(f"table.obsm[{key!r}] holds no predicted spot (all NaN).")
-    layers = {}
-    uncertainty_key = Key.obsm.uncertainty(key)
-    if uncertainty_key in table.obsm and np.isfinite(table.obsm[uncertainty_key].to_numpy()).any():
-        layers[Key.layers.UNCERTAINTY] = table.obsm[uncertainty_key].to_numpy(dtype=np.float32)[rows]
-    obs = table.obs.iloc[np.flatnonzero(rows)].copy()
-    adata = ad.AnnData(
-        X=predicted.to_numpy(dtype=np.float32)[rows],
-        obs=obs,
-        var=predicted.columns.to_frame(name="gene").set_index("gene"),
-        layers=layers,
-    )
-    centres = section.centres[rows]
-    adata.obsm[Key.obsm.SPATIAL] = centres
-    record = table.uns.get(key)
-    if isinstance(record, dict):
-        adata.uns[key] = dict(record)
+    adata, rows = _predicted_spots(section, key)
     library_id = library_id or section.name
     level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
     scales = _axis_aligned_scales(level.to_pixels)
@@ -131,6 +104,41 @@ def to_anndata(
             }
         }
     return adata
+
+
+def _predicted_spots(section: Section, key: str) -> tuple[ad.AnnData, np.ndarray]:
+    """The predicted spots of a resolved section, and the mask of the table rows they come from.
+
+    The AnnData holds the predictions in ``X``, their spread in ``layers``, the spots' ``obs``, their centres in
+    ``obsm['spatial']`` and the prediction's provenance in ``uns[key]``.
+    """
+    import anndata as ad
+
+    table = section.table
+    if key not in table.obsm:
+        raise KeyError(
+            f"No predictions under table.obsm[{key!r}]; run `sthist.tl.predict(sdata, model)` first. "
+            f"Available: {sorted(table.obsm.keys())}."
+        )
+    predicted = table.obsm[key]
+    rows = predicted.notna().all(axis=1).to_numpy()
+    if not rows.any():
+        raise ValueError(f"table.obsm[{key!r}] holds no predicted spot (all NaN).")
+    layers = {}
+    uncertainty_key = Key.obsm.uncertainty(key)
+    if uncertainty_key in table.obsm and np.isfinite(table.obsm[uncertainty_key].to_numpy()).any():
+        layers[Key.layers.UNCERTAINTY] = table.obsm[uncertainty_key].to_numpy(dtype=np.float32)[rows]
+    adata = ad.AnnData(
+        X=predicted.to_numpy(dtype=np.float32)[rows],
+        obs=table.obs.iloc[np.flatnonzero(rows)].copy(),
+        var=predicted.columns.to_frame(name="gene").set_index("gene"),
+        layers=layers,
+    )
+    adata.obsm[Key.obsm.SPATIAL] = section.centres[rows]
+    record = table.uns.get(key)
+    if isinstance(record, dict):
+        adata.uns[key] = dict(record)
+    return adata, rows
 
 
 def _axis_aligned_scales(to_pixels: np.ndarray) -> tuple[float, float] | None:
@@ -203,11 +211,7 @@ def to_spatialdata(
         require_scale=False,
     )
     spots = section.spots
-    adata = to_anndata(
-        sdata, key=key, image_key=section.image_key, shapes_key=spots.shapes_key, table_key=spots.table_key,
-        coordinate_system=section.coordinate_system,
-    )  # fmt: skip
-    adata.uns.pop("spatial", None)  # the image is an element of the SpatialData object
+    adata, _ = _predicted_spots(section, key)  # no image in uns: it is an element of the SpatialData object
     attrs = section.table.uns["spatialdata_attrs"]
     adata.obs[attrs["region_key"]] = adata.obs[attrs["region_key"]].astype("category")
     table = TableModel.parse(
