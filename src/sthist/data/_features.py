@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -45,29 +46,30 @@ def encode_patches(
     size = dataset.patch_size_px
     buffers = [torch.empty((batch_size, 3, size, size), dtype=torch.uint8) for _ in range(2)]
     starts = list(range(0, len(jobs), batch_size))
-    state: dict[str, Any] = {"read_index": -1, "base": np.zeros((size, size, 3), dtype=np.uint8)}
+    if not starts:
+        raise ValueError("No patch to encode (empty dataset or indices).")
+    read = functools.lru_cache(maxsize=1)(
+        dataset.patch
+    )  # each patch read and resampled once for all its views
 
     def fill(number: int) -> torch.Tensor:
         """Batch ``number`` into one of two buffers (the other is the one the encoder is reading)."""
         batch = buffers[number % 2]
         with torch.inference_mode():
             for slot, (_, index, view) in enumerate(jobs[starts[number] : starts[number] + batch_size]):
-                if index != state["read_index"]:  # each patch is read and resampled once for all its views
-                    state["read_index"], state["base"] = index, dataset.patch(index)
-                patch = dataset.view(index, view, jitter, base=state["base"])
+                patch = dataset.view(index, view, jitter, base=read(index))
                 batch[slot] = torch.from_numpy(patch).permute(2, 0, 1)
         return batch
 
     output = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sthist-read") as reader:
-        pending = reader.submit(fill, 0) if starts else None
+        pending = reader.submit(fill, 0)
         for number in tqdm(range(len(starts)), desc=description, disable=not settings.progress, unit="batch"):
-            if pending is None:  # cannot happen: a batch is submitted for every number in range
-                raise RuntimeError(f"encode_patches: batch {number} was never read.")
             batch = pending.result()
             # The next batch goes to the other buffer while this one is encoded (copied to the device first).
             on_device = batch.to(device, non_blocking=False)
-            pending = reader.submit(fill, number + 1) if number + 1 < len(starts) else None
+            if number + 1 < len(starts):
+                pending = reader.submit(fill, number + 1)
             chunk = jobs[starts[number] : starts[number] + batch_size]
             tokens = encoder(on_device)[: len(chunk)]
             if output is None:
@@ -80,9 +82,7 @@ def encode_patches(
             rows = np.array([row for row, _, _ in chunk])
             columns = np.array([view for _, _, view in chunk])
             output[rows, columns] = tokens.to("cpu", dtype)
-    if output is None:
-        raise ValueError("No patch to encode (empty dataset or indices).")
-    return output
+    return cast(torch.Tensor, output)  # set by the first batch; there is at least one
 
 
 class TokenDataset(torch.utils.data.Dataset):
