@@ -190,6 +190,53 @@ def test_select_settings_ranks_candidates_on_inner_folds_only(sections):
         sthist.tl.select_settings(train, candidates, groups="section", gene_sets=["XYZ"])
 
 
+def test_select_settings_shares_fits_between_candidates_that_differ_only_at_prediction(sections, monkeypatch):
+    from sthist.tl import _fit
+
+    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5,
+              "context_um": None, "random_state": 0}  # fmt: skip
+    train = {k: sections[k] for k in ("toy0", "toy1")}
+    fits = []
+    original = _fit.fit
+    monkeypatch.setattr(_fit, "fit", lambda *a, **o: fits.append(o["method"]) or original(*a, **o))
+    candidates = {
+        "as scanned": {"method": "bleep", "predict": {"tta_views": 1}},
+        "smoothed": {"method": "bleep", "predict": {"tta_views": 1, "smooth_um": 160.0}},
+        "ridge": {"method": "ridge"},
+    }
+    ranking = sthist.tl.select_settings(train, candidates, groups="section", fit_options=shared)
+    assert sorted(fits) == [
+        "bleep",
+        "bleep",
+        "ridge",
+        "ridge",
+    ]  # one fit per fold and method, not per candidate
+    for name in ("as scanned", "smoothed"):
+        direct = sthist.tl.cross_validate(
+            train, groups="section", methods=["bleep"], fit_options=shared,
+            predict_options=candidates[name]["predict"],
+        )  # fmt: skip
+        expected = (
+            direct[direct["gene_set"].isin(["HEG@50", "HVG@50"])].groupby("gene_set")["pearson_mean"].mean()
+        )
+        assert ranking.loc[name, "score"] == pytest.approx(expected.mean())
+    assert ranking.loc["as scanned", "score"] != pytest.approx(ranking.loc["smoothed", "score"])
+
+
+def test_cross_validate_checks_its_prediction_variants(sections):
+    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "views": 1, "k": 5}
+    with pytest.raises(ValueError, match="not both"):
+        sthist.tl.cross_validate(
+            sections, groups="section", fit_options=shared, predict_options={}, predict_variants={"a": {}}
+        )
+    with pytest.raises(ValueError, match="names no variant"):
+        sthist.tl.cross_validate(sections, groups="section", fit_options=shared, predict_variants={})
+    with pytest.raises(ValueError, match="predict variant 'a' must not set 'inplace'"):
+        sthist.tl.cross_validate(
+            sections, groups="section", fit_options=shared, predict_variants={"a": {"inplace": True}}
+        )
+
+
 def test_fine_tuning_trains_on_the_centred_targets(sections, monkeypatch):
     from sthist.models import _training
 

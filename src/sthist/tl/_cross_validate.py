@@ -78,6 +78,7 @@ def cross_validate(
     marker_genes: Sequence[str] | None = None,
     fit_options: Mapping | None = None,
     predict_options: Mapping | None = None,
+    predict_variants: Mapping[str, Mapping] | None = None,
     token_cache=None,
     return_models: bool = False,
 ):
@@ -104,6 +105,10 @@ def cross_validate(
         Further keyword arguments of :func:`sthist.tl.fit`, the same for every method and fold.
     predict_options
         Keyword arguments of :func:`sthist.tl.predict` (e.g. ``tta_views``, ``smooth_um``).
+    predict_variants
+        Named sets of :func:`sthist.tl.predict` options, instead of ``predict_options``: each fitted model
+        predicts every held-out section once per variant, so settings that differ only at prediction share
+        their fits; rows carry the variant's name in a ``variant`` column.
     token_cache
         A :class:`sthist.data.TokenCache`; by default one is made so that each section is encoded once.
     return_models
@@ -111,8 +116,8 @@ def cross_validate(
 
     Returns
     -------
-    A tidy DataFrame: one row per fold, held-out section, method and gene set (HEG@n, HVG@n, MG, panel), with
-    ``pearson_mean``, ``pearson_median``, ``spearman_mean``, ``mse_mean``, ``n_genes``, ``n_nan``,
+    A tidy DataFrame: one row per fold, held-out section, method (and variant) and gene set (HEG@n, HVG@n, MG,
+    panel), with ``pearson_mean``, ``pearson_median``, ``spearman_mean``, ``mse_mean``, ``n_genes``, ``n_nan``,
     ``gene_gene_fidelity``, ``training_spots`` and ``panel_size`` (and the models, with ``return_models``).
     Nothing is written into the sections.
 
@@ -143,10 +148,16 @@ def cross_validate(
     for reserved in ("method", "token_cache", "sdata"):
         if reserved in options:
             raise ValueError(f"fit_options must not set {reserved!r}.")
-    at_predict = dict(predict_options or {})
-    for reserved in ("inplace", "token_cache", "qc_column", "model", "sdata"):
-        if reserved in at_predict:
-            raise ValueError(f"predict_options must not set {reserved!r}.")
+    if predict_variants is not None and predict_options is not None:
+        raise ValueError("Give predict_options or predict_variants, not both.")
+    if predict_variants is not None and not predict_variants:
+        raise ValueError("predict_variants names no variant: give at least one (an empty dict is no change).")
+    variants = {None: predict_options} if predict_variants is None else dict(predict_variants)
+    for variant, at_predict in variants.items():
+        for reserved in ("inplace", "token_cache", "qc_column", "model", "sdata"):
+            if reserved in (at_predict or {}):
+                where = "predict_options" if variant is None else f"predict variant {variant!r}"
+                raise ValueError(f"{where} must not set {reserved!r}.")
     cache = token_cache if token_cache is not None else TokenCache()
     rows, models = [], {}
     for fold, held_out in enumerate(distinct):
@@ -158,33 +169,35 @@ def cross_validate(
             if return_models:
                 models[(held_out, method)] = model
             target_sum = model.config["normalization"]["target_sum"]
-            for name, sdata in test.items():
-                predicted, _ = cast(
-                    "tuple[pd.DataFrame, pd.DataFrame]",
-                    predict(
-                        sdata,
-                        model,
-                        inplace=False,
-                        token_cache=cache,
-                        qc_column=options.get("qc_column"),
-                        **at_predict,
-                    ),
-                )
-                observed, predicted = aligned_frames(sdata, predicted, target_sum)
-                result = evaluation_frames(observed, predicted, n_top=n_top, marker_genes=marker_genes)
-                for gene_set, summary in result["summary"].iterrows():
-                    rows.append(
-                        {
-                            "fold": fold,
-                            "held_out": held_out,
-                            "section": name,
-                            "method": method,
-                            "gene_set": gene_set,
-                            **summary.to_dict(),
-                            "gene_gene_fidelity": result["gene_gene_fidelity"],
-                            "training_spots": sum(model.config["training_sections"].values()),
-                            "panel_size": len(model.genes),
-                        }
+            for variant, at_predict in variants.items():
+                for name, sdata in test.items():
+                    predicted, _ = cast(
+                        "tuple[pd.DataFrame, pd.DataFrame]",
+                        predict(
+                            sdata,
+                            model,
+                            inplace=False,
+                            token_cache=cache,
+                            qc_column=options.get("qc_column"),
+                            **(at_predict or {}),
+                        ),
                     )
+                    observed, predicted = aligned_frames(sdata, predicted, target_sum)
+                    result = evaluation_frames(observed, predicted, n_top=n_top, marker_genes=marker_genes)
+                    for gene_set, summary in result["summary"].iterrows():
+                        rows.append(
+                            {
+                                "fold": fold,
+                                "held_out": held_out,
+                                "section": name,
+                                "method": method,
+                                **({} if variant is None else {"variant": variant}),
+                                "gene_set": gene_set,
+                                **summary.to_dict(),
+                                "gene_gene_fidelity": result["gene_gene_fidelity"],
+                                "training_spots": sum(model.config["training_sections"].values()),
+                                "panel_size": len(model.genes),
+                            }
+                        )
     table = pd.DataFrame(rows)
     return (table, models) if return_models else table

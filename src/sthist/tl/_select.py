@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,8 @@ def select_settings(
     Give it the training sections of an outer fold: the held-out sections of that fold then play no part in
     the choice, so the chosen settings can be judged on them without optimism (nested cross-validation).
     Each candidate is fitted and evaluated on the same inner folds; its score is the mean, over
-    ``gene_sets``, of the mean Pearson r over the inner held-out sections.
+    ``gene_sets``, of the mean Pearson r over the inner held-out sections. Candidates that differ only in
+    their ``predict`` options share their fits, so prediction-time settings cost one fit per fold.
 
     Parameters
     ----------
@@ -76,20 +78,28 @@ def select_settings(
     if unknown or not gene_sets:
         raise ValueError(f"gene_sets must be among {list(names)}, got {list(gene_sets)}.")
     cache = token_cache if token_cache is not None else TokenCache()
-    rows = {}
+    # Candidates that differ only in how they predict share their fits: one cross-validation per method and
+    # fit options, predicting once per candidate.
+    shared_fits: dict[str, tuple[str, dict, dict[str, dict]]] = {}
     for name, options in candidates.items():
         options = {**(fit_options or {}), **options}
         if "method" not in options:
             raise ValueError(f"Candidate {name!r} names no method.")
         method = options.pop("method")
-        predict_options = options.pop("predict", None)
+        predict_options = dict(options.pop("predict", None) or {})
+        key = json.dumps([method, options], sort_keys=True, default=repr)
+        shared_fits.setdefault(key, (method, options, {}))[2][name] = predict_options
+    scores = {}
+    for method, options, variants in shared_fits.values():
         table = cross_validate(
             sections, groups=groups, methods=[method], n_top=n_top, fit_options=options,
-            predict_options=predict_options, token_cache=cache,
+            predict_variants=variants, token_cache=cache,
         )  # fmt: skip
-        means = table.groupby("gene_set")["pearson_mean"].mean()
-        rows[name] = {names[g]: float(means[names[g]]) for g in gene_sets}
-        logger.info("candidate %s: %s", name, rows[name])
+        for name, means in table.groupby("variant")[["gene_set", "pearson_mean"]]:
+            means = means.groupby("gene_set")["pearson_mean"].mean()
+            scores[name] = {names[g]: float(means[names[g]]) for g in gene_sets}
+            logger.info("candidate %s: %s", name, scores[name])
+    rows = {name: scores[name] for name in candidates}
     result = pd.DataFrame.from_dict(rows, orient="index")
     result["score"] = result.mean(axis=1)
     result = result.sort_values("score", ascending=False, kind="stable")
