@@ -1,4 +1,4 @@
-"""Datasets as SpatialData: real data (hashed registry), HEST-1k and Visium readers, arrays, a synthetic toy."""
+"""Datasets as SpatialData: real data (hashed registry), HEST-1k, Visium, Visium HD and Xenium readers, arrays, a synthetic toy."""
 
 from sthist.datasets._arrays import from_anndata, from_arrays
 from sthist.datasets._her2st import MARKER_GENES as her2st_marker_genes
@@ -7,6 +7,8 @@ from sthist.datasets._hest import download_hest, hest
 from sthist.datasets._registry import fetch
 from sthist.datasets._toy import toy
 from sthist.datasets._visium import seurat_visium, visium
+from sthist.datasets._visium_hd import visium_hd
+from sthist.datasets._xenium import xenium
 
 __all__ = [
     "download_hest",
@@ -19,4 +21,6 @@ __all__ = [
     "seurat_visium",
     "toy",
     "visium",
+    "visium_hd",
+    "xenium",
 ]
