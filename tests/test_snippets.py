@@ -40,7 +40,8 @@ def test_the_pages_with_snippets_are_the_ones_expected():
 
 
 def _write_inputs(folder: Path) -> None:
-    """The files the snippets name: a legacy ST count table, spot pixel positions, a JPEG, a HEST folder."""
+    """The files the snippets name: a legacy ST count table, spot pixel positions, a JPEG, HEST, Visium HD and
+    Xenium output folders."""
     import importlib.util
 
     from PIL import Image
@@ -63,6 +64,11 @@ def _write_inputs(folder: Path) -> None:
     Image.fromarray(image).save(folder / "he.jpg")
     for sample in ("TENX95", "NCBI783"):
         hest_tests._write_sample(folder / "data" / "hest", sample)
+    from test_visium_hd import _write_outs as write_visium_hd
+    from test_xenium import _write_outs as write_xenium
+
+    write_visium_hd(folder / "visium_hd" / "outs", bin_sizes=(16,))
+    write_xenium(folder / "xenium" / "outs")
 
 
 @pytest.fixture
