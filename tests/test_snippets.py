@@ -40,8 +40,8 @@ def test_the_pages_with_snippets_are_the_ones_expected():
 
 
 def _write_inputs(folder: Path) -> None:
-    """The files the snippets name: a legacy ST count table, spot pixel positions, a JPEG, HEST, Visium HD and
-    Xenium output folders."""
+    """The files the snippets name: a legacy ST count table, spot pixel positions, a JPEG, HEST, Visium,
+    Visium HD and Xenium output folders."""
     import importlib.util
 
     from PIL import Image
@@ -68,6 +68,7 @@ def _write_inputs(folder: Path) -> None:
     from test_xenium import _write_outs as write_xenium
 
     write_visium_hd(folder / "visium_hd" / "outs", bin_sizes=(16,))
+    sthist.datasets.seurat_visium(folder=folder / "spaceranger" / "outs")  # a real Space Ranger output
     write_xenium(folder / "xenium" / "outs")
 
 

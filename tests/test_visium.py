@@ -85,3 +85,38 @@ def test_a_store_written_by_spatialdata_io_predicts_as_it_is(visium, tmp_path, c
     assert main(["predict", str(tmp_path / "raw.zarr"), "--model", str(model_dir)]) == 0
     assert main(["qc", str(tmp_path / "raw.zarr"), "--patch-size-um", "200"]) == 0
     capsys.readouterr()
+
+
+def test_the_finest_image_is_the_one_read_when_several_are_present(visium_dir, tmp_path):
+    """Space Ranger writes a high- and a low-resolution PNG: patches come from the finer without image_key=."""
+    from PIL import Image
+
+    sthist.datasets.seurat_visium(folder=tmp_path / "outs")
+    scalefactors = json.loads((tmp_path / "outs/spatial/scalefactors_json.json").read_text())
+    lowres = Image.open(tmp_path / "outs/spatial/tissue_lowres_image.png")
+    ratio = scalefactors["tissue_hires_scalef"] / scalefactors["tissue_lowres_scalef"]
+    lowres.resize((round(lowres.width * ratio), round(lowres.height * ratio))).save(
+        tmp_path / "outs/spatial/tissue_hires_image.png"
+    )
+    sdata = sthist.datasets.visium(tmp_path / "outs", dataset_id="seurat")
+    assert sorted(sdata.images) == ["seurat_hires_image", "seurat_lowres_image"]
+    assert sdata.attrs["sthist"]["image_key"] == "seurat_hires_image"
+    geometry = sthist.pp.patch_geometry(sdata)  # no image_key: the recorded finest image
+    assert geometry.level_microns_per_pixel[0] == pytest.approx(
+        65 / scalefactors["spot_diameter_fullres"] / scalefactors["tissue_hires_scalef"], rel=1e-3
+    )
+    lowres_geometry = sthist.pp.patch_geometry(
+        sdata, image_key="seurat_lowres_image"
+    )  # naming one still wins
+    assert lowres_geometry.level_microns_per_pixel[0] > 3 * geometry.level_microns_per_pixel[0]
+    with pytest.raises(FileNotFoundError, match="fullres_image_file='nowhere.tif' is not a file"):
+        sthist.datasets.visium(tmp_path / "outs", fullres_image_file="nowhere.tif")
+
+
+def test_space_ranger_names_without_a_prefix_need_no_dataset_id(visium_dir, tmp_path):
+    sthist.datasets.seurat_visium(folder=tmp_path / "outs")
+    sdata = sthist.datasets.visium(tmp_path / "outs")  # spatialdata-io alone asks for dataset_id here
+    assert (
+        list(sdata.images) == ["visium_lowres_image"]
+        and sdata.attrs["sthist"]["image_key"] == "visium_lowres_image"
+    )

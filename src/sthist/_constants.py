@@ -31,6 +31,8 @@ class Key:
         SECTION = "section"
         PATIENT = "patient"
         DATASET = "dataset"
+        #: The image read when several are present and none is named (the Visium reader records the finest).
+        IMAGE = "image_key"
 
     class layers:
         #: Written by :func:`sthist.pp.normalize` (log1p of counts normalised to ``target_sum``).

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sthist._constants import DEFAULT_COORDINATE_SYSTEM
+from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._image import full_resolution
 
 if TYPE_CHECKING:
@@ -83,7 +83,8 @@ def resolve_elements(
     """Find the image, spots and table to use, with clear errors when missing or ambiguous.
 
     The table must annotate the spots (``spatialdata_attrs['region']``) and every annotated instance must
-    exist among the spots. Image and spots must both be placed in ``coordinate_system``.
+    exist among the spots. Image and spots must both be placed in ``coordinate_system``. Among several images,
+    the one a reader recorded in ``attrs['sthist']['image_key']`` is used unless ``image_key`` names another.
     """
     from spatialdata.transformations import get_transformation
 
@@ -121,6 +122,9 @@ def resolve_elements(
             "annotate these spots."
         )
     if require_image:
+        recorded = sdata.attrs.get(Key.attrs.ROOT, {}).get(Key.attrs.IMAGE)
+        if image_key is None and recorded in sdata.images:
+            image_key = recorded  # the reader's choice among several images (the finest H&E)
         image_key = _one_of("image", list(sdata.images.keys()), image_key, "image_key")
     shape_systems = get_transformation(shapes, get_all=True)
     if coordinate_system not in shape_systems and coordinate_system == DEFAULT_COORDINATE_SYSTEM:

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
 from sthist._core._section import VISIUM_SPOT_DIAMETER_UM
@@ -20,20 +22,28 @@ if TYPE_CHECKING:
 #: Diameter of a Visium spot in µm (10x Genomics specification).
 
 
-def visium(path: str | Path, *, dataset_id: str | None = None) -> SpatialData:
+def visium(
+    path: str | Path, *, dataset_id: str | None = None, fullres_image_file: str | Path | None = None
+) -> SpatialData:
     """Read a Space Ranger output folder with ``spatialdata_io.visium`` and record its physical scale.
 
     The full-resolution coordinate system is named ``'global'`` (spatialdata-io names it after the dataset);
     its µm per pixel follows from the 65 µm spot diameter and ``spot_diameter_fullres`` of
-    ``spatial/scalefactors_json.json``. Images (``*_hires_image``, ``*_lowres_image``) are placed in it by
-    the scale factors of the same file.
+    ``spatial/scalefactors_json.json``. Images (``*_hires_image``, ``*_lowres_image``, and the
+    full-resolution H&E when given) are placed in it by the scale factors of the same file. The finest of
+    them is recorded as the image sthist reads (``attrs['sthist']['image_key']``), so no function needs
+    ``image_key=``; naming another image still chooses it.
 
     Parameters
     ----------
     path
         Space Ranger ``outs`` folder (``filtered_feature_bc_matrix.h5``, ``spatial/``).
     dataset_id
-        Name prefix of the elements; inferred by spatialdata-io when ``None``.
+        Name prefix of the elements; by default the files' prefix (``<id>_filtered_feature_bc_matrix.h5``), or
+        ``'visium'`` for Space Ranger's unprefixed names.
+    fullres_image_file
+        The full-resolution H&E given to Space Ranger (TIFF or JPEG): patches are then cut at full resolution
+        instead of from the high-resolution PNG (about 2,000 px across the capture area).
     """
     try:
         from spatialdata_io import visium as read_visium
@@ -49,7 +59,11 @@ def visium(path: str | Path, *, dataset_id: str | None = None) -> SpatialData:
         raise ValueError(
             f"{scalefactors_file} has no 'spot_diameter_fullres'; the physical scale is unknown."
         )
-    sdata = read_visium(path, dataset_id=dataset_id)
+    if fullres_image_file is not None and not Path(fullres_image_file).is_file():
+        raise FileNotFoundError(f"fullres_image_file={str(fullres_image_file)!r} is not a file.")
+    if dataset_id is None and (path / "filtered_feature_bc_matrix.h5").exists():
+        dataset_id = "visium"  # Space Ranger's own file names carry no prefix to name the elements after
+    sdata = read_visium(path, dataset_id=dataset_id, fullres_image_file=fullres_image_file)
     shapes_key = next(iter(sdata.shapes))
     from spatialdata.transformations import get_transformation
 
@@ -64,8 +78,26 @@ def visium(path: str | Path, *, dataset_id: str | None = None) -> SpatialData:
         VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"]),
         source=f"65 µm spot diameter / spot_diameter_fullres ({scalefactors['spot_diameter_fullres']:.3f} px)",
     )
-    sdata.attrs[Key.attrs.ROOT].update({Key.attrs.DATASET: "visium", "path": str(path)})
+    sdata.attrs[Key.attrs.ROOT].update(
+        {Key.attrs.DATASET: "visium", "path": str(path), Key.attrs.IMAGE: _finest_image(sdata)}
+    )
     return sdata
+
+
+def _finest_image(sdata) -> str | None:
+    """The image with the most pixels per unit of the full-resolution coordinate system (``None`` if none)."""
+    from spatialdata.transformations import get_transformation
+
+    from sthist._core._image import full_resolution
+
+    def units_per_pixel(key: str) -> float:
+        transformation = get_transformation(full_resolution(sdata.images[key]), DEFAULT_COORDINATE_SYSTEM)
+        matrix = transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+        return float(abs(np.linalg.det(matrix[:2, :2])))
+
+    placed = [k for k in sdata.images if DEFAULT_COORDINATE_SYSTEM in get_transformation(
+        full_resolution(sdata.images[k]), get_all=True)]  # fmt: skip
+    return min(placed, key=units_per_pixel) if placed else None
 
 
 def seurat_visium(*, folder: str | Path | None = None) -> SpatialData:
