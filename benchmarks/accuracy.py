@@ -2,10 +2,11 @@
 
 Each method at the settings chosen for it by ``benchmarks/nested.py`` (its search over the training
 patients), then CMRCNet with each of its components switched off once: the reconstruction loss (which leaves
-BLEEP on CMRCNet's settings), test-time augmentation at prediction, the spatial context, the regional token grid of the reconstruction branch (all
-49 tokens instead), and the panel with technical genes left out; and the ridge baseline at the HEST
-protocol's fixed strength. Arms identical to an earlier one (BLEEP at its chosen settings is CMRCNet's
-settings without the reconstruction loss) reuse its fits. Leave-one-patient-out (A, B, C) and
+BLEEP on CMRCNet's settings, its 20 neighbours included), test-time augmentation at prediction, the
+retrieval neighbours chosen in round 3 (50 as before), the spatial context, the regional token grid of the
+reconstruction branch (all 49 tokens instead), and the panel with technical genes left out; and the ridge
+baseline at the HEST protocol's fixed strength and without its chosen smoothing. Arms identical to an
+earlier one reuse its fits. Leave-one-patient-out (A, B, C) and
 leave-one-section-out, the same frozen ImageNet EfficientNet-Lite0 encoder, the same 112 µm / 224 px patch
 geometry, the same QC'd spots and the same folds, in one run. Each section is encoded once (4 dihedral views)
 and the tokens are shared by all fits, so that fit times compare training alone.
@@ -30,22 +31,24 @@ from pathlib import Path
 import pandas as pd
 
 SECTIONS = ["A1", "B4", "C2", "C3", "C4", "C5", "C6"]
-#: Shared by every arm: the tables' patch geometry, batch, neighbours, QC and seed (tl.fit's defaults for the
-#: rest, which are CMRCNet's chosen settings).
-BASE = {"batch_size": 64, "k": 50, "qc_column": "sthist_pass_qc", "random_state": 0}
-#: Arm name → (method, options of tl.fit, with ``predict``: options of tl.predict). The first four are the methods at their chosen settings
-#: (``nested.md``); the others switch one component of sthist's default off.
+#: Shared by every arm: the tables' batch, QC and seed (tl.fit's defaults for the rest: each method's chosen
+#: settings, including its retrieval neighbours and prediction smoothing, recorded in the model).
+BASE = {"batch_size": 64, "qc_column": "sthist_pass_qc", "random_state": 0}
+#: Arm name → (method, options of tl.fit, with ``predict``: options of tl.predict). The first four are the methods
+#: at their chosen settings (``nested_round3.md``); the others switch one component of a default off.
 ARMS: dict[str, tuple[str, dict]] = {
     "cmrcnet": ("cmrcnet", {}),
     "bleep": ("bleep", {}),
     "regression": ("regression", {}),
     "ridge": ("ridge", {}),
-    "cmrcnet −reconstruction": ("bleep", {}),
+    "cmrcnet −reconstruction": ("bleep", {"k": 20}),
     "cmrcnet −TTA (patch as scanned only)": ("cmrcnet", {"predict": {"tta_views": 1}}),
+    "cmrcnet, k 50 (before round 3)": ("cmrcnet", {"predict": {"k": 50}}),
     "cmrcnet −context": ("cmrcnet", {"context_um": None}),
     "cmrcnet −regional grid (49 tokens)": ("cmrcnet", {"reconstruction_grid": 0}),
     "cmrcnet, technical genes excluded": ("cmrcnet", {"exclude_technical": True}),
     "ridge, HEST strength": ("ridge", {"ridge_alpha": "hest"}),
+    "ridge, not smoothed": ("ridge", {"predict": {"smooth_um": 0}}),
 }
 METHODS = ["cmrcnet", "bleep", "regression", "ridge"]
 COLUMNS = ["HEG@50", "HVG@50", "MG", "panel", "gene_gene_fidelity", "mse_mean", "heg_pairwise_r_predicted",
@@ -155,7 +158,13 @@ def main() -> None:
     import torch
 
     import sthist
-    from sthist._core._config import TTA_VIEWS, ArchitectureConfig, TrainingConfig
+    from sthist._core._config import (
+        TTA_VIEWS,
+        ArchitectureConfig,
+        TrainingConfig,
+        default_k,
+        default_smooth_um,
+    )
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
 
@@ -182,9 +191,10 @@ def main() -> None:
         f"Command: `python benchmarks/accuracy.py{'' if args.section_arms == 'methods' else ' --section-arms all'}` "
         f"(2-core CPU, {torch.get_num_threads()} torch threads, machine otherwise idle; fast path: frozen "
         f"ImageNet EfficientNet-Lite0, {training.views} dihedral views cached, tl.fit defaults: "
-        f"{training.max_epochs} epochs, lr {training.learning_rate:g}, batch {BASE['batch_size']}, k {BASE['k']}, "
-        f"context {architecture.context_um} µm, regional grid {architecture.reconstruction_grid}; tl.predict "
-        f"default: test-time augmentation over {TTA_VIEWS} dihedral views; "
+        f"{training.max_epochs} epochs, lr {training.learning_rate:g}, batch {BASE['batch_size']}, k "
+        f"{default_k('cmrcnet')} (CMRCNet) / {default_k('bleep')} (BLEEP), context {architecture.context_um} µm, "
+        f"regional grid {architecture.reconstruction_grid}; tl.predict default: test-time augmentation over "
+        f"{TTA_VIEWS} dihedral views, smoothing over {default_smooth_um('ridge'):g} µm for ridge only; "
         f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}). Total {total / 60:.1f} min "
         f"(token cache {cache.nbytes / 2**20:.0f} MiB for {len(cache)} section entries).",
         "",

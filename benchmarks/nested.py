@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import load_sections
 
 NO_CONTEXT = {"context_um": None}
-NO_TTA = {"predict": {"tta_views": 1}}
 CONTEXT = {"context_um": 300.0}
 #: Round 1 (``--round 1``, results in ``nested_round1.md``): the schedule of the published tables, spatial
 #: context, and a longer schedule (the paper's for the contrastive methods; more epochs for regression, which
@@ -102,6 +101,13 @@ MORE = {
 }
 
 
+def _as_asked(options: dict) -> dict:
+    """A candidate with prediction pinned to what it asks for: the patch as scanned (one view), no smoothing and
+    the fit's k unless it says otherwise, so that candidates stay what they were whatever the current defaults
+    (TTA over 4 views since round 2; per-method k and smoothing since round 3)."""
+    return {**options, "predict": {"tta_views": 1, "smooth_um": 0.0, **options.get("predict", {})}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,10 +132,8 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
     rounds = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3}
-    # Every candidate predicts the patch as scanned unless it asks for TTA, so that the candidates stay what they
-    # were whatever tl.predict's default (TTA over 4 views since round 2 chose it).
     candidates_of = {
-        m: {name: {**NO_TTA, **options} for name, options in {**c, **(MORE if args.more else {})}.items()}
+        m: {name: _as_asked(options) for name, options in {**c, **(MORE if args.more else {})}.items()}
         for m, c in rounds[args.round].items()
         if args.methods is None or m in args.methods
     }

@@ -126,8 +126,36 @@ def test_smoothing_over_neighbours_in_microns(sections):
     smoothed, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, smooth_um=160.0)
     pd.testing.assert_frame_equal(plain, tight)
     assert smoothed.var().mean() < plain.var().mean()
-    with pytest.raises(ValueError, match="smooth_um must be a positive distance"):
-        sthist.tl.predict(sections["toy2"], model, smooth_um=0)
+    none, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, smooth_um=0)  # 0: off
+    pd.testing.assert_frame_equal(plain, none)
+    with pytest.raises(ValueError, match="smooth_um must be a distance in µm"):
+        sthist.tl.predict(sections["toy2"], model, smooth_um=-5)
+
+
+def test_each_method_records_its_chosen_prediction_settings(sections):
+    """k and smoothing chosen per method (nested_round3.md) are the defaults, recorded in the model for predict."""
+    from sthist._core._config import default_k, default_smooth_um
+
+    train = {k: sections[k] for k in ("toy0", "toy1")}
+    quick = {key: value for key, value in FAST.items() if key not in ("k", "method")}
+    ridge = sthist.tl.fit(train, method="ridge", **quick)
+    assert ridge.smooth_um == default_smooth_um("ridge") == 350.0
+    cmrcnet = sthist.tl.fit(train, method="cmrcnet", **quick)
+    assert cmrcnet.k == default_k("cmrcnet") == 20 and cmrcnet.smooth_um == 0.0
+    assert default_k("bleep") == 50
+    # predict smooths ridge's predictions over 350 µm unless told otherwise, and records what it did.
+    toy2 = sections["toy2"]
+    by_default, _ = sthist.tl.predict(toy2, ridge, inplace=False, tta_views=1)
+    unsmoothed, _ = sthist.tl.predict(toy2, ridge, inplace=False, tta_views=1, smooth_um=0)
+    explicit, _ = sthist.tl.predict(toy2, ridge, inplace=False, tta_views=1, smooth_um=350.0)
+    pd.testing.assert_frame_equal(by_default, explicit)
+    assert not np.allclose(by_default.to_numpy(), unsmoothed.to_numpy())
+    sthist.tl.predict(toy2, ridge, tta_views=1, key_added="ridge_default")
+    assert toy2.tables["table"].uns["ridge_default"]["smooth_um"] == 350.0
+    # An explicit setting at fit is recorded instead.
+    assert sthist.tl.fit(train, method="ridge", **quick, smooth_um=0).smooth_um == 0.0
+    with pytest.raises(ValueError, match="smooth_um must be a distance"):
+        sthist.tl.fit(train, method="ridge", **quick, smooth_um=float("nan"))
 
 
 def test_options_from_the_command_line_are_recorded(tmp_path):
@@ -293,7 +321,9 @@ def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sectio
     model = sthist.tl.fit(train, method=method, context_um=320.0, **FAST)
     assert model.architecture.context_um == 320.0
     cache = sthist.data.TokenCache()
-    predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache, tta_views=1)
+    predicted, _ = sthist.tl.predict(
+        sections["toy2"], model, inplace=False, token_cache=cache, tta_views=1, smooth_um=0
+    )
     assert np.isfinite(predicted.to_numpy()).all()
     # The neighbourhood matters: the same spots predicted from a section with its spots shuffled in space
     # keep their patches but not their neighbours.

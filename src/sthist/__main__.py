@@ -12,13 +12,14 @@ from pathlib import Path
 from sthist._constants import Key
 from sthist._core._config import (
     DEFAULT_BACKBONE,
-    K_NEIGHBOURS,
     METHOD_NAMES,
     N_TOP_GENES,
     TTA_VIEWS,
     ArchitectureConfig,
     PatchConfig,
     TrainingConfig,
+    default_k,
+    default_smooth_um,
 )
 
 
@@ -234,6 +235,7 @@ def _fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         k=args.k,
+        smooth_um=args.smooth_um,
         views=args.views,
         hed_jitter=args.hed_jitter,
         fine_tune=args.fine_tune,
@@ -597,8 +599,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--k",
         type=int,
-        default=K_NEIGHBOURS,
-        help=f"neighbours averaged at retrieval (default: {K_NEIGHBOURS})",
+        default=None,
+        help=f"neighbours averaged at retrieval (default: the method's chosen setting, cmrcnet "
+        f"{default_k('cmrcnet')}, bleep {default_k('bleep')})",
+    )
+    fit.add_argument(
+        "--smooth-um",
+        type=float,
+        default=None,
+        help="smoothing radius (µm) recorded as the model's default at predict (default: the method's chosen "
+        f"setting, ridge {default_smooth_um('ridge'):g}, others 0 = none)",
     )
     fit.add_argument(
         "--views",
@@ -734,7 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"dihedral views predicted and averaged per patch (test-time augmentation; default: {TTA_VIEWS})",
     )
     predict.add_argument(
-        "--smooth-um", type=float, default=None, help="average predictions over spots within this many µm"
+        "--smooth-um",
+        type=float,
+        default=None,
+        help="average predictions over spots within this many µm (0: none; default: the model's setting)",
     )
     predict.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"

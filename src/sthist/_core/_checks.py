@@ -18,6 +18,15 @@ def check_positive_integer(value, name: str) -> int:
     return int(value)
 
 
+def check_smoothing(radius_um, name: str = "smooth_um") -> float:
+    """A smoothing radius in µm as a float (0: no smoothing), or a ValueError when it is not a distance ≥ 0."""
+    if isinstance(radius_um, bool) or not isinstance(radius_um, int | float | np.integer | np.floating):
+        raise ValueError(f"{name} must be a distance in µm (0 for none), got {radius_um!r}.")
+    if not np.isfinite(radius_um) or radius_um < 0:
+        raise ValueError(f"{name} must be a distance in µm (0 for none), got {radius_um!r}.")
+    return float(radius_um)
+
+
 def gene_list(genes, name: str = "genes") -> list[str] | None:
     """A list of distinct gene names from ``genes`` (``None`` stays ``None``); a single string is refused."""
     if genes is None:

@@ -220,6 +220,23 @@ METHOD_NAMES = ("cmrcnet", "bleep", "regression", "ridge")
 #: Default gene panel size (top genes by mean and by variance), retrieval neighbours and normalisation.
 N_TOP_GENES = 250
 K_NEIGHBOURS = 50
+#: Settings of prediction recorded in each model, chosen per method by ``benchmarks/nested.py`` (round 3, searched
+#: over all patients; ``benchmarks/results/nested_round3.md``): CMRCNet averages its 20 nearest spots (BLEEP
+#: keeps 50), and the ridge baseline's predictions are smoothed over the spots within 350 µm.
+METHOD_K = {"cmrcnet": 20}
+METHOD_SMOOTH_UM = {"ridge": 350.0}
+
+
+def default_k(method: str) -> int:
+    """Retrieval neighbours of ``method`` when ``k`` is not given (its chosen setting, else ``K_NEIGHBOURS``)."""
+    return METHOD_K.get(method, K_NEIGHBOURS)
+
+
+def default_smooth_um(method: str) -> float:
+    """Smoothing radius (µm) of ``method``'s predictions when not given; 0 means none."""
+    return METHOD_SMOOTH_UM.get(method, 0.0)
+
+
 #: Dihedral views predicted and averaged per patch by ``tl.predict`` (test-time augmentation), chosen by
 #: ``benchmarks/nested.py`` (round 2) for every method.
 TTA_VIEWS = 4

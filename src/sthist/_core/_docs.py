@@ -45,7 +45,12 @@ SHARED_PARAMETERS = {
     "fit_patch": """patch_size_um
         Side of each spot's patch in µm (resampled to the encoder's input size).""",
     "fit_k": """k
-        Neighbours averaged at retrieval.""",
+        Neighbours averaged at retrieval; ``None``: the method's chosen setting (CMRCNet 20, BLEEP 50;
+        ``benchmarks/results/nested_round3.md``). Recorded in the model as :func:`sthist.tl.predict`'s default.
+    smooth_um
+        Smoothing radius (µm) recorded in the model as :func:`sthist.tl.predict`'s default: each prediction is
+        averaged with those of the spots within it. ``None``: the method's chosen setting (350 µm for ridge,
+        none for the others; ``nested_round3.md``); ``0``: none.""",
     "fit_layer": """layer, target_sum
         Normalised expression layer; sections without it are normalised (log1p of counts per
         ``target_sum``) in a copy.""",

@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from sthist._constants import RELIABILITY_THRESHOLD, Key
-from sthist._core._checks import check_positive_integer, gene_list
+from sthist._core._checks import check_positive_integer, check_smoothing, gene_list
 from sthist._core._config import (
     DEFAULT_BACKBONE,
-    K_NEIGHBOURS,
     N_TOP_GENES,
     TARGET_SUM,
     ArchitectureConfig,
     PatchConfig,
     TrainingConfig,
+    default_k,
+    default_smooth_um,
 )
 from sthist._core._docs import doc_params
 from sthist._core._section import Section, resolve_sections
@@ -97,7 +98,8 @@ class SthistModel:
         pretrained: bool | str = True,
         architecture: ArchitectureConfig | None = None,
         patch_size_um: float = PatchConfig.size_um,
-        k: int = K_NEIGHBOURS,
+        k: int | None = None,
+        smooth_um: float | None = None,
         qc_column: str | None = None,
         layer: str = Key.layers.NORMALIZED,
         target_sum: float = TARGET_SUM,
@@ -115,7 +117,10 @@ class SthistModel:
             random_state = settings.random_state
 
         self._method = get_method(method)
+        k = default_k(method) if k is None else k
         check_positive_integer(k, "k")
+        smooth_um = default_smooth_um(method) if smooth_um is None else smooth_um
+        check_smoothing(smooth_um)
         if n_top_genes is not None:
             check_positive_integer(n_top_genes, "n_top_genes")
         genes = gene_list(genes)
@@ -186,6 +191,7 @@ class SthistModel:
                 "sections": {name: stats.to_dict() for name, stats in stain.items()},
             },
             "k": int(k),
+            "smooth_um": float(smooth_um),
             "qc_column": qc_column,
             "seed": int(random_state),
             "training_sections": {
@@ -412,6 +418,11 @@ class SthistModel:
         return int(self.config["k"])
 
     @property
+    def smooth_um(self) -> float:
+        """Radius (µm) over which :func:`sthist.tl.predict` smooths this model's predictions by default (0: none)."""
+        return float(self.config.get("smooth_um", 0.0))
+
+    @property
     def architecture(self) -> ArchitectureConfig:
         values = {k: v for k, v in self.config["architecture"].items() if k not in ("token_dim", "n_genes")}
         return ArchitectureConfig.from_dict(values)
@@ -443,6 +454,7 @@ class SthistModel:
             "architecture": self.architecture,
             "patch_size_um": self.patch.size_um,
             "k": self.k,
+            "smooth_um": self.smooth_um,
             "qc_column": self.config["qc_column"],
             "center_expression": self.centering["expression"],
             "center_tokens": self.centering["tokens"],

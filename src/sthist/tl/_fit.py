@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Literal
 from sthist._constants import Key
 from sthist._core._checks import gene_list
 from sthist._core._config import (
-    K_NEIGHBOURS,
     N_TOP_GENES,
     TARGET_SUM,
     ArchitectureConfig,
@@ -41,7 +40,8 @@ def fit(
     learning_rate: float = _TRAINING.learning_rate,
     weight_decay: float = _TRAINING.weight_decay,
     min_learning_rate: float = _TRAINING.min_learning_rate,
-    k: int = K_NEIGHBOURS,
+    k: int | None = None,
+    smooth_um: float | None = None,
     temperature: float = _ARCHITECTURE.temperature,
     mask_ratio: float = _ARCHITECTURE.mask_ratio,
     embedding_dim: int = _ARCHITECTURE.embedding_dim,
@@ -176,6 +176,7 @@ def fit(
         architecture=architecture,
         patch_size_um=patch_size_um,
         k=k,
+        smooth_um=smooth_um,
         qc_column=qc_column,
         layer=layer,
         target_sum=target_sum,

@@ -13,6 +13,7 @@ from sthist._core._checks import (
     check_device,
     check_key_name,
     check_positive_integer,
+    check_smoothing,
     check_table_key_added,
     did_you_mean,
     gene_list,
@@ -86,7 +87,9 @@ def predict(
         as scanned, 4× faster to encode.
     smooth_um
         Average each spot's prediction with those of the predicted spots whose centres lie within this
-        distance (µm); ``None`` leaves predictions as they are. The spread is not smoothed.
+        distance (µm); 0 leaves predictions as they are; ``None``: the model's setting (``model.smooth_um``,
+        350 µm for the ridge baseline, 0 for the others, as chosen by ``benchmarks/nested.py``). The spread is
+        not smoothed.
     {element_keys}
     {coordinate_system}
     {microns_per_pixel}
@@ -144,8 +147,7 @@ def predict(
         )
     if isinstance(tta_views, bool) or int(tta_views) != tta_views or not 1 <= tta_views <= 8:
         raise ValueError(f"tta_views must be an integer between 1 and 8 (dihedral views), got {tta_views!r}.")
-    if smooth_um is not None and (not np.isfinite(smooth_um) or smooth_um <= 0):
-        raise ValueError(f"smooth_um must be a positive distance in µm (or None), got {smooth_um!r}.")
+    smooth_um = model.smooth_um if smooth_um is None else check_smoothing(smooth_um)
     if genes is not None:
         unknown = [g for g in genes if g not in model.genes]
         if unknown:
@@ -242,7 +244,7 @@ def predict(
         warnings.warn(message, UserWarning, stacklevel=2)
         domain["warnings"] = [*domain.get("warnings", []), message]
         domain["constant_predictions"] = True
-    if smooth_um is not None:
+    if smooth_um > 0:
         mean_values = smooth(mean_values, centres_um, smooth_um)
     index = pd.Index(dataset.spots["obs_name"].to_numpy())
     prediction = pd.DataFrame(mean_values, index=index, columns=chosen).reindex(table.obs_names)
@@ -262,7 +264,7 @@ def predict(
         "training_sections": list(contract["training_sections"]),
         "spots_predicted": int(len(dataset)),
         "tta_views": int(tta_views),
-        "smooth_um": None if smooth_um is None else float(smooth_um),
+        "smooth_um": float(smooth_um),
         "unreliable_genes": [g for g in model.unreliable_genes if g in chosen],
         "target_sum": normalisation.get("target_sum"),
         "domain": domain,
