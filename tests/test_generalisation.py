@@ -341,7 +341,8 @@ def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sectio
     assert not np.allclose(far.numpy(), by_hand.numpy())
     model.save(tmp_path / "model")
     loaded = sthist.models.load(tmp_path / "model")
-    again, _ = sthist.tl.predict(sections["toy2"], loaded, inplace=False, tta_views=1)
+    assert loaded.smooth_um == model.smooth_um and loaded.k == model.k
+    again, _ = sthist.tl.predict(sections["toy2"], loaded, inplace=False, tta_views=1, smooth_um=0)
     np.testing.assert_allclose(again.to_numpy(), predicted.to_numpy(), rtol=1e-5, atol=1e-6)
     assert table.n_obs == len(predicted)
 
