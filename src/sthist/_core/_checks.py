@@ -20,9 +20,10 @@ def check_positive_integer(value, name: str) -> int:
 
 def check_smoothing(radius_um, name: str = "smooth_um") -> float:
     """A smoothing radius in µm as a float (0: no smoothing), or a ValueError when it is not a distance ≥ 0."""
-    if isinstance(radius_um, bool) or not isinstance(radius_um, int | float | np.integer | np.floating):
-        raise ValueError(f"{name} must be a distance in µm (0 for none), got {radius_um!r}.")
-    if not np.isfinite(radius_um) or radius_um < 0:
+    is_number = isinstance(radius_um, int | float | np.integer | np.floating) and not isinstance(
+        radius_um, bool
+    )
+    if not is_number or not np.isfinite(radius_um) or radius_um < 0:
         raise ValueError(f"{name} must be a distance in µm (0 for none), got {radius_um!r}.")
     return float(radius_um)
 

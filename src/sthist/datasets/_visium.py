@@ -15,6 +15,7 @@ from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
 from sthist._core._section import VISIUM_SPOT_DIAMETER_UM
 from sthist.datasets._registry import dataset_dir, fetch, registry
+from sthist.datasets._vendor import name_full_resolution_system
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -64,15 +65,7 @@ def visium(
     if dataset_id is None and (path / "filtered_feature_bc_matrix.h5").exists():
         dataset_id = "visium"  # Space Ranger's own file names carry no prefix to name the elements after
     sdata = read_visium(path, dataset_id=dataset_id, fullres_image_file=fullres_image_file)
-    shapes_key = next(iter(sdata.shapes))
-    from spatialdata.transformations import get_transformation
-
-    systems = get_transformation(sdata.shapes[shapes_key], get_all=True)
-    fullres = [name for name, t in systems.items() if type(t).__name__ == "Identity"]
-    if len(fullres) != 1:
-        raise ValueError(f"Cannot tell the full-resolution coordinate system among {sorted(systems)}.")
-    if fullres[0] != DEFAULT_COORDINATE_SYSTEM:
-        sdata.rename_coordinate_systems({fullres[0]: DEFAULT_COORDINATE_SYSTEM})
+    name_full_resolution_system(sdata, next(iter(sdata.shapes.values())))
     set_microns_per_pixel(
         sdata,
         VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"]),
@@ -90,14 +83,15 @@ def _finest_image(sdata) -> str | None:
 
     from sthist._core._image import full_resolution
 
-    def units_per_pixel(key: str) -> float:
-        transformation = get_transformation(full_resolution(sdata.images[key]), DEFAULT_COORDINATE_SYSTEM)
-        matrix = transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
-        return float(abs(np.linalg.det(matrix[:2, :2])))
-
-    placed = [k for k in sdata.images if DEFAULT_COORDINATE_SYSTEM in get_transformation(
-        full_resolution(sdata.images[k]), get_all=True)]  # fmt: skip
-    return min(placed, key=units_per_pixel) if placed else None
+    area = {}  # area of a pixel in coordinate-system units², per image placed in the system
+    for key, image in sdata.images.items():
+        systems = get_transformation(full_resolution(image), get_all=True)
+        if DEFAULT_COORDINATE_SYSTEM in systems:
+            matrix = systems[DEFAULT_COORDINATE_SYSTEM].to_affine_matrix(
+                input_axes=("x", "y"), output_axes=("x", "y")
+            )
+            area[key] = float(abs(np.linalg.det(matrix[:2, :2])))
+    return min(area, key=area.__getitem__) if area else None
 
 
 def seurat_visium(*, folder: str | Path | None = None) -> SpatialData:

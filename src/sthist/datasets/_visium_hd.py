@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._scale import set_microns_per_pixel
+from sthist.datasets._vendor import annotating, name_full_resolution_system
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -107,7 +108,6 @@ def visium_hd(
     name = _BIN_FOLDER.format(bin_size)
     table = sdata.tables[name]
     (shapes_key,) = [key for key in sdata.shapes if key.endswith(name)]
-    system = next(iter(_systems(sdata.shapes[shapes_key])))
     full = [key for key in sdata.images if key.endswith("_full_image")]
     hires = [key for key in sdata.images if key.endswith("_hires_image")]
     if full:
@@ -126,19 +126,13 @@ def visium_hd(
             f"{path} has no H&E image (microscope_image/ or spatial/tissue_hires_image.png); pass fullres_image_file=."
         )
     from spatialdata import SpatialData
-    from spatialdata.models import TableModel
 
-    del table.uns["spatialdata_attrs"]
-    table.obs["region"] = "bins"
-    table.obs["region"] = table.obs["region"].astype("category")
     section = SpatialData(
         images={"he": sdata.images[image_key]},
         shapes={"bins": sdata.shapes[shapes_key]},
-        tables={
-            "table": TableModel.parse(table, region="bins", region_key="region", instance_key="location_id")
-        },
+        tables={"table": annotating(table, "bins", instance_key="location_id")},
     )
-    section.rename_coordinate_systems({system: DEFAULT_COORDINATE_SYSTEM})
+    name_full_resolution_system(section, section.shapes["bins"])
     for element in (section.images["he"], section.shapes["bins"]):
         _keep_only(element, DEFAULT_COORDINATE_SYSTEM)
     set_microns_per_pixel(
@@ -150,13 +144,6 @@ def visium_hd(
         {Key.attrs.DATASET: "visium_hd", "path": str(path), "bin_size_um": int(bin_size)}
     )
     return section
-
-
-def _systems(element) -> dict:
-    """Coordinate systems of an element in which it is untransformed (its own full-resolution pixels)."""
-    from spatialdata.transformations import Identity, get_transformation
-
-    return {n: t for n, t in get_transformation(element, get_all=True).items() if isinstance(t, Identity)}
 
 
 def _keep_only(element, system: str) -> None:

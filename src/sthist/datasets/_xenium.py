@@ -10,6 +10,7 @@ import numpy as np
 
 from sthist._constants import Key
 from sthist._core._scale import set_microns_per_pixel
+from sthist.datasets._vendor import annotating
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -110,10 +111,7 @@ def xenium(
     he_microns_per_pixel = _similarity_scale(to_morphology, alignment_file or path) * float(pixel_size)
     set_transformation(image, {"global": Identity()}, set_all=True)
     table = sdata.tables["table"]
-    instance_key = table.uns["spatialdata_attrs"]["instance_key"]
-    del table.uns["spatialdata_attrs"]
-    table.obs["region"] = "cells"
-    table.obs["region"] = table.obs["region"].astype("category")
+    instance_key = table.uns[TableModel.ATTRS_KEY][TableModel.INSTANCE_KEY]
     circles = sdata.shapes[_CIRCLES].loc[table.obs[instance_key].to_numpy()]
     centres_um = np.c_[circles.geometry.x, circles.geometry.y]  # spatialdata-io's circles are in µm
     centres_px = (
@@ -129,9 +127,7 @@ def xenium(
     section = SpatialData(
         images={"he": image},
         shapes={"cells": cells},
-        tables={
-            "table": TableModel.parse(table, region="cells", region_key="region", instance_key=instance_key)
-        },
+        tables={"table": annotating(table, "cells", instance_key=instance_key)},
     )
     set_microns_per_pixel(
         section,

@@ -95,9 +95,9 @@ def select_settings(
             sections, groups=groups, methods=[method], n_top=n_top, fit_options=options,
             predict_variants=variants, token_cache=cache,
         )  # fmt: skip
-        for name, means in table.groupby("variant")[["gene_set", "pearson_mean"]]:
-            means = means.groupby("gene_set")["pearson_mean"].mean()
-            scores[name] = {names[g]: float(means[names[g]]) for g in gene_sets}
+        means = table.groupby(["variant", "gene_set"])["pearson_mean"].mean()
+        for name in variants:
+            scores[name] = {names[g]: float(means[name, names[g]]) for g in gene_sets}
             logger.info("candidate %s: %s", name, scores[name])
     rows = {name: scores[name] for name in candidates}
     result = pd.DataFrame.from_dict(rows, orient="index")
