@@ -1,11 +1,12 @@
 """How cost grows with the number of spots: fast-path training, retrieval bank, retrieval, memory.
 
 Synthetic data at 1k, 10k and 100k spots with the shapes of the default model (EfficientNet-Lite0 tokens:
-49 × 1,280, fp16; 250 + 250 genes at most, here 400; CMRCNet and BLEEP heads). Tokens come from a pool of
-1,000 distinct patches indexed cyclically, so that 100k spots fit in memory; the token cache sthist keeps
-for real spots is sized exactly below (spots × views × 49 × 1,280 × 2 bytes). For each size: one training
-epoch through the Lightning plan (spots/s), building the retrieval bank, retrieving for 2,000 queries, and
-the peak resident memory of each stage (Linux VmHWM, reset before each stage).
+a 7 × 7 grid of 1,280 channels, fp16; 250 + 250 genes at most, here 400; CMRCNet and BLEEP heads). Every
+spot has its own tokens, held as sthist holds them (:func:`sthist.data.summarise_tokens`): for training the
+3 × 3 regional summary (10 tokens), for prediction the mean token. For each size: one training epoch through
+the Lightning plan (spots/s), building the retrieval bank, predicting every spot from its mean token
+(embedding + retrieval, k = 50), and the peak resident memory of each stage (Linux VmHWM, reset before each
+stage), with the memory the held tokens take per 100k spots and dihedral view.
 
     python benchmarks/scaling.py [--sizes 1000 10000 100000]
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-TOKENS, CHANNELS, GENES, POOL, QUERIES = 49, 1280, 400, 1000, 2000
+GRID, CHANNELS, GENES, SUMMARY = 7, 1280, 400, 10
 
 
 def _reset_peak() -> None:
@@ -35,19 +36,6 @@ def _peak_gib() -> float:
     return float("nan")
 
 
-class _Cycled(torch.utils.data.Dataset):
-    """``n`` spots whose tokens cycle through a pool; expression is each spot's own."""
-
-    def __init__(self, pool: torch.Tensor, expression: torch.Tensor):
-        self.pool, self.expression = pool, expression
-
-    def __len__(self) -> int:
-        return len(self.expression)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"tokens": self.pool[index % len(self.pool)], "expression": self.expression[index]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -58,15 +46,22 @@ def main() -> None:
 
     import sthist
     from sthist._core._report import markdown_table
+    from sthist.data import TokenDataset, summarise_tokens
     from sthist.models import ArchitectureConfig, TrainingConfig, get_method
     from sthist.models._training import fit_module
 
     sthist.settings.progress = False
     torch.manual_seed(0)
-    pool = torch.randn(POOL, TOKENS, CHANNELS).half()
     rows = []
     for n in args.sizes:
         expression = torch.rand(n, GENES) * 5
+        # Each spot's tokens, summarised in chunks as encode_patches does batch by batch.
+        summaries = torch.empty((n, 1, SUMMARY, CHANNELS), dtype=torch.float16)
+        means = torch.empty((n, 1, CHANNELS), dtype=torch.float16)
+        for start in range(0, n, 1024):
+            raw = torch.randn(min(1024, n - start), GRID * GRID, CHANNELS)
+            summaries[start : start + len(raw), 0] = summarise_tokens(raw, 3).half()
+            means[start : start + len(raw)] = summarise_tokens(raw, 1).half()
         for name in ("bleep", "cmrcnet"):
             method = get_method(name)
             module = method.build(
@@ -76,7 +71,7 @@ def main() -> None:
             _reset_peak()
             tick = time.perf_counter()
             fit_module(
-                module, None, _Cycled(pool, expression), training, random_state=0, gpu=False,
+                module, None, TokenDataset(summaries, expression), training, random_state=0, gpu=False,
                 accelerator="cpu", devices=1, strategy="auto", num_nodes=1, precision=None,
                 checkpoint_dir=None, resume_from=None,
             )  # fmt: skip
@@ -88,9 +83,9 @@ def main() -> None:
             state = method.reference(module, expression)
             bank_s = time.perf_counter() - tick
             bank_bytes = sum(t.numel() * t.element_size() for t in state.values())
-            queries = pool[:QUERIES].repeat((QUERIES + POOL - 1) // POOL, 1, 1)[:QUERIES]
             tick = time.perf_counter()
-            method.predict(module, state, queries, 50)
+            for chunk in means.split(256):
+                method.predict(module, state, chunk, 50)
             query_s = time.perf_counter() - tick
             retrieval_peak = _peak_gib()
             rows.append(
@@ -102,9 +97,8 @@ def main() -> None:
                     "train peak RSS (GiB)": round(train_peak, 2),
                     "bank build (s)": round(bank_s, 3),
                     "bank (MiB)": round(bank_bytes / 2**20, 1),
-                    f"{QUERIES} queries (s)": round(query_s, 3),
-                    "retrieval peak RSS (GiB)": round(retrieval_peak, 2),
-                    "token cache, 1 view (GiB)": round(n * TOKENS * CHANNELS * 2 / 2**30, 2),
+                    "predict all (s)": round(query_s, 2),
+                    "predict peak RSS (GiB)": round(retrieval_peak, 2),
                 }
             )
             print(rows[-1], flush=True)
@@ -113,11 +107,15 @@ def main() -> None:
             "# Cost as the number of spots grows (synthetic, default model shapes)",
             "",
             f"Command: `python benchmarks/scaling.py --sizes {' '.join(map(str, args.sizes))}`; "
-            f"{torch.get_num_threads()} torch threads, CPU. One training epoch at batch 64 (lr 1e-3); bank = "
-            f"normalised spot embeddings + expression ({GENES} genes); {QUERIES} queries, k = 50. Peak RSS is "
-            "the process's (libraries included), reset before each stage. The last column is the size of the "
-            "token cache sthist keeps for that many real spots per dihedral view (fp16 tokens of "
-            f"EfficientNet-Lite0: {TOKENS} × {CHANNELS}).",
+            f"{torch.get_num_threads()} torch threads, CPU. One training epoch at batch 64 (lr 1e-3) on each "
+            f"spot's own summarised tokens ({SUMMARY} × {CHANNELS}, fp16); bank = normalised spot embeddings + "
+            f"expression ({GENES} genes); every spot predicted from its mean token, k = 50. Peak RSS is the "
+            "process's (libraries and the held tokens included), reset before each stage.",
+            "",
+            "Held tokens per 100k spots and dihedral view: "
+            f"{100_000 * SUMMARY * CHANNELS * 2 / 2**30:.2f} GiB for training (3 × 3 summary), "
+            f"{100_000 * CHANNELS * 2 / 2**30:.2f} GiB for prediction (mean token); every token of the "
+            f"{GRID} × {GRID} grid would take {100_000 * GRID * GRID * CHANNELS * 2 / 2**30:.2f} GiB.",
             "",
             markdown_table(rows),
             "",

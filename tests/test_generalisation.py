@@ -107,7 +107,7 @@ def test_test_time_augmentation_averages_the_dihedral_views(sections):
     once, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache)
     twice, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache, tta_views=2)
     dataset = sthist.data.SpotPatchDataset(sections["toy2"], patch_size_um=64, patch_size_px=32)
-    tokens = sthist.data.encode_patches(dataset, model.encoder, views=2)
+    tokens = sthist.data.encode_patches(dataset, model.encoder, views=2, grid=1)
     by_hand = (model.predict_tokens(tokens[:, 0])[0] + model.predict_tokens(tokens[:, 1])[0]) / 2
     index = dataset.spots["obs_name"].to_numpy()
     np.testing.assert_allclose(twice.loc[index].to_numpy(), by_hand.numpy(), rtol=1e-5, atol=1e-6)
@@ -328,7 +328,9 @@ def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sectio
     # The neighbourhood matters: the same spots predicted from a section with its spots shuffled in space
     # keep their patches but not their neighbours.
     dataset = sthist.data.SpotPatchDataset(sections["toy2"], patch_size_um=64, patch_size_px=32)
-    tokens = sthist.data.encode_patches(dataset, model.encoder, views=1)
+    # Prediction reads the tokens as the model does: their mean, summarised on the device.
+    assert model.token_grid(training=False) == 1
+    tokens = sthist.data.encode_patches(dataset, model.encoder, views=1, grid=1)
     table = sections["toy2"].tables["table"]
     shapes = sections["toy2"].shapes["spots"]
     centres = np.c_[shapes.geometry.x, shapes.geometry.y][
@@ -361,8 +363,18 @@ def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
     layered = sthist.tl.fit(
         {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=320.0, token_layers=1, **FAST
     )
-    with pytest.raises(ValueError, match="needs token_layers=0"):
-        sthist.tl.predict_tiles(sdata, layered, key_added="layered")
+    # Token layers read every token: the tiles keep them all and predict as by hand from the written tiles.
+    sthist.tl.predict_tiles(sdata, layered, stride_um=150, min_tissue_fraction=0.0, key_added="layered")
+    dataset = sthist.data.SpotPatchDataset(
+        sdata, shapes_key="layered", table_key="layered_table", layer=None, patch_size_um=64, patch_size_px=32
+    )
+    tokens = sthist.data.encode_patches(dataset, layered.encoder, views=1)
+    assert tokens.shape[2] == 16  # the tiny encoder's 4 × 4 grid, unsummarised
+    centroids = sdata.shapes["layered"].geometry.centroid.get_coordinates().to_numpy()
+    centres = centroids[dataset.spots["row"].to_numpy()] * sthist.pp.get_microns_per_pixel(sdata)
+    by_hand = layered.predict_tokens(sthist.data.add_context(tokens, centres, 320.0)[:, 0])[0]
+    written = sdata.tables["layered_table"].to_df().loc[dataset.spots["obs_name"]]
+    np.testing.assert_allclose(written.to_numpy(), by_hand.numpy(), rtol=1e-4, atol=1e-5)
     with pytest.warns(UserWarning, match="fine-tuning trains the model without spatial context"):
         tuned = sthist.tl.fit(
             {k: sections[k] for k in ("toy0", "toy1")}, fine_tune=True, context_um=320.0, **FAST

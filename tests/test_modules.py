@@ -145,3 +145,58 @@ def test_regression_trains_on_standardised_genes_and_predicts_in_units():
     fresh = RegressionModel(token_dim=6, n_genes=3, architecture=architecture)
     fresh.load_state_dict(state, strict=True)
     assert torch.equal(fresh.target_mean, torch.zeros(3)) and torch.equal(fresh.target_scale, torch.ones(3))
+
+
+def test_token_summaries_keep_what_the_models_read():
+    from sthist.data import summarise_tokens
+
+    torch.manual_seed(0)
+    raw = torch.randn(5, 49, 6) * 3 + 1  # a 7 × 7 grid
+    summary = summarise_tokens(raw, 3)
+    assert summary.shape == (5, 10, 6)  # 3 × 3 regional means, then the balancing token
+    torch.testing.assert_close(summary[:, :9], pool_token_grid(raw, 3))
+    torch.testing.assert_close(summary.mean(dim=1), raw.mean(dim=1))  # every average of tokens unchanged
+    torch.testing.assert_close(summarise_tokens(raw, 1), raw.mean(dim=1, keepdim=True))
+    assert summarise_tokens(raw, None) is raw
+    assert summarise_tokens(raw, 7) is raw  # a grid no larger than the summary's
+    assert summarise_tokens(torch.randn(2, 12, 6), 3).shape == (2, 12, 6)  # not a square grid
+    half = summarise_tokens(raw.half(), 3)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float().mean(dim=1), raw.mean(dim=1), atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("reconstruction", [True, False])
+def test_models_score_summaries_as_every_token(reconstruction):
+    """Losses, embeddings and the reconstruction branch's regions are those of the raw tokens."""
+    from sthist.data import add_context, summarise_tokens
+
+    torch.manual_seed(0)
+    architecture = ArchitectureConfig(embedding_dim=16, heads=2)
+    model = ContrastiveModel(
+        token_dim=6, n_genes=5, architecture=architecture, reconstruction=reconstruction
+    ).eval()
+    raw = torch.randn(8, 1, 49, 6)
+    centres = np.c_[np.arange(8) * 100.0, np.zeros(8)]
+    expression = torch.rand(8, 5)
+    full = add_context(raw, centres, 250.0)[:, 0]
+    summary = add_context(summarise_tokens(raw[:, 0], 3)[:, None], centres, 250.0)[:, 0]
+    assert summary.shape == (8, 11, 6)
+    for tokens in (summary, torch.cat([summarise_tokens(raw[:, 0], 1), full[:, -1:]], dim=1)):
+        torch.testing.assert_close(model.image_embedding(tokens), model.image_embedding(full))
+    seen = []
+    if reconstruction:
+        model.reconstruction.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    losses = []
+    for tokens in (full, summary):
+        torch.manual_seed(1)
+        losses.append(model.losses(tokens, expression))
+    for name in losses[0]:
+        torch.testing.assert_close(losses[0][name], losses[1][name])
+    if reconstruction:
+        assert seen[0].shape == (8, 9, 16)
+        torch.testing.assert_close(seen[0], seen[1])
+    layered = ContrastiveModel(
+        token_dim=6, n_genes=5, architecture=ArchitectureConfig(embedding_dim=16, heads=2, token_layers=1),
+        reconstruction=reconstruction,
+    )  # fmt: skip
+    assert layered.token_grid is None  # token layers read every token

@@ -559,3 +559,29 @@ def test_gene_names_in_another_case_get_a_suggestion(sections, model):
         sthist.tl.predict(_copy(sections["toy1"]), model, genes=[gene.upper()])
     with pytest.raises(KeyError, match="Did you mean"):
         sthist.pp.select_genes(sections["toy1"], genes=[gene.upper()])
+
+
+def test_token_cache_keeps_summaries_and_serves_means_from_them(sections, model, monkeypatch):
+    """Training keeps the 3 × 3 summary; prediction's mean tokens come from it without encoding again."""
+    import torch
+
+    import sthist.data._features as features
+    from sthist.data import SpotPatchDataset, TokenCache, tokens_of
+
+    dataset = SpotPatchDataset(_copy(sections["toy0"]), patch_size_um=64, patch_size_px=32)
+    encoded = []
+    original = features.encode_patches
+    monkeypatch.setattr(
+        features, "encode_patches", lambda *a, **k: encoded.append(k["grid"]) or original(*a, **k)
+    )
+    cache = TokenCache()
+    options = {"identity": "tiny|random", "views": 2, "token_cache": cache}
+    summary = tokens_of(dataset, model.encoder, grid=3, **options)
+    assert summary.shape[2] == 10 and encoded == [3]
+    means = tokens_of(dataset, model.encoder, grid=1, **options)
+    assert means.shape[2] == 1 and encoded == [3]  # served from the summary
+    fresh = original(dataset, model.encoder, views=2, grid=1)
+    torch.testing.assert_close(means, fresh, atol=2e-3, rtol=2e-3)
+    full = tokens_of(dataset, model.encoder, grid=None, **options)
+    assert full.shape[2] == 16 and encoded == [3, None]  # every token: encoded again, kept beside
+    assert len(cache) == 2 and cache.nbytes == summary.numel() * 2 + full.numel() * 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -28,11 +29,14 @@ def encode_patches(
     indices=None,
     description: str = "encoding patches",
     jitter: float = 0.0,
+    grid: int | None = None,
 ) -> torch.Tensor:
     """Tokens of each spot's patch under the first ``views`` dihedral transforms: (spots, views, tokens, channels).
 
     View 0 is the patch as it is; views 1-3 are quarter turns, 4-7 the same flipped; with ``jitter`` views 1
-    and up also carry a stain jitter of that strength (:meth:`SpotPatchDataset.view`). Batches keep one shape
+    and up also carry a stain jitter of that strength (:meth:`SpotPatchDataset.view`). With ``grid`` each
+    batch's tokens are summarised on the device before they are kept (:func:`summarise_tokens`), so the
+    result holds only what the model reads of them. Batches keep one shape
     (the last one is padded) so the allocator reuses its buffers. A reader thread fills the next batch (reading,
     resampling, stain changes: numpy, PIL and zarr release the GIL) while the encoder runs on the current one,
     so reading overlaps the forward pass instead of adding to it.
@@ -71,7 +75,7 @@ def encode_patches(
             if number + 1 < len(starts):
                 pending = reader.submit(fill, number + 1)
             chunk = jobs[starts[number] : starts[number] + batch_size]
-            tokens = encoder(on_device)[: len(chunk)]
+            tokens = summarise_tokens(encoder(on_device)[: len(chunk)], grid)
             if output is None:
                 output = torch.empty((n, views, *tokens.shape[1:]), dtype=dtype)
                 logger.info(
@@ -83,6 +87,49 @@ def encode_patches(
             columns = np.array([view for _, _, view in chunk])
             output[rows, columns] = tokens.to("cpu", dtype)
     return cast(torch.Tensor, output)  # set by the first batch; there is at least one
+
+
+def summarise_tokens(tokens: torch.Tensor, grid: int | None) -> torch.Tensor:
+    """What a model without token layers reads of a patch's tokens (B, N, C): ``grid`` × ``grid`` regional means.
+
+    Such a model sees the tokens only through a linear projection followed by averages: the mean over all
+    tokens (the pooled image representation) and, in CMRCNet's reconstruction branch, the means over the
+    regions of the token grid (``reconstruction_grid``). Projection and averaging commute, so
+    those averages of the raw tokens are all the model needs, and caching them instead of every token cuts the
+    memory of the fast path and of prediction:
+
+    - ``grid=None``: the tokens unchanged (token layers read every token);
+    - ``grid=1``: the mean token, (B, 1, C): 49× smaller than EfficientNet's 7 × 7 grid;
+    - ``grid ≥ 2`` and a square token grid of side larger than ``grid``: the ``grid²`` regional means (adaptive
+      average pooling, overlapping where the side does not divide) followed by one *balancing* token chosen so
+      that the mean of the ``grid² + 1`` tokens is the mean of all N, (B, grid² + 1, C): 4.9× smaller at
+      ``grid=3``. Whatever averages tokens (context, per-section centring, ridge features) reads the summary
+      as it read the tokens, and :func:`is_token_summary` tells the reconstruction branch where the regions are;
+    - any other sequence (a grid no larger than ``grid``, a sequence that is not square) unchanged.
+
+    Averages are taken in float32 and the result has the dtype of ``tokens``.
+    """
+    if grid is None:
+        return tokens
+    batch, n, channels = tokens.shape
+    if grid == 1:
+        return tokens.float().mean(dim=1, keepdim=True).to(tokens.dtype)
+    side = math.isqrt(n)
+    if side * side != n or side <= grid:
+        return tokens
+    values = tokens.float()
+    grid_first = values.transpose(1, 2).reshape(batch, channels, side, side)
+    regions = torch.nn.functional.adaptive_avg_pool2d(grid_first, grid).flatten(2).transpose(1, 2)
+    balance = (grid * grid + 1) * values.mean(dim=1, keepdim=True) - regions.sum(dim=1, keepdim=True)
+    return torch.cat([regions, balance], dim=1).to(tokens.dtype)
+
+
+def is_token_summary(n_tokens: int, grid: int | None) -> bool:
+    """Whether ``n_tokens`` tokens are a summary at ``grid`` ≥ 2 (:func:`summarise_tokens`): regions, then balance.
+
+    A summary has ``grid² + 1`` tokens, which is never a square; encoders give square grids.
+    """
+    return grid is not None and grid >= 2 and n_tokens == grid * grid + 1
 
 
 class TokenDataset(torch.utils.data.Dataset):
@@ -109,18 +156,21 @@ class TokenCache:
     with a cache each section is encoded once. Entries are keyed by content, never by a section's name: a
     digest of the image (its dask identity, level shape and placement), the patch boxes and the stain
     normalisation, with the encoder's weights identity and the patch size, so a cached entry is used only
-    where it is valid.
+    where it is valid. Each entry keeps the summary of the tokens it was asked for (``grid``,
+    :func:`summarise_tokens`); a request for mean tokens (``grid=1``) is served from any entry of the same
+    content, and any request from an entry of every token.
     """
 
     def __init__(self):
-        self._entries: dict[tuple, torch.Tensor] = {}
+        self._entries: dict[tuple, dict[int | None, torch.Tensor]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entries) for entries in self._entries.values())
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._entries.values())
+        held = [tokens for entries in self._entries.values() for tokens in entries.values()]
+        return sum(tokens.numel() * tokens.element_size() for tokens in held)
 
     def tokens(
         self,
@@ -131,6 +181,7 @@ class TokenCache:
         views: int,
         device="cpu",
         jitter: float = 0.0,
+        grid: int | None = None,
     ) -> torch.Tensor:
         """Tokens of all items of ``dataset`` (items, views, tokens, channels), encoding only missing sections.
 
@@ -147,15 +198,29 @@ class TokenCache:
             )
             if jitter and views > 1:
                 key = (*key, float(jitter))
-            cached = self._entries.get(key)
-            if cached is None or cached.shape[1] < views:
+            entries = self._entries.setdefault(key, {})
+            cached = _served(entries, views, grid)
+            if cached is None:
                 cached = encode_patches(
                     dataset, encoder, views=views, device=device, indices=range(start, stop),
-                    description=f"encoding {name}", jitter=jitter,
+                    description=f"encoding {name}", jitter=jitter, grid=grid,
                 )  # fmt: skip
-                self._entries[key] = cached
+                entries[grid] = cached
             parts.append(cached[:, :views])
         return torch.cat(parts)
+
+
+def _served(entries: dict[int | None, torch.Tensor], views: int, grid: int | None) -> torch.Tensor | None:
+    """The tokens at ``grid`` with at least ``views`` views from a section's cached entries, or ``None``."""
+    cached = entries.get(grid)
+    if cached is not None and cached.shape[1] >= views:
+        return cached
+    for held, tokens in entries.items():
+        if tokens.shape[1] >= views and (held is None or grid == 1):
+            spots, count, n, channels = tokens.shape
+            summary = summarise_tokens(tokens.reshape(spots * count, n, channels), grid)
+            return summary.reshape(spots, count, *summary.shape[1:])
+    return None
 
 
 #: Patches whose pixels enter a section's content digest.
@@ -199,19 +264,23 @@ def tokens_of(
     device: str | torch.device = "cpu",
     token_cache: TokenCache | None = None,
     jitter: float = 0.0,
+    grid: int | None = None,
 ) -> torch.Tensor:
     """Tokens of every item of ``dataset`` (items, views, tokens, channels), from ``token_cache`` when given.
 
     ``identity`` names the encoder's weights (backbone and weights identity); a cache reuses tokens only for
-    the same identity, patch geometry, spots, views and stain ``jitter`` (of views 1 and up).
+    the same identity, patch geometry, spots, views and stain ``jitter`` (of views 1 and up). ``grid``
+    summarises the tokens as the model reads them (:func:`summarise_tokens`).
     """
     if token_cache is None:
         return encode_patches(
-            dataset, encoder, views=views, batch_size=batch_size, device=device, jitter=jitter
+            dataset, encoder, views=views, batch_size=batch_size, device=device, jitter=jitter, grid=grid
         )
     if not isinstance(token_cache, TokenCache):
         raise TypeError(f"token_cache must be a sthist.data.TokenCache, got {type(token_cache)}.")
-    return token_cache.tokens(dataset, encoder, identity=identity, views=views, device=device, jitter=jitter)
+    return token_cache.tokens(
+        dataset, encoder, identity=identity, views=views, device=device, jitter=jitter, grid=grid
+    )
 
 
 def add_context(

@@ -298,8 +298,9 @@ class SthistModel:
         if not self._method.trainable:
             with stage("encoding"):
                 tokens = tokens_of(
-                    dataset, self.encoder, identity=identity, views=1, device=device, token_cache=token_cache
-                )
+                    dataset, self.encoder, identity=identity, views=1, device=device, token_cache=token_cache,
+                    grid=self.token_grid(training=True),
+                )  # fmt: skip
                 tokens = self._centred_tokens(tokens, sections)
             with stage("training"):
                 tokens = self._with_context(tokens, sections)
@@ -322,7 +323,7 @@ class SthistModel:
                 with stage("encoding"):
                     tokens = tokens_of(
                         dataset, self.encoder, identity=identity, views=training.views, device=device,
-                        token_cache=token_cache, jitter=training.hed_jitter,
+                        token_cache=token_cache, jitter=training.hed_jitter, grid=self.token_grid(training=True),
                     )  # fmt: skip
                     tokens = self._centred_tokens(tokens, sections)
                     tokens = self._with_context(tokens, sections)
@@ -350,6 +351,21 @@ class SthistModel:
             len(self.config["training_sections"]),
         )
         return self
+
+    def token_grid(self, *, training: bool) -> int | None:
+        """How much of each patch's tokens this model reads (:func:`sthist.data.summarise_tokens`).
+
+        Without token layers, prediction reads only the mean token (``1``); training reads the regional
+        summary the reconstruction branch needs, and the closed-form ridge the mean token. ``None``: every
+        token.
+        """
+        from sthist.models._modules import token_grid
+
+        if self.architecture.token_layers:
+            return None
+        if training and self._method.trainable:
+            return token_grid(self.architecture)
+        return 1
 
     def _with_context(self, tokens: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
         """Training tokens with each spot's context token appended (``context_um``), within its section."""

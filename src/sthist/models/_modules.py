@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sthist._core._config import ArchitectureConfig
+from sthist.data import is_token_summary, summarise_tokens
 
 
 class ProjectionHead(nn.Module):
@@ -116,6 +117,17 @@ def pool_token_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
     return pooled.transpose(1, 2)
 
 
+def token_grid(architecture: ArchitectureConfig) -> int | None:
+    """The summary of a patch's tokens that models of ``architecture`` train on (:func:`summarise_tokens`).
+
+    ``None`` (every token) with token layers or an unpooled reconstruction branch, else the reconstruction
+    grid; a model that does not reconstruct reads only the mean of the summary, which equals that of the tokens.
+    """
+    if architecture.token_layers or not architecture.reconstruction_grid:
+        return None
+    return architecture.reconstruction_grid
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along the batch whose backward returns each process the gradient summed over processes."""
 
@@ -178,7 +190,8 @@ class _TokenModel(nn.Module):
 
     With ``architecture.context_um`` the last token is the spot's context (the mean token of its
     neighbourhood, :func:`sthist.data.add_context`): it has its own projection, added to the pooled spot
-    tokens.
+    tokens. Without token layers the module reads the patch's tokens through their summary at
+    ``token_grid`` (:func:`sthist.data.summarise_tokens`), so it takes every token or a summary alike.
     """
 
     def __init__(self, token_dim: int, architecture: ArchitectureConfig):
@@ -186,6 +199,8 @@ class _TokenModel(nn.Module):
         self.architecture = architecture
         dim = architecture.embedding_dim
         self.token_projection = nn.Linear(token_dim, dim)
+        #: Summary the module reads the tokens through (None: every token, for token layers).
+        self.token_grid = token_grid(architecture)
         self.context_projection = None if architecture.context_um is None else nn.Linear(token_dim, dim)
         self.token_encoder: nn.Module | None = None
         if architecture.token_layers:
@@ -201,8 +216,15 @@ class _TokenModel(nn.Module):
         """Projected (and, with ``token_layers``, encoded) image tokens (B, N, embedding_dim) of the patch."""
         if self.context_projection is not None:
             tokens = tokens[:, :-1]
-        projected = self.token_projection(tokens.float())
-        return projected if self.token_encoder is None else self.token_encoder(projected)
+        if self.token_encoder is not None:
+            return self.token_encoder(self.token_projection(tokens.float()))
+        return self.token_projection(summarise_tokens(tokens, self.token_grid).float())
+
+    def regions(self, projected: torch.Tensor) -> torch.Tensor:
+        """The regional tokens of projected image tokens: ``reconstruction_grid``² of them (every token at 0)."""
+        if is_token_summary(projected.shape[1], self.token_grid):
+            return projected[:, :-1]  # the balancing token closes a summary
+        return pool_token_grid(projected, self.architecture.reconstruction_grid)
 
     def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The patch's projected tokens (B, N, d) and the pooled image representation (B, d), context added."""
@@ -254,7 +276,7 @@ class ContrastiveModel(_TokenModel):
         contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
         if self.reconstruction is None or self.gene_tokenizer is None:
             return {"loss": contrastive, "contrastive": contrastive.detach()}
-        regions = pool_token_grid(projected, self.architecture.reconstruction_grid)
+        regions = self.regions(projected)
         reconstructed = self.reconstruction(regions, self.gene_tokenizer(expression))
         target = image.detach() if self.architecture.detach_target else image
         reconstruction = F.mse_loss(reconstructed, target)

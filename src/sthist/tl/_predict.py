@@ -214,6 +214,7 @@ def predict(
             batch_size=batch_size,
             device=device,
             token_cache=None if backbone["fine_tuned"] else token_cache,
+            grid=model.token_grid(training=False),
         )
     section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
     centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale

@@ -261,12 +261,6 @@ def predict_tiles(
     check_key_name(key_added)
     check_positive_integer(batch_size, "batch_size")
     check_positive_integer(chunk_tiles, "chunk_tiles")
-    if model.architecture.context_um is not None and model.architecture.token_layers:
-        raise ValueError(
-            "predict_tiles keeps only each tile's mean token to build the context of a context_um model, which "
-            "needs token_layers=0; predict the tiles' centres as spots with tl.predict, or refit without "
-            "token layers."
-        )
     if max_tiles is not None:
         check_positive_integer(max_tiles, "max_tiles")
     device = check_device(device)
@@ -336,22 +330,23 @@ def predict_tiles(
         # Centring needs the section's mean channel vector: estimated from tiles spread over the section.
         sample = np.unique(np.linspace(0, n_tiles - 1, min(n_tiles, TOKEN_MEAN_TILES)).astype(int))
         tokens = encode_patches(
-            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample
+            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample, grid=1
         )
         section_mean = tokens[:, 0].float().mean(dim=(0, 1))
     context_um = model.architecture.context_um
-    # A context model needs every tile's neighbourhood: keep each tile's mean token (the patch's tokens enter
-    # the model only through their mean when it has no token layers), then predict once all are encoded.
-    if context_um is not None:
-        pooled = torch.empty((n_tiles, 1, 1, model.config["architecture"]["token_dim"]), dtype=torch.float16)
+    token_grid = model.token_grid(training=False)
+    # A context model needs every tile's neighbourhood: keep each tile's tokens as the model reads them (the
+    # mean token without token layers), then predict once all are encoded.
+    kept = []
     progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
     for start in range(0, n_tiles, chunk_tiles):
         indices = range(start, min(start + chunk_tiles, n_tiles))
         tokens = encode_patches(
-            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices
-        )
+            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices,
+            grid=token_grid,
+        )  # fmt: skip
         if context_um is not None:
-            pooled[start : indices.stop, 0, 0] = tokens[:, 0].float().mean(dim=1).to(pooled.dtype)
+            kept.append(tokens)
         else:
             mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
             prediction[order[start : indices.stop]] = mean.numpy()
@@ -361,7 +356,8 @@ def predict_tiles(
     progress.close()
     if context_um is not None:
         centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
-        with_context = add_context(pooled, centres_um, context_um)
+        with_context = add_context(torch.cat(kept), centres_um, context_um)
+        del kept
         for start in range(0, n_tiles, chunk_tiles):
             stop = min(start + chunk_tiles, n_tiles)
             mean, deviation = model.predict_tokens(with_context[start:stop, 0], section_mean=section_mean)
