@@ -200,3 +200,28 @@ def test_models_score_summaries_as_every_token(reconstruction):
         reconstruction=reconstruction,
     )  # fmt: skip
     assert layered.token_grid is None  # token layers read every token
+
+
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_attend_is_multihead_attention(self_attention):
+    """Same outputs, dropout draws and gradients as torch's module, which keeps the weights."""
+    from torch import nn
+
+    from sthist.models._modules import attend
+
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 4, dropout=0.3, batch_first=True)
+    query = torch.randn(5, 9, 16, requires_grad=True)
+    memory = query if self_attention else torch.randn(5, 8, 16)
+    for training in (False, True):
+        attention.train(training)
+        torch.manual_seed(1)
+        expected = attention(query, memory, memory, need_weights=False)[0]
+        torch.manual_seed(1)
+        result = attend(attention, query, memory)
+        torch.testing.assert_close(result, expected)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), query)
+        (grad,) = torch.autograd.grad(result.square().sum(), query)
+        torch.testing.assert_close(grad, expected_grad)
+    torch.manual_seed(1)
+    assert not torch.allclose(attend(attention, query, memory), attention.eval()(query, memory, memory)[0])
