@@ -1,4 +1,10 @@
-"""Stage timings of fit and predict, and the torch thread setting."""
+"""Stage timings of fit and predict, the torch thread setting and the allocator setting."""
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -24,15 +30,58 @@ def test_fit_and_predict_report_their_stages():
 
 
 def test_threads_setting_is_applied_and_checked(monkeypatch):
-    from sthist._settings import apply_threads, available_cores
+    from sthist._settings import apply_runtime_settings, available_cores
 
     assert sthist.settings.threads == available_cores() >= 1
     before = torch.get_num_threads()
     monkeypatch.setattr(sthist.settings, "threads", 1)
     try:
-        apply_threads()
+        apply_runtime_settings()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="settings.threads must be a non-negative integer"):
         sthist.settings.threads = -1
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator only"
+)
+def test_freed_memory_is_retained_unless_the_environment_or_the_setting_says_otherwise():
+    """After the thresholds are raised, a freed 200 MiB block stays with the process for the next batch."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        import numpy as np
+        import sthist
+        from sthist._settings import retain_freed_memory
+
+        def kept_after_free():
+            before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            block = np.ones(200 * 2**20 // 8)
+            del block
+            return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") - before
+
+        if sys.argv[1] == "off":
+            sthist.settings.retain_freed_memory = False
+        first = kept_after_free()
+        applied = retain_freed_memory()
+        print(first < 50 * 2**20, applied, kept_after_free() > 150 * 2**20)
+        """
+    )
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    }
+
+    def run(mode: str, **extra: str) -> str:
+        command = [sys.executable, "-c", code, mode]
+        return subprocess.run(
+            command, env={**clean, **extra}, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert run("on").split() == ["True", "True", "True"]
+    assert run("off").split() == ["True", "False", "False"]
+    # The environment's own setting wins: sthist leaves the allocator as it was told.
+    assert run("on", MALLOC_TRIM_THRESHOLD_="0").split()[1] == "False"
+    with pytest.raises(ValueError, match="settings.retain_freed_memory must be True or False"):
+        sthist.settings.retain_freed_memory = "yes"

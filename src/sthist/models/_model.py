@@ -37,7 +37,7 @@ from sthist._core._section import Section, resolve_sections
 from sthist._core._stain import StainStats
 from sthist._core._timing import stage
 from sthist._logging import logger
-from sthist._settings import apply_threads
+from sthist._settings import apply_runtime_settings
 from sthist.models._backbones import create_encoder, file_sha256, weights_identity
 from sthist.models._methods import get_method
 
@@ -294,7 +294,7 @@ class SthistModel:
         gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         device = "cuda" if gpu else "cpu"
         identity = f"{self.config['backbone']['name']}|{self.config['backbone']['weights_identity']}"
-        apply_threads()
+        apply_runtime_settings()
         if not self._method.trainable:
             with stage("encoding"):
                 tokens = tokens_of(

@@ -24,7 +24,7 @@ from sthist._core._neighbours import neighbour_mean
 from sthist._core._section import Section
 from sthist._core._timing import stage
 from sthist._logging import logger
-from sthist._settings import apply_threads
+from sthist._settings import apply_runtime_settings
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -158,7 +158,7 @@ def predict(
     chosen = list(genes) if genes is not None else model.genes
     if k is not None and model.retrieval and k > contract["reference_spots"]:
         raise ValueError(f"k={k} exceeds the {contract['reference_spots']} spots of the reference bank.")
-    apply_threads()
+    apply_runtime_settings()
     with stage("resolve section"):
         section = Section.resolve(
             sdata,

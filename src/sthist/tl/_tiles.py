@@ -13,7 +13,7 @@ from sthist._core._docs import doc_params
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
 from sthist._logging import logger
-from sthist._settings import apply_threads, settings
+from sthist._settings import apply_runtime_settings, settings
 
 #: Tiles encoded to estimate a section's mean channel vector for models that centre tokens per section.
 TOKEN_MEAN_TILES = 512
@@ -264,7 +264,7 @@ def predict_tiles(
     if max_tiles is not None:
         check_positive_integer(max_tiles, "max_tiles")
     device = check_device(device)
-    apply_threads()
+    apply_runtime_settings()
     tile_size_um = float(model.config["patch"]["size_um"])
     stride_um = tile_size_um if stride_um is None else float(stride_um)
     table_key = Key.tables.tiles(key_added)
