@@ -65,10 +65,19 @@ def test_in_memory_and_lazy_paths_agree(toy):
     genes = list(toy["toy0"].tables["table"].var_names[:4])
     eager = SpotPatchDataset(toy, genes=genes, patch_size_um=100, patch_size_px=48, in_memory=True)
     lazy = SpotPatchDataset(toy, genes=genes, patch_size_um=100, patch_size_px=48, in_memory=False)
-    lazy._sections[0].reader.tile_size = 256  # several tiles over the small toy image
-    assert len(eager) == len(lazy) == 72
+    tiled = SpotPatchDataset(toy, genes=genes, patch_size_um=100, patch_size_px=48, in_memory=False)
+    for section in tiled._sections:  # the squares-with-margin path of levels stored in large chunks
+        section.reader._edges, section.reader.tile_size = None, 256
+    assert len(eager) == len(lazy) == len(tiled) == 72
     for index in [0, 5, 40, 71, 3]:
         np.testing.assert_array_equal(eager.patch(index), lazy.patch(index))
+        np.testing.assert_array_equal(eager.patch(index), tiled.patch(index))
+    # The toy image is stored in 256 px chunks: a read across four of them is assembled from the cache.
+    reader, pixels = lazy._sections[0].reader, eager._sections[0].reader.pixels
+    assert reader.data.chunks[1][0] == 256
+    np.testing.assert_array_equal(reader.read(200, 300, 250, 520), pixels[200:300, 250:520])
+    np.testing.assert_array_equal(reader.read(0, 256, 0, 256), pixels[:256, :256])
+    assert 0 < len(reader._tiles) <= reader.cached_chunks
     item = eager[40]
     assert item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.uint8
     assert item["expression"].shape == (4,) and item["expression"].dtype == torch.float32

@@ -17,7 +17,7 @@ from sthist._core._config import PatchConfig
 from sthist._core._section import PatchGeometry, resolve_sections
 from sthist._core._stain import StainStats, hed_jitter, normalise
 from sthist._settings import settings
-from sthist.data._readers import InMemoryLevel, LazyLevel
+from sthist.data._readers import LAZY_TILE_PX, InMemoryLevel, LazyLevel
 
 if TYPE_CHECKING:
     pass
@@ -167,8 +167,9 @@ class SpotPatchDataset(torch.utils.data.Dataset):
                 raise ValueError(
                     f"Section {name!r} has no spot to use (empty section or all spots filtered out)."
                 )
-            # Spatial order (rows of tiles) so that lazy reads hit each tile once when iterated in order.
-            order = np.lexsort((geometry.centres[rows, 0], geometry.centres[rows, 1] // 1024))
+            # Spatial order, tile by tile of a lazy reader, so that iterated in order each tile is read once.
+            x, y = geometry.centres[rows, 0], geometry.centres[rows, 1]
+            order = np.lexsort((x, x // LAZY_TILE_PX, y // LAZY_TILE_PX))
             rows = rows[order]
             expression = None
             if self.genes is not None:

@@ -31,21 +31,76 @@ class InMemoryLevel:
         return self.pixels[y0:y1, x0:x1]
 
 
-class LazyLevel:
-    """Reads square tiles (with a margin that holds any patch centred in the tile) and keeps the last few.
+#: Side (level pixels) of the squares a lazy reader reads and caches when it cannot read by chunks.
+LAZY_TILE_PX = 2048
+#: Largest chunk (bytes) a lazy reader reads whole and caches, and the memory its chunk cache may hold.
+CHUNK_BYTES, CHUNK_CACHE_BYTES = 64 * 2**20, 160 * 2**20
 
-    A patch costs one numpy slice when its tile is cached, and one chunked read of a tile otherwise; there
-    is never a task graph per patch. Iterate spots in spatial order (as the dataset does by default) to read
-    each tile once.
+
+class LazyLevel:
+    """Reads a level lazily by its storage chunks, keeping the last few decoded; patches are cut from them.
+
+    A patch costs a numpy slice when its chunk is cached (or a copy from the two to four chunks it straddles)
+    and one chunk read otherwise; there is never a task graph per patch. Each chunk is decoded whole by the
+    store anyway, so reading by chunks decodes only chunks a patch touches, and iterated in spatial order (as
+    the dataset does by default) each about once. Levels stored in chunks larger than ``CHUNK_BYTES`` are read
+    in squares of ``tile_size`` with a margin that holds any patch centred in the square instead.
     """
 
-    def __init__(self, level: ImageLevel, *, margin: int, tile_size: int = 2048, cached_tiles: int = 4):
+    def __init__(
+        self, level: ImageLevel, *, margin: int, tile_size: int = LAZY_TILE_PX, cached_tiles: int = 4
+    ):
         self.shape = level.shape
         self.data = level.data.data  # dask array (c, y, x)
         self.tile_size = int(tile_size)
         self.margin = int(margin)
         self.cached_tiles = int(cached_tiles)
         self._tiles: OrderedDict[tuple[int, int], tuple[int, int, np.ndarray]] = OrderedDict()
+        rows, columns = self.data.chunks[1], self.data.chunks[2]
+        chunk_bytes = self.data.shape[0] * max(rows) * max(columns) * self.data.dtype.itemsize
+        self._edges: tuple[np.ndarray, np.ndarray] | None = None
+        if chunk_bytes <= CHUNK_BYTES:
+            self._edges = (np.cumsum((0, *rows)), np.cumsum((0, *columns)))
+            self.cached_chunks = max(4, CHUNK_CACHE_BYTES // max(chunk_bytes, 1))
+
+    def _chunk(self, row: int, column: int) -> np.ndarray:
+        """Chunk (row, column) of the level as stored, (3, height, width), from the cache when there.
+
+        Kept channels first: patches are transposed when cut, which costs far less than transposing chunks.
+        """
+        key = (row, column)
+        if key in self._tiles:
+            self._tiles.move_to_end(key)
+            return self._tiles[key][2]
+        pixels = np.asarray(self.data.blocks[:, row, column].compute())
+        self._tiles[key] = (row, column, pixels)
+        if len(self._tiles) > self.cached_chunks:
+            self._tiles.popitem(last=False)
+        return pixels
+
+    def _read_chunks(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        assert self._edges is not None
+        edges_y, edges_x = self._edges
+        rows = range(
+            int(np.searchsorted(edges_y, y0, "right")) - 1, int(np.searchsorted(edges_y, y1 - 1, "right"))
+        )
+        columns = range(
+            int(np.searchsorted(edges_x, x0, "right")) - 1, int(np.searchsorted(edges_x, x1 - 1, "right"))
+        )
+        if len(rows) == 1 and len(columns) == 1:
+            top, left = edges_y[rows[0]], edges_x[columns[0]]
+            chunk = self._chunk(rows[0], columns[0])
+            return chunk[:, y0 - top : y1 - top, x0 - left : x1 - left].transpose(1, 2, 0)
+        out = np.empty((y1 - y0, x1 - x0, self.data.shape[0]), dtype=self.data.dtype)
+        for row in rows:
+            top, bottom = max(y0, edges_y[row]), min(y1, edges_y[row + 1])
+            for column in columns:
+                left, right = max(x0, edges_x[column]), min(x1, edges_x[column + 1])
+                chunk = self._chunk(row, column)
+                ys = slice(top - edges_y[row], bottom - edges_y[row])
+                xs = slice(left - edges_x[column], right - edges_x[column])
+                out[top - y0 : bottom - y0, left - x0 : right - x0] = chunk[:, ys, xs].transpose(1, 2, 0)
+        return out
 
     def _tile(self, row: int, column: int) -> tuple[int, int, np.ndarray]:
         key = (row, column)
@@ -64,6 +119,8 @@ class LazyLevel:
         return self._tiles[key]
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self._edges is not None:
+            return self._read_chunks(max(y0, 0), min(y1, self.shape[0]), max(x0, 0), min(x1, self.shape[1]))
         row = ((y0 + y1) // 2) // self.tile_size
         column = ((x0 + x1) // 2) // self.tile_size
         tile_y, tile_x, pixels = self._tile(row, column)
@@ -78,7 +135,7 @@ class LazyLevel:
         return np.asarray(self.data[:, y0:y1, x0:x1].compute()).transpose(1, 2, 0)
 
     def __getstate__(self):
-        # Worker processes start with an empty tile cache.
+        # Worker processes start with an empty tile (or chunk) cache.
         state = self.__dict__.copy()
         state["_tiles"] = OrderedDict()
         return state
