@@ -74,13 +74,17 @@ def worker(store: str, model_folder: str, stride_um: float) -> None:
     seconds = time.perf_counter() - tick
     tiles = sdata.tables["sthist_tiles_table"].n_obs
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    # The bare encoder in the same process, on batches of the same size and shape as predict_tiles' (32
-    # patches of 224 px, uint8 in, its own normalisation included): the ceiling for tile throughput.
+    # The bare encoder in the same process, on batches of the same size and shape as predict_tiles' (its
+    # default batch size, 224 px patches, uint8 in, its own normalisation included): the ceiling for tile
+    # throughput.
+    import inspect
+
     import torch
 
+    size = inspect.signature(sthist.tl.predict_tiles).parameters["batch_size"].default
     encoder = model.encoder.eval()
-    batch = torch.randint(0, 256, (32, 3, 224, 224), dtype=torch.uint8)
-    n_batches = max(3, min(20, tiles // 32))
+    batch = torch.randint(0, 256, (size, 3, 224, 224), dtype=torch.uint8)
+    n_batches = max(3, min(40, tiles // size))
     with torch.inference_mode():
         encoder(batch)  # warm-up
         tick = time.perf_counter()
@@ -88,7 +92,7 @@ def worker(store: str, model_folder: str, stride_um: float) -> None:
             encoder(batch)
         encoder_seconds = time.perf_counter() - tick
     print(json.dumps({"tiles": tiles, "seconds": seconds, "peak_rss_gib": peak,
-                      "encoder_patches_per_s": 32 * n_batches / encoder_seconds}))  # fmt: skip
+                      "encoder_patches_per_s": size * n_batches / encoder_seconds}))  # fmt: skip
 
 
 def main() -> None:
