@@ -585,3 +585,10 @@ def test_token_cache_keeps_summaries_and_serves_means_from_them(sections, model,
     full = tokens_of(dataset, model.encoder, grid=None, **options)
     assert full.shape[2] == 16 and encoded == [3, None]  # every token: encoded again, kept beside
     assert len(cache) == 2 and cache.nbytes == summary.numel() * 2 + full.numel() * 2
+    # Every token serves any summary: a cache that holds them encodes nothing more.
+    encoded.clear()
+    cache = TokenCache()
+    tokens_of(dataset, model.encoder, grid=None, **{**options, "token_cache": cache})
+    again = tokens_of(dataset, model.encoder, grid=3, **{**options, "token_cache": cache})
+    assert encoded == [None] and again.shape == summary.shape
+    torch.testing.assert_close(again, summary, atol=2e-3, rtol=2e-3)
