@@ -243,7 +243,7 @@ class _TokenModel(nn.Module):
         return self.token_projection(summarise_tokens(tokens, self.token_grid).float())
 
     def regions(self, projected: torch.Tensor) -> torch.Tensor:
-        """The regional tokens of projected image tokens: ``reconstruction_grid``² of them (every token at 0)."""
+        """The regional tokens of projected image tokens, a square grid of ``reconstruction_grid`` per side (0: every token)."""
         if is_token_summary(projected.shape[1], self.token_grid):
             return projected[:, :-1]  # the balancing token closes a summary
         return pool_token_grid(projected, self.architecture.reconstruction_grid)
