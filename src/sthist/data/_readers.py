@@ -78,9 +78,10 @@ class LazyLevel:
             self._tiles.popitem(last=False)
         return pixels
 
-    def _read_chunks(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        assert self._edges is not None
-        edges_y, edges_x = self._edges
+    def _read_chunks(
+        self, edges: tuple[np.ndarray, np.ndarray], y0: int, y1: int, x0: int, x1: int
+    ) -> np.ndarray:
+        edges_y, edges_x = edges
         rows = range(
             int(np.searchsorted(edges_y, y0, "right")) - 1, int(np.searchsorted(edges_y, y1 - 1, "right"))
         )
@@ -120,7 +121,9 @@ class LazyLevel:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if self._edges is not None:
-            return self._read_chunks(max(y0, 0), min(y1, self.shape[0]), max(x0, 0), min(x1, self.shape[1]))
+            return self._read_chunks(
+                self._edges, max(y0, 0), min(y1, self.shape[0]), max(x0, 0), min(x1, self.shape[1])
+            )
         row = ((y0 + y1) // 2) // self.tile_size
         column = ((x0 + x1) // 2) // self.tile_size
         tile_y, tile_x, pixels = self._tile(row, column)
