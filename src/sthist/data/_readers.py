@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,7 @@ class LazyLevel:
         self.tile_size = int(tile_size)
         self.margin = int(margin)
         self.cached_tiles = int(cached_tiles)
-        self._tiles: OrderedDict[tuple[int, int], tuple[int, int, np.ndarray]] = OrderedDict()
+        self._tiles: OrderedDict[tuple[int, int], Any] = OrderedDict()  # chunks or squares (_cached)
         rows, columns = self.data.chunks[1], self.data.chunks[2]
         chunk_bytes = self.data.shape[0] * max(rows) * max(columns) * self.data.dtype.itemsize
         self._edges: tuple[np.ndarray, np.ndarray] | None = None
@@ -63,20 +65,27 @@ class LazyLevel:
             self._edges = (np.cumsum((0, *rows)), np.cumsum((0, *columns)))
             self.cached_chunks = max(4, CHUNK_CACHE_BYTES // max(chunk_bytes, 1))
 
+    def _cached(self, key: tuple[int, int], load: Callable[[], Any], capacity: int) -> Any:
+        """The cached value of ``key`` (most recently used now), else ``load()``, keeping ``capacity`` values.
+
+        One reader caches either chunks or squares, never both.
+        """
+        if key in self._tiles:
+            self._tiles.move_to_end(key)
+            return self._tiles[key]
+        self._tiles[key] = load()
+        if len(self._tiles) > capacity:
+            self._tiles.popitem(last=False)
+        return self._tiles[key]
+
     def _chunk(self, row: int, column: int) -> np.ndarray:
         """Chunk (row, column) of the level as stored, (3, height, width), from the cache when there.
 
         Kept channels first: patches are transposed when cut, which costs far less than transposing chunks.
         """
-        key = (row, column)
-        if key in self._tiles:
-            self._tiles.move_to_end(key)
-            return self._tiles[key][2]
-        pixels = np.asarray(self.data.blocks[:, row, column].compute())
-        self._tiles[key] = (row, column, pixels)
-        if len(self._tiles) > self.cached_chunks:
-            self._tiles.popitem(last=False)
-        return pixels
+        return self._cached(
+            (row, column), lambda: np.asarray(self.data.blocks[:, row, column].compute()), self.cached_chunks
+        )
 
     def _read_chunks(
         self, edges: tuple[np.ndarray, np.ndarray], y0: int, y1: int, x0: int, x1: int
@@ -104,20 +113,18 @@ class LazyLevel:
         return out
 
     def _tile(self, row: int, column: int) -> tuple[int, int, np.ndarray]:
-        key = (row, column)
-        if key in self._tiles:
-            self._tiles.move_to_end(key)
-            return self._tiles[key]
+        """Square (row, column) with its margin, as (its top, its left, pixels (height, width, 3))."""
         height, width = self.shape
         y0 = max(row * self.tile_size - self.margin, 0)
         x0 = max(column * self.tile_size - self.margin, 0)
         y1 = min((row + 1) * self.tile_size + self.margin, height)
         x1 = min((column + 1) * self.tile_size + self.margin, width)
-        pixels = np.ascontiguousarray(np.asarray(self.data[:, y0:y1, x0:x1].compute()).transpose(1, 2, 0))
-        self._tiles[key] = (y0, x0, pixels)
-        if len(self._tiles) > self.cached_tiles:
-            self._tiles.popitem(last=False)
-        return self._tiles[key]
+
+        def load() -> tuple[int, int, np.ndarray]:
+            pixels = np.asarray(self.data[:, y0:y1, x0:x1].compute())
+            return y0, x0, np.ascontiguousarray(pixels.transpose(1, 2, 0))
+
+        return self._cached((row, column), load, self.cached_tiles)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if self._edges is not None:

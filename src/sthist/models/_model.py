@@ -361,11 +361,9 @@ class SthistModel:
         """
         from sthist.models._modules import token_grid
 
-        if self.architecture.token_layers:
-            return None
         if training and self._method.trainable:
             return token_grid(self.architecture)
-        return 1
+        return None if self.architecture.token_layers else 1
 
     def _with_context(self, tokens: torch.Tensor, sections: torch.Tensor) -> torch.Tensor:
         """Training tokens with each spot's context token appended (``context_um``), within its section."""
