@@ -88,6 +88,37 @@ def test_in_memory_and_lazy_paths_agree(toy):
     )
 
 
+def test_levels_read_from_a_store_go_to_its_zarr_arrays(toy, tmp_path):
+    # A section read back from a zarr store: its levels are plain views of zarr arrays, read directly (chunk by
+    # chunk for patches, whole for the tissue mask), giving the same pixels as dask.
+    import spatialdata as sd
+
+    from sthist._core._image import level_pixels, zarr_source
+    from sthist._core._section import Section
+
+    toy["toy0"].write(tmp_path / "toy0.zarr")
+    stored = sd.read_zarr(tmp_path / "toy0.zarr")
+    level = Section.resolve(stored).levels[0]
+    source = zarr_source(level.data.data)
+    assert source is not None and tuple(source.shape) == tuple(level.data.shape)
+    expected = np.asarray(level.data.data.compute()).transpose(1, 2, 0)
+    np.testing.assert_array_equal(level_pixels(level), expected)
+    # Anything computed on top of the read is not a plain view: it goes through dask.
+    data = level.data.data
+    for derived in (data[:, 1:], data.rechunk((3, 128, 128)), data.astype("float32"), data + 0):
+        assert zarr_source(derived) is None
+    assert zarr_source(toy["toy0"].images["he"]["scale0"]["image"].data) is None  # in memory, not zarr
+    for name, sdata in (("stored", stored), ("memory", toy["toy0"])):
+        lazy = SpotPatchDataset(sdata, patch_size_um=100, patch_size_px=48, in_memory=False)
+        eager = SpotPatchDataset(sdata, patch_size_um=100, patch_size_px=48, in_memory=True)
+        reader = lazy._sections[0].reader
+        assert (reader._store is not None) == (name == "stored")
+        pixels = eager._sections[0].reader.pixels  # the dataset's level (not necessarily level 0)
+        np.testing.assert_array_equal(reader.read(100, 200, 50, 300), pixels[100:200, 50:300])
+        for index in [0, 7, 35]:
+            np.testing.assert_array_equal(lazy.patch(index), eager.patch(index))
+
+
 def test_dataloader_batches_and_augmentation(toy):
     sthist.pp.normalize(toy["toy0"].tables["table"])
     dataset = SpotPatchDataset(

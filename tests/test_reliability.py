@@ -87,11 +87,100 @@ def test_a_writer_keeps_what_another_wrote_after_it_read_the_store(store, model)
     sthist.io.update_table(two, "table", obsm=["two", "two_uncertainty"], uns=["two"])
     stored = sd.read_zarr(store).tables["table"]
     assert {"one", "two"} <= set(stored.obsm) and {"one", "two"} <= set(stored.uns)
+    # The second writer's table gained what the first wrote, as the store has it.
+    assert {"one", "one_uncertainty", "two"} <= set(two.tables["table"].obsm) and "one" in two.tables[
+        "table"
+    ].uns
+    pd.testing.assert_frame_equal(two.tables["table"].obsm["one"], stored.obsm["one"])
     # The second writer re-read the table under the lock: a key the first wrote is not replaced silently.
     three = sd.read_zarr(store)
     three.tables["table"].obsm["one"] = three.tables["table"].obsm["one"] * 0
     with pytest.raises(ValueError, match=r"already has \[\"obsm\['one'\]\"\]; pass overwrite=True"):
         sthist.io.update_table(three, "table", obsm=["one"])
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """(inode, modification time in ns) of every file below ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_update_table_writes_only_the_new_entries(store, model):
+    import spatialdata as sd
+
+    sdata = sd.read_zarr(store)
+    sthist.tl.predict(sdata, model, key_added="old")
+    sthist.io.update_table(sdata, "table", obsm=["old", "old_uncertainty"], uns=["old"])
+    table_path = store / "tables" / "table"
+    untouched = {name: _files(table_path / name) for name in ("X", "obs", "var", "obsm/old", "uns/old")}
+    assert all(untouched.values())
+    sthist.tl.predict(sdata, model, key_added="new")
+    sthist.io.update_table(sdata, "table", obsm=["new", "new_uncertainty"], uns=["new"])
+    # Neither the counts nor the earlier prediction were rewritten: same files, same modification times.
+    assert {name: _files(table_path / name) for name in untouched} == untouched
+    stored = sd.read_zarr(store).tables["table"]
+    pd.testing.assert_frame_equal(stored.obsm["new"], sdata.tables["table"].obsm["new"])
+    pd.testing.assert_frame_equal(stored.obsm["old"], sdata.tables["table"].obsm["old"])
+    assert stored.uns["new"]["method"] == sdata.tables["table"].uns["new"]["method"]
+    np.testing.assert_array_equal(stored.X.toarray(), sdata.tables["table"].X.toarray())
+    # obs gains a column and keeps its others; replacing an entry needs overwrite=True.
+    sdata.tables["table"].obs["flag"] = np.arange(sdata.tables["table"].n_obs) % 2 == 0
+    sthist.io.update_table(sdata, "table", obs=["flag"])
+    again = sd.read_zarr(store).tables["table"]
+    assert again.obs["flag"].tolist() == sdata.tables["table"].obs["flag"].tolist()
+    assert list(again.obs.columns) == [*stored.obs.columns, "flag"]
+    sdata.tables["table"].obsm["new"] = sdata.tables["table"].obsm["new"] * 0
+    with pytest.raises(ValueError, match=r"already has \[\"obsm\['new'\]\"\]"):
+        sthist.io.update_table(sdata, "table", obsm=["new"])
+    sthist.io.update_table(sdata, "table", obsm=["new"], overwrite=True)
+    assert (sd.read_zarr(store).tables["table"].obsm["new"].to_numpy() == 0).all()
+
+
+def test_failed_entry_write_puts_the_old_entry_back(store, model, monkeypatch):
+    import spatialdata as sd
+
+    sdata = sd.read_zarr(store)
+    sthist.tl.predict(sdata, model, key_added="one")
+    sthist.io.update_table(sdata, "table", obsm=["one", "one_uncertainty"], uns=["one"])
+    before = sd.read_zarr(store).tables["table"].obsm["one"].copy()
+    sdata.tables["table"].obsm["one"] = before * 0
+    real_replace = os.replace
+    calls = []
+
+    def failing(source, target):
+        calls.append((source, target))
+        if len(calls) == 2:  # old entry moved aside; moving the new one in fails
+            raise OSError("disk full")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        sthist.io.update_table(sdata, "table", obsm=["one"], overwrite=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    pd.testing.assert_frame_equal(sd.read_zarr(store).tables["table"].obsm["one"], before)
+    assert not list(store.parent.glob(".toy1.zarr.sthist-staging-*"))
+
+
+def test_an_entry_left_aside_by_a_killed_writer_is_restored_by_the_next(store, model):
+    import spatialdata as sd
+
+    sdata = sd.read_zarr(store)
+    sthist.tl.predict(sdata, model, key_added="one")
+    sthist.io.update_table(sdata, "table", obsm=["one", "one_uncertainty"], uns=["one"])
+    before = sd.read_zarr(store).tables["table"].obsm["one"].copy()
+    # A writer killed between moving obsm['one'] aside and moving its new version in leaves this behind:
+    staging = store.parent / ".toy1.zarr.sthist-staging-deadbeef"
+    aside = staging / "replaced" / "tables" / "table" / "obsm" / "one"
+    aside.parent.mkdir(parents=True)
+    os.replace(store / "tables" / "table" / "obsm" / "one", aside)
+    sdata.tables["table"].obs["flag"] = True
+    sthist.io.update_table(sdata, "table", obs=["flag"])
+    table = sd.read_zarr(store).tables["table"]
+    pd.testing.assert_frame_equal(table.obsm["one"], before)
+    assert table.obs["flag"].all() and not staging.exists()
 
 
 def test_threads_writing_into_one_store_keep_both_results(store, model):

@@ -138,22 +138,28 @@ def _staging_folders(store: Path) -> list[Path]:
 
 
 def _recover(store: Path) -> None:
-    """Put back elements that a killed writer had moved aside, then remove its staging folder."""
+    """Put back elements (and table entries) that a killed writer had moved aside, then remove its staging folder.
+
+    What was moved aside lies at its path within the store under the staging folder's ``replaced`` folder:
+    ``tables/t`` for an element, ``tables/t/obsm/key`` for an entry of a table (:func:`update_table`).
+    """
     for staging in _staging_folders(store):
-        replaced = staging / _REPLACED
-        for kind_folder in sorted(replaced.iterdir()) if replaced.is_dir() else []:
-            for old in sorted(kind_folder.iterdir()):
-                target = store / kind_folder.name / old.name
-                if not target.exists():
-                    os.replace(old, target)
-                    logger.warning(
-                        "restored %s/%s of %s from an interrupted write (%s)",
-                        kind_folder.name,
-                        old.name,
-                        store,
-                        staging,
-                    )
+        for old in _zarr_nodes(staging / _REPLACED):
+            relative = old.relative_to(staging / _REPLACED)
+            target = store / relative
+            if not target.exists() and target.parent.is_dir():
+                os.replace(old, target)
+                logger.warning("restored %s of %s from an interrupted write (%s)", relative, store, staging)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _zarr_nodes(folder: Path) -> list[Path]:
+    """The outermost zarr groups and arrays below ``folder`` (folders with zarr metadata), in sorted order."""
+    if not folder.is_dir():
+        return []
+    if any((folder / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")):
+        return [folder]
+    return [node for child in sorted(folder.iterdir()) for node in _zarr_nodes(child)]
 
 
 def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: bool = False) -> None:
@@ -258,9 +264,11 @@ def update_table(
 ) -> None:
     """Add ``obs``, ``obsm`` and ``uns`` entries of an in-memory table to the same table in the store, keeping the rest.
 
-    Under the store's writer lock the table is read again from the store, so that entries another process
-    wrote since ``sdata`` was read are kept; the given entries are added to it (existing ones replaced only
-    with ``overwrite=True``) and the table is written back atomically. ``sdata`` then holds the merged table.
+    Under the store's writer lock, only the given entries are written into the stored table, each moved into
+    place atomically (existing ones replaced only with ``overwrite=True``; ``obs`` is rewritten whole when it
+    gains columns). Everything else the stored table holds (``X``, layers, other predictions, entries another
+    process wrote since ``sdata`` was read) is kept and is not rewritten, so the cost does not grow with what
+    the table already holds. ``sdata``'s table then gains the entries that the store has and it lacks.
 
     Parameters
     ----------
@@ -295,37 +303,99 @@ def update_table(
     >>> sd.read_zarr(store).tables["table"].obsm["score"].shape
     (100, 2)
     """
-    import anndata as ad
-
     store = _store_path(sdata)
     if table_key not in sdata.tables:
         raise KeyError(f"sdata.tables has no table {table_key!r}.")
-    table = sdata.tables[table_key]
     with store_lock(store):
         stored_path = store / "tables" / table_key
         if not stored_path.exists():
             _write_locked(sdata, store, [("tables", table_key)])
             return
-        stored = ad.read_zarr(stored_path)
-        if not stored.obs_names.equals(table.obs_names):
-            raise ValueError(
-                f"Table {table_key!r} in {store} no longer has the rows it had when it was read (another process "
-                "rewrote it); read the store again and repeat."
-            )
-        clashes = (
-            [f"obsm[{k!r}]" for k in obsm if k in stored.obsm]
-            + [f"uns[{k!r}]" for k in uns if k in stored.uns]
-            + [f"obs[{k!r}]" for k in obs if k in stored.obs]
+        _add_entries(sdata, store, table_key, obsm=obsm, uns=uns, obs=obs, overwrite=overwrite)
+
+
+def _add_entries(sdata, store: Path, table_key: str, *, obsm, uns, obs, overwrite: bool) -> None:
+    """Write the given entries into the stored table (the store's lock held), each moved in atomically.
+
+    Only those entries are written: ``obsm`` and ``uns`` entries are each a folder of the table's group, and
+    ``obs`` is rewritten whole when it gains columns (it is small). The rest of the table (``X``, layers, entries
+    of earlier predictions) is neither read nor written again.
+    """
+    import zarr
+
+    read_elem, write_elem = _elem_io()
+    table = sdata.tables[table_key]
+    stored_path = store / "tables" / table_key
+    group = zarr.open_group(stored_path, mode="r")
+    stored_obs = read_elem(group["obs"])
+    if not stored_obs.index.equals(table.obs_names):
+        raise ValueError(
+            f"Table {table_key!r} in {store} no longer has the rows it had when it was read (another process "
+            "rewrote it); read the store again and repeat."
         )
-        if clashes and not overwrite:
-            raise ValueError(
-                f"Table {table_key!r} in {store} already has {clashes}; pass overwrite=True or another key."
-            )
-        for key in obsm:
-            stored.obsm[key] = table.obsm[key]
-        for key in uns:
-            stored.uns[key] = table.uns[key]
-        for key in obs:
-            stored.obs[key] = table.obs[key]
-        sdata.tables[table_key] = stored
-        _write_locked(sdata, store, [("tables", table_key)])
+    members = {
+        sub: set(node.keys()) if isinstance(node := group.get(sub), zarr.Group) else set()
+        for sub in ("obsm", "uns")
+    }
+    clashes = (
+        [f"obsm[{k!r}]" for k in obsm if k in members["obsm"]]
+        + [f"uns[{k!r}]" for k in uns if k in members["uns"]]
+        + [f"obs[{k!r}]" for k in obs if k in stored_obs.columns]
+    )
+    if clashes and not overwrite:
+        raise ValueError(
+            f"Table {table_key!r} in {store} already has {clashes}; pass overwrite=True or another key."
+        )
+    # Entries another process wrote since sdata was read: sdata's table gains them (read from the store).
+    for sub, values in (("obsm", table.obsm), ("uns", table.uns)):
+        for key in sorted(members[sub] - set(values) - set(obsm if sub == "obsm" else uns)):
+            values[key] = read_elem(group[f"{sub}/{key}"])
+    for column in stored_obs.columns.difference(table.obs.columns):
+        table.obs[column] = stored_obs[column]
+    for column in obs:
+        stored_obs[column] = table.obs[column]
+    staging = store.parent / f".{store.name}{_STAGING}{uuid.uuid4().hex}"
+    moved_aside: list[tuple[Path, Path]] = []
+    moved_in: list[Path] = []
+    try:
+        staged = zarr.open_group(staging / "entries.zarr", mode="w", zarr_format=group.metadata.zarr_format)
+        entries = [("obsm", key, table.obsm[key]) for key in obsm] + [
+            ("uns", key, table.uns[key]) for key in uns
+        ]
+        for sub, key, value in entries:
+            write_elem(staged.require_group(sub), key, value)
+        if obs:
+            write_elem(staged, "obs", stored_obs)
+        relative = [Path(sub) / key for sub, key, _ in entries] + ([Path("obs")] if obs else [])
+        for path in relative:
+            target = stored_path / path
+            target.parent.mkdir(exist_ok=True)  # a table written without that group
+            if target.exists():
+                aside = staging / _REPLACED / "tables" / table_key / path
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, aside)
+                moved_aside.append((aside, target))
+            os.replace(staging / "entries.zarr" / path, target)
+            moved_in.append(target)
+        sdata.write_consolidated_metadata()
+    except BaseException:
+        for target in moved_in:
+            shutil.rmtree(target, ignore_errors=True)
+        for aside, target in moved_aside:
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)
+        with contextlib.suppress(Exception):
+            sdata.write_consolidated_metadata()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote %s into table %r of %s", [str(p) for p in relative], table_key, store)
+
+
+def _elem_io():
+    """The ``read_elem`` and ``write_elem`` of anndata (``anndata.io`` from 0.11, ``anndata.experimental`` before)."""
+    try:
+        from anndata.io import read_elem, write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem, write_elem
+    return read_elem, write_elem

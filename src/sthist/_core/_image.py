@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -99,6 +99,46 @@ def full_resolution(image) -> xr.DataArray:
     from spatialdata import get_pyramid_levels
 
     return get_pyramid_levels(image, n=0) if is_multiscale(image) else image
+
+
+def zarr_source(data) -> Any | None:
+    """The zarr array a dask array reads unchanged (``dask.array.from_zarr`` with the array's own chunks), else ``None``.
+
+    Any operation on top of the read (a rechunk, a cast, a slice) adds layers to the graph, and then the dask
+    array is not a plain view of the zarr array.
+    """
+    graph = data.__dask_graph__() if hasattr(data, "__dask_graph__") else None
+    layers = getattr(graph, "layers", {})
+    names = sorted(layers)
+    if len(names) != 2 or not (
+        names[0].startswith("from-zarr-") and names[1] == f"original-{names[0]}" and data.name == names[0]
+    ):
+        return None
+    values = list(dict(layers[names[1]]).values())
+    if len(values) != 1:
+        return None
+    source = values[0]
+    chunks = getattr(source, "chunks", None)
+    if (
+        type(source).__module__.split(".")[0] != "zarr"
+        or tuple(source.shape) != tuple(data.shape)
+        or source.dtype != data.dtype
+        or chunks is None
+        or any(max(sizes) != size for sizes, size in zip(data.chunks, chunks, strict=True))
+    ):
+        return None
+    return source
+
+
+def level_pixels(level: ImageLevel) -> np.ndarray:
+    """All pixels of a level, (height, width, 3) and contiguous; read from its zarr array directly when possible.
+
+    A dask compute of a whole level costs far more than the read itself (0.3 s against 5 ms for a
+    1,250 px square level in a benchmark), so levels that are plain views of a zarr array are read from it.
+    """
+    source = zarr_source(level.data.data)
+    pixels = np.asarray(source[...] if source is not None else level.data.data)
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
 def to_pixels(level: ImageLevel, xy: np.ndarray) -> np.ndarray:

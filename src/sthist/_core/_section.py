@@ -18,7 +18,7 @@ import pandas as pd
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._config import PatchConfig
 from sthist._core._elements import SpotElements, resolve_elements, table_region
-from sthist._core._image import ImageLevel, image_levels, to_pixels, warn_missing_chunks
+from sthist._core._image import ImageLevel, image_levels, level_pixels, to_pixels, warn_missing_chunks
 from sthist._core._scale import get_microns_per_pixel
 from sthist._core._stain import StainStats, stain_stats
 from sthist._core._tissue import TISSUE_MASK_MICRONS_PER_PIXEL, tissue_mask
@@ -282,7 +282,7 @@ class Section:
     def _low_resolution(self) -> tuple[ImageLevel, np.ndarray]:
         """The level of about 16 µm/px and its pixels (h, w, 3), read once for the tissue mask and the stain."""
         level = self.level_for(TISSUE_MASK_MICRONS_PER_PIXEL)
-        return level, np.asarray(level.data.transpose("y", "x", "c").data)
+        return level, level_pixels(level)
 
     @cached_property
     def tissue(self) -> tuple[ImageLevel, np.ndarray]:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from sthist._core._checks import did_you_mean
 from sthist._core._elements import table_holding
-from sthist._core._image import to_pixels
+from sthist._core._image import level_pixels, to_pixels
 from sthist._core._section import Section
 
 
@@ -59,7 +59,7 @@ def tissue_view(
         require_scale=False,
     )
     level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
-    rgb = np.asarray(level.data.transpose("y", "x", "c").data)
+    rgb = level_pixels(level)
     xy = to_pixels(level, section.centres)
     diameters = 2 * section.radii / np.mean(level.pixel_size)
     microns = None

@@ -8,6 +8,7 @@ import numpy as np
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._docs import doc_params
+from sthist._core._image import level_pixels
 from sthist._core._section import Section
 from sthist._logging import logger
 
@@ -85,7 +86,7 @@ def to_anndata(
             coordinate_system,
         )
     else:
-        rgb = np.asarray(level.data.transpose("y", "x", "c").data)
+        rgb = level_pixels(level)
         to_view = min(scales)
         if not np.isclose(scales[0], scales[1], rtol=1e-3):  # pixels not square: resample to one scale
             from PIL import Image
