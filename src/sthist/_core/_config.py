@@ -109,8 +109,9 @@ class ArchitectureConfig(_Record):
     reconstruction_grid
         Side of the grid the projected image tokens are average-pooled to before the reconstruction branch
         (3: a 7 × 7 EfficientNet grid becomes 3 × 3 regional tokens; 0: every token). The branch's cost grows
-        with its token count; pooling keeps CMRCNet's fit within 3× BLEEP's on cached tokens
-        (``benchmarks/speed.py``). Token sequences that are not a square grid are pooled along the sequence.
+        with its token count: with 3 × 3 regions CMRCNet's fit on cached tokens takes about 3.6× BLEEP's
+        (``benchmarks/speed.py``), and more over every token. Token sequences that are not a square grid are
+        pooled along the sequence.
     detach_target
         Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the
         branch and the token layers through the masked tokens only, and cannot pull the embedding the
