@@ -139,6 +139,35 @@ def test_update_table_writes_only_the_new_entries(store, model):
     assert (sd.read_zarr(store).tables["table"].obsm["new"].to_numpy() == 0).all()
 
 
+def test_update_table_writes_entries_into_a_zarr_v2_store(sections, tmp_path):
+    # Stores written by older spatialdata versions are zarr v2: entries are staged in the store's own format.
+    import spatialdata as sd
+    from spatialdata._io.format import (
+        RasterFormatV01,
+        ShapesFormatV01,
+        SpatialDataContainerFormatV01,
+        TablesFormatV01,
+    )
+
+    path = tmp_path / "v2.zarr"
+    formats = [SpatialDataContainerFormatV01(), TablesFormatV01(), RasterFormatV01(), ShapesFormatV01()]
+    sections["toy1"].write(path, sdata_formats=formats)
+    assert (path / "tables" / "table" / ".zgroup").exists()
+    sdata = sd.read_zarr(path)
+    table = sdata.tables["table"]
+    table.obsm["score"] = np.arange(2 * table.n_obs, dtype=float).reshape(-1, 2)
+    table.uns["score"] = {"method": "test"}
+    table.obs["flag"] = np.arange(table.n_obs) % 3 == 0
+    sthist.io.update_table(sdata, "table", obsm=["score"], uns=["score"], obs=["flag"])
+    stored = sd.read_zarr(path).tables["table"]
+    np.testing.assert_array_equal(stored.obsm["score"], table.obsm["score"])
+    assert (
+        stored.uns["score"] == {"method": "test"}
+        and stored.obs["flag"].tolist() == table.obs["flag"].tolist()
+    )
+    assert (path / "tables" / "table" / "obsm" / "score" / ".zarray").exists()
+
+
 def test_failed_entry_write_puts_the_old_entry_back(store, model, monkeypatch):
     import spatialdata as sd
 
