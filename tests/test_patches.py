@@ -210,3 +210,67 @@ def test_encoding_reads_each_patch_once_for_all_views(monkeypatch):
     tokens = encode_patches(dataset, encoder, views=4, batch_size=6, dtype=torch.float32)
     assert len(reads) == len(dataset)
     torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_resampling_weights_give_pils_pixels():
+    # The device path's separable weights are PIL's bilinear filter (antialiased when shrinking), given a box
+    # with sub-pixel edges inside a padded crop: the same pixels up to PIL's 8-bit rounding between its passes.
+    from PIL import Image
+
+    from sthist.data._patches import resample, resampling_weights
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        height, width = (int(v) for v in rng.integers(30, 160, 2))
+        size = int(rng.integers(16, 100))  # enlarging and shrinking (up to about 10×)
+        crop = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        if trial % 2:  # smooth images as well as noise
+            small = Image.fromarray(crop).resize((width // 4 + 1, height // 4 + 1))
+            crop = np.asarray(small.resize((width, height), Image.Resampling.BILINEAR))
+        box = (
+            rng.uniform(0, 2),
+            rng.uniform(0, 2),
+            rng.uniform(width - 2, width),
+            rng.uniform(height - 2, height),
+        )
+        expected = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR, box=box))
+        rows = resampling_weights(box[1], box[3], height, size, height + 5)
+        columns = resampling_weights(box[0], box[2], width, size, width + 3)
+        assert rows.shape == (size, height + 5) and not rows[:, height:].any()
+        np.testing.assert_allclose(rows.sum(axis=1), 1, rtol=1e-5)
+        padded = np.full((1, 3, height + 5, width + 3), 255, dtype=np.uint8)  # padding must not count
+        padded[0, :, :height, :width] = crop.transpose(2, 0, 1)
+        pixels = resample(
+            torch.from_numpy(padded), torch.from_numpy(rows)[None], torch.from_numpy(columns)[None]
+        )
+        difference = np.abs(pixels[0].permute(1, 2, 0).numpy().astype(int) - expected.astype(int))
+        assert difference.max() <= 1, trial
+
+
+def test_resampling_on_the_device_matches_the_cpu_path(toy):
+    from sthist.data import encode_patches
+    from sthist.data._features import _DeviceResampledBatches
+    from sthist.models._backbones import create_encoder
+
+    dataset = SpotPatchDataset(toy, patch_size_um=100, patch_size_px=40)  # shrinks a level-0 crop
+    items = list(range(0, len(dataset), 5))
+    batches = _DeviceResampledBatches(dataset, items, 8, torch.device("cpu"))
+    jobs = [(row, index, view) for row, index in enumerate(items) for view in range(8)]
+    for start in range(0, len(jobs), 8):
+        chunk = jobs[start : start + 8]
+        batches.fill(0, chunk)
+        patches = batches.batch(0, chunk)
+        for slot, (_, index, view) in enumerate(chunk):  # every dihedral view, turned on the device
+            expected = torch.from_numpy(dataset.view(index, view)).permute(2, 0, 1)
+            assert (patches[slot].int() - expected.int()).abs().max() <= 1
+    encoder = create_encoder("tiny", pretrained=False)
+    cpu = encode_patches(dataset, encoder, views=4, batch_size=6, dtype=torch.float32, indices=items)
+    device = encode_patches(
+        dataset, encoder, views=4, batch_size=6, dtype=torch.float32, indices=items, resample_on_device=True
+    )
+    torch.testing.assert_close(device, cpu, rtol=0, atol=0.02 * float(cpu.abs().max()))
+    # Stain jitter works on resampled pixels on the CPU: asking for the device path with it is an error.
+    with pytest.raises(
+        ValueError, match="resample_on_device=True cannot apply stain normalisation or jitter"
+    ):
+        encode_patches(dataset, encoder, views=2, jitter=0.05, indices=items, resample_on_device=True)

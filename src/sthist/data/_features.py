@@ -30,6 +30,7 @@ def encode_patches(
     description: str = "encoding patches",
     jitter: float = 0.0,
     grid: int | None = None,
+    resample_on_device: bool | None = None,
 ) -> torch.Tensor:
     """Tokens of each spot's patch under the first ``views`` dihedral transforms: (spots, views, tokens, channels).
 
@@ -40,41 +41,51 @@ def encode_patches(
     (the last one is padded) so the allocator reuses its buffers. A reader thread fills the next batch (reading,
     resampling, stain changes: numpy, PIL and zarr release the GIL) while the encoder runs on the current one,
     so reading overlaps the forward pass instead of adding to it.
+
+    With ``resample_on_device`` (by default on a GPU, when there is no stain normalisation or jitter, which
+    work on resampled pixels) the reader thread only cuts the crops; they travel to the device (from pinned
+    memory on a GPU) with their resampling weights and are resampled and turned there by batched matrix
+    products (:func:`sthist.data._patches.resample`): the filter of the CPU path, the same pixels up to one
+    grey level (tested), and the CPU left free to keep a fast device fed.
     """
     if not 1 <= views <= 8:
         raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {views}.")
+    device = torch.device(device)
+    convertible = not jitter and dataset.stain_reference is None
+    if resample_on_device and not convertible:
+        raise ValueError(
+            "resample_on_device=True cannot apply stain normalisation or jitter (they work on resampled pixels on "
+            "the CPU); leave resample_on_device=None to choose by itself."
+        )
+    if resample_on_device is None:
+        resample_on_device = device.type == "cuda" and convertible
     encoder = encoder.to(device).eval()
     items = range(len(dataset)) if indices is None else [int(i) for i in indices]
     n = len(items)
     jobs = [(row, index, view) for row, index in enumerate(items) for view in range(views)]
-    size = dataset.patch_size_px
-    # Filled with numpy in the reader thread: a torch copy there would start a second OpenMP team whose
-    # threads compete with (and spin beside) the encoder's, slowing the forward pass by a fifth on 2 cores.
-    buffers = [np.empty((batch_size, 3, size, size), dtype=np.uint8) for _ in range(2)]
     starts = list(range(0, len(jobs), batch_size))
     if not starts:
         raise ValueError("No patch to encode (empty dataset or indices).")
-    read = functools.lru_cache(maxsize=1)(
-        dataset.patch
-    )  # each patch read and resampled once for all its views
+    source = (
+        _DeviceResampledBatches(dataset, items, batch_size, device)
+        if resample_on_device
+        else _ResampledBatches(dataset, batch_size, jitter, device)
+    )
 
-    def fill(number: int) -> np.ndarray:
+    def fill(number: int) -> int:
         """Batch ``number`` into one of two buffers (the other is the one the encoder is reading)."""
-        batch = buffers[number % 2]
-        for slot, (_, index, view) in enumerate(jobs[starts[number] : starts[number] + batch_size]):
-            batch[slot] = dataset.view(index, view, jitter, base=read(index)).transpose(2, 0, 1)
-        return batch
+        source.fill(number % 2, jobs[starts[number] : starts[number] + batch_size])
+        return number
 
     output = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sthist-read") as reader:
         pending = reader.submit(fill, 0)
         for number in tqdm(range(len(starts)), desc=description, disable=not settings.progress, unit="batch"):
-            batch = pending.result()
+            chunk = jobs[starts[number] : starts[number] + batch_size]
             # The next batch goes to the other buffer while this one is encoded (copied to the device first).
-            on_device = torch.from_numpy(batch).to(device, non_blocking=False)
+            on_device = source.batch(pending.result() % 2, chunk)
             if number + 1 < len(starts):
                 pending = reader.submit(fill, number + 1)
-            chunk = jobs[starts[number] : starts[number] + batch_size]
             tokens = summarise_tokens(encoder(on_device)[: len(chunk)], grid)
             if output is None:
                 output = torch.empty((n, views, *tokens.shape[1:]), dtype=dtype)
@@ -85,8 +96,75 @@ def encode_patches(
                 )  # fmt: skip
             rows = np.array([row for row, _, _ in chunk])
             columns = np.array([view for _, _, view in chunk])
+            # Copying the tokens back waits for the device, so the buffer is free before it is filled again.
             output[rows, columns] = tokens.to("cpu", dtype)
     return cast(torch.Tensor, output)  # set by the first batch; there is at least one
+
+
+def _host_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed host tensor, in pinned memory when it is copied to a GPU (so the copy can run asynchronously)."""
+    return torch.zeros(shape, dtype=dtype, pin_memory=device.type == "cuda")
+
+
+class _ResampledBatches:
+    """Batches of patches resampled on the CPU (PIL), stain-changed and turned there (two host buffers)."""
+
+    def __init__(self, dataset: SpotPatchDataset, batch_size: int, jitter: float, device: torch.device):
+        size = dataset.patch_size_px
+        # Filled with numpy in the reader thread: a torch copy there would start a second OpenMP team whose
+        # threads compete with (and spin beside) the encoder's, slowing the forward pass by a fifth on 2 cores.
+        self.buffers = [_host_buffer((batch_size, 3, size, size), torch.uint8, device) for _ in range(2)]
+        self.dataset, self.jitter, self.device = dataset, jitter, device
+        # Each patch read and resampled once for all its views.
+        self.read = functools.lru_cache(maxsize=1)(dataset.patch)
+
+    def fill(self, buffer: int, chunk: list[tuple[int, int, int]]) -> None:
+        batch = self.buffers[buffer].numpy()
+        for slot, (_, index, view) in enumerate(chunk):
+            batch[slot] = self.dataset.view(index, view, self.jitter, base=self.read(index)).transpose(
+                2, 0, 1
+            )
+
+    def batch(self, buffer: int, chunk: list[tuple[int, int, int]]) -> torch.Tensor:
+        return self.buffers[buffer].to(self.device, non_blocking=True)
+
+
+class _DeviceResampledBatches:
+    """Batches of crops with their resampling weights, resampled and turned on the device."""
+
+    def __init__(self, dataset: SpotPatchDataset, items, batch_size: int, device: torch.device):
+        from sthist.data._patches import resampling_weights
+
+        self.size = size = dataset.patch_size_px
+        self.height, self.width = dataset.crop_shape(items)
+        self.crops = [
+            _host_buffer((batch_size, 3, self.height, self.width), torch.uint8, device) for _ in range(2)
+        ]
+        self.rows = [_host_buffer((batch_size, size, self.height), torch.float32, device) for _ in range(2)]
+        self.columns = [_host_buffer((batch_size, size, self.width), torch.float32, device) for _ in range(2)]
+        self.device, self.weights = device, resampling_weights
+        self.read = functools.lru_cache(maxsize=1)(dataset.crop)
+
+    def fill(self, buffer: int, chunk: list[tuple[int, int, int]]) -> None:
+        crops, rows, columns = (b[buffer].numpy() for b in (self.crops, self.rows, self.columns))
+        for slot, (_, index, _) in enumerate(chunk):
+            crop, (x0, y0, x1, y1) = self.read(index)
+            height, width = crop.shape[:2]
+            crops[slot, :, :height, :width] = crop.transpose(2, 0, 1)
+            rows[slot] = self.weights(y0, y1, height, self.size, self.height)
+            columns[slot] = self.weights(x0, x1, width, self.size, self.width)
+
+    def batch(self, buffer: int, chunk: list[tuple[int, int, int]]) -> torch.Tensor:
+        from sthist.data._patches import dihedral_tensor, resample
+
+        crops, rows, columns = (
+            b[buffer].to(self.device, non_blocking=True) for b in (self.crops, self.rows, self.columns)
+        )
+        patches = resample(crops, rows, columns)
+        for slot, (_, _, view) in enumerate(chunk):
+            if view:
+                patches[slot] = dihedral_tensor(patches[slot], view)
+        return patches
 
 
 def summarise_tokens(tokens: torch.Tensor, grid: int | None) -> torch.Tensor:

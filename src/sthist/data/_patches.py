@@ -33,6 +33,47 @@ def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
     return out
 
 
+def resampling_weights(
+    start: float, stop: float, length: int, size: int, padded: int | None = None
+) -> np.ndarray:
+    """Weights (size × padded) that resample pixels [start, stop) of a row of ``length`` pixels to ``size``.
+
+    Bilinear (a triangle filter), widened by the scale when shrinking so that every input pixel counts
+    (antialiasing), each output pixel's weights normalised to sum to one: the filter PIL's ``BILINEAR`` resize
+    applies with ``box=``, so that ``wy @ crop @ wx.T`` gives :meth:`SpotPatchDataset.patch`'s pixels up to
+    rounding (PIL rounds to 8 bits between its two passes). Columns from ``length`` to ``padded`` are zero, for
+    crops padded to one shape.
+    """
+    padded = length if padded is None else padded
+    scale = (stop - start) / size
+    support = max(scale, 1.0)  # the triangle's half-width in input pixels
+    centres = start + (np.arange(size) + 0.5) * scale
+    # The input pixels each output pixel reads, as PIL rounds them: [first, last), clipped to the row.
+    first = np.maximum(np.trunc(centres - support + 0.5), 0)
+    last = np.minimum(np.trunc(centres + support + 0.5), length)
+    pixels = np.arange(padded)
+    weights = np.maximum(1 - np.abs((pixels[None, :] - centres[:, None] + 0.5) / support), 0)
+    weights *= (pixels[None, :] >= first[:, None]) & (pixels[None, :] < last[:, None])
+    total = weights.sum(axis=1, keepdims=True)
+    return (weights / np.where(total > 0, total, 1)).astype(np.float32)
+
+
+def resample(crops: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Resample a batch of crops (B, 3, H, W; uint8) with weights (B, px, H) and (B, px, W): (B, 3, px, px) uint8.
+
+    Two batched matrix products on the crops' device (:func:`resampling_weights`), rounded back to 8 bits.
+    """
+    pixels = torch.matmul(rows[:, None], crops.float())
+    pixels = torch.matmul(pixels, columns[:, None].transpose(-1, -2))
+    return pixels.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def dihedral_tensor(patch: torch.Tensor, transform: int) -> torch.Tensor:
+    """:func:`dihedral` of a channels-first patch tensor (3, px, px)."""
+    out = torch.rot90(patch, k=transform % 4, dims=(1, 2))
+    return torch.flip(out, dims=(2,)) if transform >= 4 else out
+
+
 class _SectionPatches:
     """One section's patch geometry, pixel reader and expression, for the rows (spots) in use."""
 
@@ -237,17 +278,31 @@ class SpotPatchDataset(torch.utils.data.Dataset):
                 patch = hed_jitter(patch, jitter, np.random.default_rng((row, view)))
         return patch
 
-    def patch(self, index: int, transform: int = 0) -> np.ndarray:
-        """The resampled patch of item ``index`` (px × px × 3, uint8), after dihedral ``transform`` (0-7)."""
+    def crop(self, index: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """The pixels read for item ``index`` (h × w × 3, uint8) and its patch's box in them: (x0, y0, x1, y1).
+
+        The crop is the box widened to whole pixels plus one pixel of context, clipped to the image; the
+        patch is the box resampled to ``patch_size_px`` (:meth:`patch`, or on a device, :func:`resample`).
+        """
         section_index, spot = self._locate(index)
         section = self._sections[section_index]
         y0, y1, x0, x1 = section.windows[spot]
-        crop = section.reader.read(y0, y1, x0, x1)
         bx0, by0, bx1, by1 = section.boxes[spot]
+        return section.reader.read(y0, y1, x0, x1), (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
+
+    def crop_shape(self, indices) -> tuple[int, int]:
+        """The largest (height, width) of the crops of items ``indices`` (:meth:`crop`)."""
+        located = [self._locate(int(i)) for i in indices]
+        windows = np.array([self._sections[section].windows[spot] for section, spot in located])
+        return int((windows[:, 1] - windows[:, 0]).max()), int((windows[:, 3] - windows[:, 2]).max())
+
+    def patch(self, index: int, transform: int = 0) -> np.ndarray:
+        """The resampled patch of item ``index`` (px × px × 3, uint8), after dihedral ``transform`` (0-7)."""
+        section_index, _ = self._locate(index)
+        section = self._sections[section_index]
+        crop, box = self.crop(index)
         size = self.patch_size_px
-        resized = Image.fromarray(crop).resize(
-            (size, size), Image.Resampling.BILINEAR, box=(bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
-        )
+        resized = Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR, box=box)
         patch = np.array(resized)  # writable, so torch can wrap it
         if self.stain_reference is not None and section.stain is not None:
             patch = normalise(patch, section.stain, self.stain_reference)
