@@ -411,3 +411,22 @@ def test_ridge_strength_is_chosen_on_training_sections(sections):
         {k: sections[k] for k in ("toy0", "toy1")}, method="ridge", ridge_alpha="hest", **FAST
     )
     assert model.architecture.ridge_alpha == "hest"
+
+
+def test_loader_workers_live_for_the_whole_fit(sections, monkeypatch):
+    # With loader workers the fit keeps them across epochs, and pins batches only when they go to a GPU.
+    from sthist.models import _training
+
+    seen = []
+    real = torch.utils.data.DataLoader
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_training.torch.utils.data, "DataLoader", recording)
+    monkeypatch.setattr(sthist.settings, "num_workers", 1)
+    model = sthist.tl.fit({"toy0": sections["toy0"]}, **{**FAST, "max_epochs": 2})
+    assert model.is_trained and len(model.history) == 2
+    assert seen and seen[-1]["num_workers"] == 1 and seen[-1]["persistent_workers"] is True
+    assert seen[-1]["pin_memory"] is False  # the CPU

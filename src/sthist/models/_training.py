@@ -104,6 +104,10 @@ def fit_module(
         drop_last=len(train_data) >= 2 * training.batch_size,
         generator=generator,
         num_workers=settings.num_workers,
+        # Batches bound for a GPU come from pinned memory (asynchronous copies); loader workers live for the
+        # whole fit instead of starting again every epoch.
+        pin_memory=gpu,
+        persistent_workers=settings.num_workers > 0,
     )
     root = checkpoint_dir or tempfile.mkdtemp(prefix="sthist-fit-")
     callbacks: list[L.Callback] = []
