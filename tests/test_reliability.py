@@ -168,6 +168,32 @@ def test_update_table_writes_entries_into_a_zarr_v2_store(sections, tmp_path):
     assert (path / "tables" / "table" / "obsm" / "score" / ".zarray").exists()
 
 
+def test_elements_written_into_a_zarr_v2_store_are_zarr_v2(sections, model, tmp_path):
+    # A zarr v3 element moved into a zarr v2 store is not read back (silently): elements are staged in v2 there.
+    import spatialdata as sd
+    from spatialdata._io.format import (
+        RasterFormatV01,
+        ShapesFormatV01,
+        SpatialDataContainerFormatV01,
+        TablesFormatV01,
+    )
+
+    path = tmp_path / "v2.zarr"
+    formats = [SpatialDataContainerFormatV01(), TablesFormatV01(), RasterFormatV01(), ShapesFormatV01()]
+    sections["toy1"].write(path, sdata_formats=formats)
+    sdata = sd.read_zarr(path)
+    sthist.tl.predict_tiles(sdata, model, stride_um=128)
+    sdata.shapes["extra"] = sdata.shapes["spots"]
+    sthist.io.write_elements(sdata, [("shapes", "extra")])
+    again = sd.read_zarr(path)
+    assert {"extra", "sthist_tiles"} <= set(again.shapes) and "sthist_tiles_table" in again.tables
+    assert (
+        not (path / "shapes" / "extra" / "zarr.json").exists()
+        and (path / "shapes" / "extra" / ".zgroup").exists()
+    )
+    np.testing.assert_array_equal(again.tables["sthist_tiles_table"].X, sdata.tables["sthist_tiles_table"].X)
+
+
 def test_failed_entry_write_puts_the_old_entry_back(store, model, monkeypatch):
     import spatialdata as sd
 

@@ -215,30 +215,91 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
 def _write_locked(sdata, store: Path, elements: Sequence[tuple[str, str]]) -> None:
     from spatialdata import SpatialData
 
-    staging = store.parent / f".{store.name}{_STAGING}{uuid.uuid4().hex}"
-    moved_aside: list[tuple[Path, Path]] = []  # (old element aside, its place in the store)
-    moved_in: list[Path] = []
-    try:
+    zarr_format = _zarr_format(store)
+    with _staging(store) as staging:
         subset: dict[str, dict] = {kind: {} for kind in _KINDS}
         for kind, name in elements:
             subset[kind][name] = getattr(sdata, kind)[name]
-        SpatialData(**subset).write(staging / "elements.zarr")
         staged = staging / "elements.zarr"
-        for kind, name in elements:
-            target = store / kind / name
+        SpatialData(**subset).write(staged, sdata_formats=_element_formats(zarr_format))
+        for kind, _ in elements:
             if not (store / kind).exists():
                 (store / kind).mkdir()
-                shutil.copy2(staged / kind / "zarr.json", store / kind / "zarr.json")
+                for metadata in _METADATA_FILES[zarr_format]:
+                    if (staged / kind / metadata).exists():
+                        shutil.copy2(staged / kind / metadata, store / kind / metadata)
+        _move_in(
+            sdata, store, staging, [(staged / kind / name, Path(kind) / name) for kind, name in elements]
+        )
+    for kind, name in elements:
+        logger.info("wrote %s/%s into %s", kind, name, store)
+
+
+#: The files that hold a zarr group's metadata, by zarr format.
+_METADATA_FILES = {2: (".zgroup", ".zattrs"), 3: ("zarr.json",)}
+
+
+def _zarr_format(store: Path) -> int:
+    """The zarr format (2 or 3) of a store's root group: what is written into it must have the same."""
+    return 2 if (store / ".zgroup").exists() and not (store / "zarr.json").exists() else 3
+
+
+def _element_formats(zarr_format: int) -> list | None:
+    """The spatialdata element formats for a store of ``zarr_format``: the current ones (3), the last in zarr v2 (2).
+
+    A store written by an older spatialdata is zarr v2; a zarr v3 element moved into it would not be read.
+    """
+    if zarr_format == 3:
+        return None
+    from spatialdata._io.format import (
+        PointsFormatV01,
+        RasterFormatV02,
+        ShapesFormatV02,
+        SpatialDataContainerFormatV01,
+        TablesFormatV01,
+    )
+
+    return [
+        SpatialDataContainerFormatV01(),
+        RasterFormatV02(),
+        ShapesFormatV02(),
+        PointsFormatV01(),
+        TablesFormatV01(),
+    ]
+
+
+@contextlib.contextmanager
+def _staging(store: Path) -> Iterator[Path]:
+    """A staging folder beside the store (same file system, so moves are renames), removed afterwards."""
+    staging = store.parent / f".{store.name}{_STAGING}{uuid.uuid4().hex}"
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(sdata, store: Path, staging: Path, moves: Sequence[tuple[Path, Path]]) -> None:
+    """Move staged folders to their paths in the store, each by a rename; undo every move if anything fails.
+
+    ``moves`` holds (staged folder, path relative to the store). What a folder replaces is first moved aside
+    to the same relative path under ``staging / 'replaced'``, where :func:`_recover` finds it if the process is
+    killed between the two renames. The store's consolidated metadata is refreshed last.
+    """
+    moved_aside: list[tuple[Path, Path]] = []  # (old folder aside, its place in the store)
+    moved_in: list[Path] = []
+    try:
+        for source, relative in moves:
+            target = store / relative
             if target.exists():
-                aside = staging / _REPLACED / kind / name
+                aside = staging / _REPLACED / relative
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(target, aside)
                 moved_aside.append((aside, target))
-            os.replace(staged / kind / name, target)
+            os.replace(source, target)
             moved_in.append(target)
         sdata.write_consolidated_metadata()
     except BaseException:
-        # Undo: the new elements out, the old ones back, so that the store is as it was.
+        # Undo: the new folders out, the old ones back, so that the store is as it was.
         for target in moved_in:
             shutil.rmtree(target, ignore_errors=True)
         for aside, target in moved_aside:
@@ -247,10 +308,6 @@ def _write_locked(sdata, store: Path, elements: Sequence[tuple[str, str]]) -> No
         with contextlib.suppress(Exception):
             sdata.write_consolidated_metadata()
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for kind, name in elements:
-        logger.info("wrote %s/%s into %s", kind, name, store)
 
 
 def update_table(
@@ -354,41 +411,18 @@ def _add_entries(sdata, store: Path, table_key: str, *, obsm, uns, obs, overwrit
         table.obs[column] = stored_obs[column]
     for column in obs:
         stored_obs[column] = table.obs[column]
-    staging = store.parent / f".{store.name}{_STAGING}{uuid.uuid4().hex}"
-    moved_aside: list[tuple[Path, Path]] = []
-    moved_in: list[Path] = []
-    try:
+    entries = [("obsm", key, table.obsm[key]) for key in obsm] + [("uns", key, table.uns[key]) for key in uns]
+    relative = [Path(sub) / key for sub, key, _ in entries] + ([Path("obs")] if obs else [])
+    with _staging(store) as staging:
         staged = zarr.open_group(staging / "entries.zarr", mode="w", zarr_format=group.metadata.zarr_format)
-        entries = [("obsm", key, table.obsm[key]) for key in obsm] + [
-            ("uns", key, table.uns[key]) for key in uns
-        ]
         for sub, key, value in entries:
             write_elem(staged.require_group(sub), key, value)
         if obs:
             write_elem(staged, "obs", stored_obs)
-        relative = [Path(sub) / key for sub, key, _ in entries] + ([Path("obs")] if obs else [])
         for path in relative:
-            target = stored_path / path
-            target.parent.mkdir(exist_ok=True)  # a table written without that group
-            if target.exists():
-                aside = staging / _REPLACED / "tables" / table_key / path
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(target, aside)
-                moved_aside.append((aside, target))
-            os.replace(staging / "entries.zarr" / path, target)
-            moved_in.append(target)
-        sdata.write_consolidated_metadata()
-    except BaseException:
-        for target in moved_in:
-            shutil.rmtree(target, ignore_errors=True)
-        for aside, target in moved_aside:
-            if aside.exists() and not target.exists():
-                os.replace(aside, target)
-        with contextlib.suppress(Exception):
-            sdata.write_consolidated_metadata()
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            (stored_path / path).parent.mkdir(exist_ok=True)  # a table written without that group
+        moves = [(staging / "entries.zarr" / path, Path("tables") / table_key / path) for path in relative]
+        _move_in(sdata, store, staging, moves)
     logger.info("wrote %s into table %r of %s", [str(p) for p in relative], table_key, store)
 
 
