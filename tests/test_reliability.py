@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -194,6 +195,26 @@ def test_elements_written_into_a_zarr_v2_store_are_zarr_v2(sections, model, tmp_
     np.testing.assert_array_equal(again.tables["sthist_tiles_table"].X, sdata.tables["sthist_tiles_table"].X)
 
 
+@contextlib.contextmanager
+def _second_rename_fails(monkeypatch):
+    """Within the block, the second ``os.replace`` fails with a full disk, and the block must raise that error."""
+    real_replace = os.replace
+    calls = []
+
+    def failing(source, target):
+        calls.append((source, target))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing)
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            yield
+    finally:
+        monkeypatch.setattr(os, "replace", real_replace)
+
+
 def test_failed_entry_write_puts_the_old_entry_back(store, model, monkeypatch):
     import spatialdata as sd
 
@@ -202,19 +223,8 @@ def test_failed_entry_write_puts_the_old_entry_back(store, model, monkeypatch):
     sthist.io.update_table(sdata, "table", obsm=["one", "one_uncertainty"], uns=["one"])
     before = sd.read_zarr(store).tables["table"].obsm["one"].copy()
     sdata.tables["table"].obsm["one"] = before * 0
-    real_replace = os.replace
-    calls = []
-
-    def failing(source, target):
-        calls.append((source, target))
-        if len(calls) == 2:  # old entry moved aside; moving the new one in fails
-            raise OSError("disk full")
-        return real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with _second_rename_fails(monkeypatch):  # old entry moved aside; moving the new one in fails
         sthist.io.update_table(sdata, "table", obsm=["one"], overwrite=True)
-    monkeypatch.setattr(os, "replace", real_replace)
     pd.testing.assert_frame_equal(sd.read_zarr(store).tables["table"].obsm["one"], before)
     assert not list(store.parent.glob(".toy1.zarr.sthist-staging-*"))
 
@@ -270,19 +280,8 @@ def test_failed_write_puts_the_old_element_back(store, monkeypatch):
     sdata = sd.read_zarr(store)
     before = sdata.tables["table"].copy()
     sdata.tables["table"].obs["changed"] = 1
-    real_replace = os.replace
-    calls = []
-
-    def failing(source, target):
-        calls.append((source, target))
-        if len(calls) == 2:  # old element moved aside; moving the new one in fails
-            raise OSError("disk full")
-        return real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with _second_rename_fails(monkeypatch):  # old element moved aside; moving the new one in fails
         sthist.io.write_elements(sdata, [("tables", "table")], overwrite=True)
-    monkeypatch.setattr(os, "replace", real_replace)
     table = sd.read_zarr(store).tables["table"]
     assert "changed" not in table.obs and table.n_obs == before.n_obs
     assert not list(store.parent.glob(".toy1.zarr.sthist-staging-*"))
