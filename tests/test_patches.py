@@ -117,6 +117,11 @@ def test_levels_read_from_a_store_go_to_its_zarr_arrays(toy, tmp_path):
         np.testing.assert_array_equal(reader.read(100, 200, 50, 300), pixels[100:200, 50:300])
         for index in [0, 7, 35]:
             np.testing.assert_array_equal(lazy.patch(index), eager.patch(index))
+        reader._edges, reader.tile_size = None, 128  # the squares-with-margin path reads the same way
+        reader._tiles.clear()
+        for index in [0, 7, 35]:
+            np.testing.assert_array_equal(lazy.patch(index), eager.patch(index))
+        np.testing.assert_array_equal(reader.read(0, 300, 0, 300), pixels[:300, :300])  # wider than a square
 
 
 def test_dataloader_batches_and_augmentation(toy):

@@ -61,7 +61,7 @@ class LazyLevel:
         rows, columns = self.data.chunks[1], self.data.chunks[2]
         chunk_bytes = self.data.shape[0] * max(rows) * max(columns) * self.data.dtype.itemsize
         self._edges: tuple[np.ndarray, np.ndarray] | None = None
-        # Chunks are read from the zarr array itself when the dask array is a plain view of it (a quarter of
+        # Pixels are read from the zarr array itself when the dask array is a plain view of it (a quarter of
         # the time of a dask compute per chunk); otherwise through dask.
         self._store = zarr_source(self.data)
         if chunk_bytes <= CHUNK_BYTES:
@@ -81,20 +81,23 @@ class LazyLevel:
             self._tiles.popitem(last=False)
         return self._tiles[key]
 
-    def _chunk(self, row: int, column: int) -> np.ndarray:
+    def _chunk(self, edges: tuple[np.ndarray, np.ndarray], row: int, column: int) -> np.ndarray:
         """Chunk (row, column) of the level as stored, (3, height, width), from the cache when there.
 
         Kept channels first: patches are transposed when cut, which costs far less than transposing chunks.
         """
-        return self._cached((row, column), lambda: self._read_chunk(row, column), self.cached_chunks)
-
-    def _read_chunk(self, row: int, column: int) -> np.ndarray:
-        if self._store is None or self._edges is None:
-            return np.asarray(self.data.blocks[:, row, column].compute())
-        edges_y, edges_x = self._edges
-        return np.asarray(
-            self._store[:, edges_y[row] : edges_y[row + 1], edges_x[column] : edges_x[column + 1]]
+        edges_y, edges_x = edges
+        return self._cached(
+            (row, column),
+            lambda: self._region(edges_y[row], edges_y[row + 1], edges_x[column], edges_x[column + 1]),
+            self.cached_chunks,
         )
+
+    def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels [y0:y1, x0:x1] as stored, (3, height, width): from the zarr array when the level is a view of one."""
+        if self._store is not None:
+            return np.asarray(self._store[:, y0:y1, x0:x1])
+        return np.asarray(self.data[:, y0:y1, x0:x1].compute())
 
     def _read_chunks(
         self, edges: tuple[np.ndarray, np.ndarray], y0: int, y1: int, x0: int, x1: int
@@ -108,14 +111,14 @@ class LazyLevel:
         )
         if len(rows) == 1 and len(columns) == 1:
             top, left = edges_y[rows[0]], edges_x[columns[0]]
-            chunk = self._chunk(rows[0], columns[0])
+            chunk = self._chunk(edges, rows[0], columns[0])
             return chunk[:, y0 - top : y1 - top, x0 - left : x1 - left].transpose(1, 2, 0)
         out = np.empty((y1 - y0, x1 - x0, self.data.shape[0]), dtype=self.data.dtype)
         for row in rows:
             top, bottom = max(y0, edges_y[row]), min(y1, edges_y[row + 1])
             for column in columns:
                 left, right = max(x0, edges_x[column]), min(x1, edges_x[column + 1])
-                chunk = self._chunk(row, column)
+                chunk = self._chunk(edges, row, column)
                 ys = slice(top - edges_y[row], bottom - edges_y[row])
                 xs = slice(left - edges_x[column], right - edges_x[column])
                 out[top - y0 : bottom - y0, left - x0 : right - x0] = chunk[:, ys, xs].transpose(1, 2, 0)
@@ -130,8 +133,7 @@ class LazyLevel:
         x1 = min((column + 1) * self.tile_size + self.margin, width)
 
         def load() -> tuple[int, int, np.ndarray]:
-            pixels = np.asarray(self.data[:, y0:y1, x0:x1].compute())
-            return y0, x0, np.ascontiguousarray(pixels.transpose(1, 2, 0))
+            return y0, x0, np.ascontiguousarray(self._region(y0, y1, x0, x1).transpose(1, 2, 0))
 
         return self._cached((row, column), load, self.cached_tiles)
 
@@ -151,7 +153,7 @@ class LazyLevel:
         ):
             return pixels[y0 - tile_y : y1 - tile_y, x0 - tile_x : x1 - tile_x]
         # A patch larger than the margin: read it directly (one chunked read).
-        return np.asarray(self.data[:, y0:y1, x0:x1].compute()).transpose(1, 2, 0)
+        return self._region(y0, y1, x0, x1).transpose(1, 2, 0)
 
     def __getstate__(self):
         # Worker processes start with an empty tile (or chunk) cache.
