@@ -239,15 +239,14 @@ def test_resampling_weights_give_pils_pixels():
             rng.uniform(height - 2, height),
         )
         expected = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR, box=box))
-        rows = resampling_weights(box[1], box[3], height, size, height + 5)
-        columns = resampling_weights(box[0], box[2], width, size, width + 3)
+        bounds = torch.tensor([box[1]]), torch.tensor([box[3]]), torch.tensor([height])
+        rows = resampling_weights(*bounds, size, height + 5)[0].numpy()
         assert rows.shape == (size, height + 5) and not rows[:, height:].any()
         np.testing.assert_allclose(rows.sum(axis=1), 1, rtol=1e-5)
         padded = np.full((1, 3, height + 5, width + 3), 255, dtype=np.uint8)  # padding must not count
         padded[0, :, :height, :width] = crop.transpose(2, 0, 1)
-        pixels = resample(
-            torch.from_numpy(padded), torch.from_numpy(rows)[None], torch.from_numpy(columns)[None]
-        )
+        boxes = torch.tensor([[*box, height, width]], dtype=torch.float64)
+        pixels = resample(torch.from_numpy(padded), boxes, size)
         difference = np.abs(pixels[0].permute(1, 2, 0).numpy().astype(int) - expected.astype(int))
         assert difference.max() <= 1, trial
 

@@ -130,37 +130,31 @@ class _ResampledBatches:
 
 
 class _DeviceResampledBatches:
-    """Batches of crops with their resampling weights, resampled and turned on the device."""
+    """Batches of crops with their patch boxes, resampled (weights computed there) and turned on the device."""
 
     def __init__(self, dataset: SpotPatchDataset, items, batch_size: int, device: torch.device):
-        from sthist.data._patches import resampling_weights
-
-        self.size = size = dataset.patch_size_px
-        self.height, self.width = dataset.crop_shape(items)
-        self.crops = [
-            _host_buffer((batch_size, 3, self.height, self.width), torch.uint8, device) for _ in range(2)
-        ]
-        self.rows = [_host_buffer((batch_size, size, self.height), torch.float32, device) for _ in range(2)]
-        self.columns = [_host_buffer((batch_size, size, self.width), torch.float32, device) for _ in range(2)]
-        self.device, self.weights = device, resampling_weights
+        self.size = dataset.patch_size_px
+        height, width = dataset.crop_shape(items)
+        self.crops = [_host_buffer((batch_size, 3, height, width), torch.uint8, device) for _ in range(2)]
+        self.boxes = [_host_buffer((batch_size, 6), torch.float64, device) for _ in range(2)]
+        self.device = device
         self.read = functools.lru_cache(maxsize=1)(dataset.crop)
 
     def fill(self, buffer: int, chunk: list[tuple[int, int, int]]) -> None:
-        crops, rows, columns = (b[buffer].numpy() for b in (self.crops, self.rows, self.columns))
+        crops, boxes = self.crops[buffer].numpy(), self.boxes[buffer].numpy()
         for slot, (_, index, _) in enumerate(chunk):
-            crop, (x0, y0, x1, y1) = self.read(index)
+            crop, box = self.read(index)
             height, width = crop.shape[:2]
             crops[slot, :, :height, :width] = crop.transpose(2, 0, 1)
-            rows[slot] = self.weights(y0, y1, height, self.size, self.height)
-            columns[slot] = self.weights(x0, x1, width, self.size, self.width)
+            boxes[slot] = (*box, height, width)
 
     def batch(self, buffer: int, chunk: list[tuple[int, int, int]]) -> torch.Tensor:
         from sthist.data._patches import dihedral_tensor, resample
 
-        crops, rows, columns = (
-            b[buffer].to(self.device, non_blocking=True) for b in (self.crops, self.rows, self.columns)
-        )
-        patches = resample(crops, rows, columns)
+        crops = self.crops[buffer].to(self.device, non_blocking=True)
+        boxes = self.boxes[buffer].to(self.device, non_blocking=True)
+        # Unused slots of a last, partial batch hold an earlier batch's crop (or zeros): resampled, then dropped.
+        patches = resample(crops, boxes, self.size)
         for slot, (_, _, view) in enumerate(chunk):
             if view:
                 patches[slot] = dihedral_tensor(patches[slot], view)

@@ -34,35 +34,44 @@ def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
 
 
 def resampling_weights(
-    start: float, stop: float, length: int, size: int, padded: int | None = None
-) -> np.ndarray:
-    """Weights (size × padded) that resample pixels [start, stop) of a row of ``length`` pixels to ``size``.
+    start: torch.Tensor, stop: torch.Tensor, length: torch.Tensor, size: int, padded: int
+) -> torch.Tensor:
+    """Weights (B, size, padded) that resample pixels [start, stop) of rows of ``length`` pixels to ``size``.
 
-    Bilinear (a triangle filter), widened by the scale when shrinking so that every input pixel counts
+    ``start``, ``stop`` and ``length`` hold one value per crop (B,), and the weights are computed on their
+    device. Bilinear (a triangle filter), widened by the scale when shrinking so that every input pixel counts
     (antialiasing), each output pixel's weights normalised to sum to one: the filter PIL's ``BILINEAR`` resize
-    applies with ``box=``, so that ``wy @ crop @ wx.T`` gives :meth:`SpotPatchDataset.patch`'s pixels up to
-    rounding (PIL rounds to 8 bits between its two passes). Columns from ``length`` to ``padded`` are zero, for
-    crops padded to one shape.
+    applies with ``box=``, so that ``rows @ crop @ columns.T`` gives :meth:`SpotPatchDataset.patch`'s pixels up
+    to rounding (PIL rounds to 8 bits between its two passes). Columns from ``length`` to ``padded`` are zero,
+    for crops padded to one shape. Positions are computed in float64, as PIL does, and the weights returned
+    in float32.
     """
-    padded = length if padded is None else padded
+    start, stop, length = (v.double()[:, None] for v in (start, stop, length))
     scale = (stop - start) / size
-    support = max(scale, 1.0)  # the triangle's half-width in input pixels
-    centres = start + (np.arange(size) + 0.5) * scale
+    support = scale.clamp(min=1.0)  # the triangle's half-width in input pixels
+    centres = (
+        start + (torch.arange(size, device=start.device, dtype=torch.float64) + 0.5) * scale
+    )  # (B, size)
     # The input pixels each output pixel reads, as PIL rounds them: [first, last), clipped to the row.
-    first = np.maximum(np.trunc(centres - support + 0.5), 0)
-    last = np.minimum(np.trunc(centres + support + 0.5), length)
-    pixels = np.arange(padded)
-    weights = np.maximum(1 - np.abs((pixels[None, :] - centres[:, None] + 0.5) / support), 0)
-    weights *= (pixels[None, :] >= first[:, None]) & (pixels[None, :] < last[:, None])
-    total = weights.sum(axis=1, keepdims=True)
-    return (weights / np.where(total > 0, total, 1)).astype(np.float32)
+    first = torch.trunc(centres - support + 0.5).clamp(min=0)[..., None]
+    last = torch.minimum(torch.trunc(centres + support + 0.5), length)[..., None]
+    pixels = torch.arange(padded, device=start.device, dtype=torch.float64)
+    weights = (1 - ((pixels - centres[..., None] + 0.5) / support[..., None]).abs()).clamp(min=0)
+    weights = weights * ((pixels >= first) & (pixels < last))
+    total = weights.sum(dim=-1, keepdim=True)
+    return (weights / torch.where(total > 0, total, 1)).float()
 
 
-def resample(crops: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Resample a batch of crops (B, 3, H, W; uint8) with weights (B, px, H) and (B, px, W): (B, 3, px, px) uint8.
+def resample(crops: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Resample a batch of crops (B, 3, H, W; uint8) to (B, 3, size, size) uint8, on the crops' device.
 
-    Two batched matrix products on the crops' device (:func:`resampling_weights`), rounded back to 8 bits.
+    ``boxes`` (B, 6) holds each crop's patch box in it and the crop's own extent within the padded batch:
+    x0, y0, x1, y1, height, width. Two batched matrix products with :func:`resampling_weights`, rounded back
+    to 8 bits.
     """
+    height, width = crops.shape[-2:]
+    rows = resampling_weights(boxes[:, 1], boxes[:, 3], boxes[:, 4], size, height)
+    columns = resampling_weights(boxes[:, 0], boxes[:, 2], boxes[:, 5], size, width)
     pixels = torch.matmul(rows[:, None], crops.float())
     pixels = torch.matmul(pixels, columns[:, None].transpose(-1, -2))
     return pixels.round_().clamp_(0, 255).to(torch.uint8)
