@@ -44,8 +44,8 @@ def encode_patches(
 
     With ``resample_on_device`` (by default on a GPU, when there is no stain normalisation or jitter, which
     work on resampled pixels) the reader thread only cuts the crops; they travel to the device (from pinned
-    memory on a GPU) with their resampling weights and are resampled and turned there by batched matrix
-    products (:func:`sthist.data._patches.resample`): the filter of the CPU path, the same pixels up to one
+    memory on a GPU) with their patch boxes, and are resampled (weights computed there) and turned by batched
+    matrix products (:func:`sthist.data._patches.resample`): the filter of the CPU path, the same pixels up to one
     grey level (tested), and the CPU left free to keep a fast device fed.
     """
     if not 1 <= views <= 8:
