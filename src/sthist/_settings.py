@@ -58,8 +58,10 @@ class Settings:
         encoder allocates and frees the same few hundred MiB for every batch; with glibc's defaults each batch
         pays again for fresh pages, and EfficientNet-Lite0 encoded 29 patches/s against 76-85 with the
         memory kept (2-core CPU). Applied once, where fitting and prediction start, unless the environment
-        sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself; peak memory is unchanged, but
-        memory freed after a fit stays with the process until it ends. ``False`` leaves the allocator alone.
+        sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself. The cost is memory: what is
+        freed stays with the process until it ends, and peak memory can be higher (``benchmarks/scaling.py`` at
+        100k spots: 4.5 against 3.9-4.1 GiB in training with the thresholds at 4 GiB). ``False`` leaves the
+        allocator alone: set it for memory-bound jobs that do not encode patches.
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
