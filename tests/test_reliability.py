@@ -140,9 +140,9 @@ def test_update_table_writes_only_the_new_entries(store, model):
     assert (sd.read_zarr(store).tables["table"].obsm["new"].to_numpy() == 0).all()
 
 
-def test_update_table_writes_entries_into_a_zarr_v2_store(sections, tmp_path):
-    # Stores written by older spatialdata versions are zarr v2: entries are staged in the store's own format.
-    import spatialdata as sd
+@pytest.fixture
+def v2_store(sections, tmp_path):
+    """toy1 in a zarr v2 store, as older spatialdata versions wrote them."""
     from spatialdata._io.format import (
         RasterFormatV01,
         ShapesFormatV01,
@@ -154,6 +154,14 @@ def test_update_table_writes_entries_into_a_zarr_v2_store(sections, tmp_path):
     formats = [SpatialDataContainerFormatV01(), TablesFormatV01(), RasterFormatV01(), ShapesFormatV01()]
     sections["toy1"].write(path, sdata_formats=formats)
     assert (path / "tables" / "table" / ".zgroup").exists()
+    return path
+
+
+def test_update_table_writes_entries_into_a_zarr_v2_store(v2_store):
+    # Stores written by older spatialdata versions are zarr v2: entries are staged in the store's own format.
+    import spatialdata as sd
+
+    path = v2_store
     sdata = sd.read_zarr(path)
     table = sdata.tables["table"]
     table.obsm["score"] = np.arange(2 * table.n_obs, dtype=float).reshape(-1, 2)
@@ -169,19 +177,11 @@ def test_update_table_writes_entries_into_a_zarr_v2_store(sections, tmp_path):
     assert (path / "tables" / "table" / "obsm" / "score" / ".zarray").exists()
 
 
-def test_elements_written_into_a_zarr_v2_store_are_zarr_v2(sections, model, tmp_path):
+def test_elements_written_into_a_zarr_v2_store_are_zarr_v2(v2_store, model):
     # A zarr v3 element moved into a zarr v2 store is not read back (silently): elements are staged in v2 there.
     import spatialdata as sd
-    from spatialdata._io.format import (
-        RasterFormatV01,
-        ShapesFormatV01,
-        SpatialDataContainerFormatV01,
-        TablesFormatV01,
-    )
 
-    path = tmp_path / "v2.zarr"
-    formats = [SpatialDataContainerFormatV01(), TablesFormatV01(), RasterFormatV01(), ShapesFormatV01()]
-    sections["toy1"].write(path, sdata_formats=formats)
+    path = v2_store
     sdata = sd.read_zarr(path)
     sthist.tl.predict_tiles(sdata, model, stride_um=128)
     sdata.shapes["extra"] = sdata.shapes["spots"]
