@@ -307,14 +307,14 @@ class SpotPatchDataset(torch.utils.data.Dataset):
 
     def patch(self, index: int, transform: int = 0) -> np.ndarray:
         """The resampled patch of item ``index`` (px × px × 3, uint8), after dihedral ``transform`` (0-7)."""
-        section_index, _ = self._locate(index)
-        section = self._sections[section_index]
         crop, box = self.crop(index)
         size = self.patch_size_px
         resized = Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR, box=box)
         patch = np.array(resized)  # writable, so torch can wrap it
-        if self.stain_reference is not None and section.stain is not None:
-            patch = normalise(patch, section.stain, self.stain_reference)
+        if self.stain_reference is not None:
+            stain = self._sections[self._locate(index)[0]].stain
+            if stain is not None:
+                patch = normalise(patch, stain, self.stain_reference)
         return np.ascontiguousarray(dihedral(patch, transform)) if transform else patch
 
     def __getitem__(self, index: int) -> dict:
