@@ -735,3 +735,36 @@ def test_token_cache_keeps_summaries_and_serves_means_from_them(sections, model,
     again = tokens_of(dataset, model.encoder, grid=3, **{**options, "token_cache": cache})
     assert encoded == [None] and again.shape == summary.shape
     torch.testing.assert_close(again, summary, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_prediction_frames_are_written_as_anndata_writes_them(tmp_path, zarr_format):
+    # Gene columns are written concurrently: the same attributes, codecs and chunks as anndata's write_elem.
+    import zarr
+    from anndata.io import read_elem, write_elem
+
+    from sthist.io import _write_entry
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        rng.random((37, 12), dtype=np.float32),
+        index=pd.Index([f"spot{i}" for i in range(37)], name="spot"),
+        columns=[f"GENE{i}" for i in range(12)],
+    )
+    mixed = frame.iloc[:, :3].assign(kind=pd.Categorical(["a", "b"] * 18 + ["a"]), count=np.arange(37))
+    ours = zarr.open_group(tmp_path / "ours.zarr", mode="w", zarr_format=zarr_format)
+    theirs = zarr.open_group(tmp_path / "theirs.zarr", mode="w", zarr_format=zarr_format)
+    for key, value in (("prediction", frame), ("mixed", mixed)):
+        _write_entry(ours, key, value)
+        write_elem(theirs, key, value)
+        pd.testing.assert_frame_equal(read_elem(ours[key]), value)
+        assert dict(ours[key].attrs) == dict(theirs[key].attrs)
+    for column in frame.columns:
+        assert (
+            ours[f"prediction/{column}"].metadata.to_dict()
+            == theirs[f"prediction/{column}"].metadata.to_dict()
+        )
+    # A store that is not a folder (the columns are created by their path from its root).
+    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=zarr_format)
+    _write_entry(memory.require_group("obsm"), "prediction", frame)
+    pd.testing.assert_frame_equal(read_elem(memory["obsm/prediction"]), frame)

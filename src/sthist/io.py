@@ -416,7 +416,7 @@ def _add_entries(sdata, store: Path, table_key: str, *, obsm, uns, obs, overwrit
     with _staging(store) as staging:
         staged = zarr.open_group(staging / "entries.zarr", mode="w", zarr_format=group.metadata.zarr_format)
         for sub, key, value in entries:
-            write_elem(staged.require_group(sub), key, value)
+            _write_entry(staged.require_group(sub), key, value)
         if obs:
             write_elem(staged, "obs", stored_obs)
         for path in relative:
@@ -424,6 +424,80 @@ def _add_entries(sdata, store: Path, table_key: str, *, obsm, uns, obs, overwrit
         moves = [(staging / "entries.zarr" / path, Path("tables") / table_key / path) for path in relative]
         _move_in(sdata, store, staging, moves)
     logger.info("wrote %s into table %r of %s", [str(p) for p in relative], table_key, store)
+
+
+def _write_entry(group, key: str, value) -> None:
+    """``anndata.io.write_elem``, with the gene columns of a numeric DataFrame written concurrently.
+
+    anndata writes each column of an ``obsm`` DataFrame as its own zarr array, one after the other: about
+    10 ms each in zarr v3 on a 2-core machine, 2.5 s for a 250-gene prediction. Here anndata writes the
+    index and the first column (its encoding, attributes and codecs, whatever its version), and the other
+    columns are created beside it with the first column's settings, all at once through zarr's asynchronous
+    API: the same files as ``write_elem``'s (tested), about 4× sooner.
+    Anything else (columns of mixed, categorical, string or nullable types; a single column) goes through
+    ``write_elem``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    _, write_elem = _elem_io()
+    numeric = (
+        isinstance(value, pd.DataFrame)
+        and value.shape[1] > 1
+        and value.columns.is_unique
+        and all(isinstance(c, str) for c in value.columns)
+        and isinstance(value.dtypes.iloc[0], np.dtype)
+        and value.dtypes.iloc[0].kind in "biuf"
+        and (value.dtypes == value.dtypes.iloc[0]).all()
+    )
+    if not numeric:
+        write_elem(group, key, value)
+        return
+    import asyncio
+
+    import zarr
+    import zarr.api.asynchronous as zarr_async
+    from zarr.core.sync import sync
+
+    write_elem(group, key, value.iloc[:, :1])
+    node = group[key]
+    first = node[value.columns[0]]
+    if not isinstance(first, zarr.Array) or dict(first.attrs).get("encoding-type") != "array":
+        # An anndata that encodes columns otherwise: let it write the whole frame.
+        del group[key]
+        write_elem(group, key, value)
+        return
+    settings: dict[str, Any] = {
+        "chunks": first.chunks, "filters": first.filters, "compressors": first.compressors,
+        "fill_value": first.fill_value, "attributes": dict(first.attrs), "zarr_format": first.metadata.zarr_format,
+    }  # fmt: skip
+    if first.metadata.zarr_format == 3:
+        settings["serializer"] = first.serializer
+
+    # Each new array checks and creates its parent groups up to the store's root: on a local store, a store
+    # rooted at the frame's folder leaves it one parent (a third less time for 250 columns).
+    if isinstance(node.store, zarr.storage.LocalStore):
+        store, prefix = zarr.storage.LocalStore(Path(node.store.root) / node.path), ""
+    else:
+        store, prefix = node.store, f"{node.path}/"
+
+    async def create_columns() -> None:
+        await asyncio.gather(
+            *(
+                zarr_async.create_array(
+                    store=store,
+                    name=f"{prefix}{column}",
+                    data=np.ascontiguousarray(value[column]),
+                    **settings,
+                )
+                for column in value.columns[1:]
+            )
+        )
+
+    sync(create_columns())
+    # Only now does the frame list its other columns: a failure above leaves a readable one-column frame
+    # in the staging folder, never a frame naming columns that are not there.
+    node.attrs["column-order"] = list(value.columns)
 
 
 def _elem_io():
