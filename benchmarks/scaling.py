@@ -6,7 +6,10 @@ spot has its own tokens, held as sthist holds them (:func:`sthist.data.summarise
 3 × 3 regional summary (10 tokens), for prediction the mean token. For each size: one training epoch through
 the Lightning plan (spots/s), building the retrieval bank, predicting every spot from its mean token
 (embedding + retrieval, k = 50), and the peak resident memory of each stage (Linux VmHWM, reset before each
-stage), with the memory the held tokens take per 100k spots and dihedral view.
+stage), with the memory the held tokens take per 100k spots and dihedral view. Before the first size, patches
+are encoded once (``sthist.data.encode_patches``, EfficientNet-Lite0, 224 px, a toy section's spots) as a fit
+does before it trains: the allocator state that training and retrieval then start from is a real fit's
+(``settings.retain_freed_memory`` applies while encoding).
 
     python benchmarks/scaling.py [--sizes 1000 10000 100000]
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +40,26 @@ def _peak_gib() -> float:
     return float("nan")
 
 
+def _encode_patches() -> dict:
+    """Encode a toy section's patches (EfficientNet-Lite0, 224 px), as ``tl.fit`` does before training."""
+    import sthist
+    from sthist.data import SpotPatchDataset, encode_patches
+    from sthist.models import create_encoder
+
+    section = sthist.datasets.toy(1, grid=18, n_genes=20, random_state=0)["toy0"]
+    dataset = SpotPatchDataset(section, patch_size_um=112, patch_size_px=224)
+    encoder = create_encoder("efficientnet_lite0", pretrained=False)
+    _reset_peak()
+    tick = time.perf_counter()
+    encode_patches(dataset, encoder, batch_size=16, grid=3)
+    seconds = time.perf_counter() - tick
+    return {
+        "patches": len(dataset),
+        "patches/s": round(len(dataset) / seconds, 1),
+        "peak RSS (GiB)": round(_peak_gib(), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,12 +70,15 @@ def main() -> None:
 
     import sthist
     from sthist._core._report import markdown_table
+    from sthist._settings import retained_memory
     from sthist.data import TokenDataset, summarise_tokens
     from sthist.models import ArchitectureConfig, TrainingConfig, get_method
     from sthist.models._training import fit_module
 
     sthist.settings.progress = False
     torch.manual_seed(0)
+    encoding = _encode_patches()
+    print(encoding, flush=True)
     rows = []
     for n in args.sizes:
         expression = torch.rand(n, GENES) * 5
@@ -84,8 +111,9 @@ def main() -> None:
             bank_s = time.perf_counter() - tick
             bank_bytes = sum(t.numel() * t.element_size() for t in state.values())
             tick = time.perf_counter()
-            for chunk in means.split(256):
-                method.predict(module, state, chunk, 50)
+            with retained_memory():  # as tl.predict retrieves
+                for chunk in means.split(256):
+                    method.predict(module, state, chunk, 50)
             query_s = time.perf_counter() - tick
             retrieval_peak = _peak_gib()
             rows.append(
@@ -111,6 +139,11 @@ def main() -> None:
             f"spot's own summarised tokens ({SUMMARY} × {CHANNELS}, fp16); bank = normalised spot embeddings + "
             f"expression ({GENES} genes); every spot predicted from its mean token, k = 50. Peak RSS is the "
             "process's (libraries and the held tokens included), reset before each stage.",
+            "",
+            f"Encoding first (as a fit does): {encoding['patches']} patches at {encoding['patches/s']} "
+            f"patches/s, peak RSS {encoding['peak RSS (GiB)']} GiB; MALLOC_MMAP_THRESHOLD_="
+            f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}, "
+            f"settings.retain_freed_memory={sthist.settings.retain_freed_memory}.",
             "",
             "Held tokens per 100k spots and dihedral view: "
             f"{100_000 * SUMMARY * CHANNELS * 2 / 2**30:.2f} GiB for training (3 × 3 summary), "

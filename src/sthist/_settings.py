@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,15 +57,16 @@ class Settings:
         affinity mask), not the machine's core count, so that a job given 2 of 16 cores does not start 16
         threads that fight each other; ``0`` leaves torch's own setting alone.
     retain_freed_memory
-        Let the process keep the memory it frees for its next allocations (glibc's malloc on Linux: mmap and
-        trim thresholds raised to 2 GiB) instead of handing every large block back to the system at once. The
-        encoder allocates and frees the same few hundred MiB for every batch; with glibc's defaults each batch
-        pays again for fresh pages, and EfficientNet-Lite0 encoded 29 patches/s against 76-85 with the
-        memory kept (2-core CPU). Applied once, where fitting and prediction start, unless the environment
-        sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself. The cost is memory: what is
-        freed stays with the process until it ends, and peak memory can be higher (``benchmarks/scaling.py`` at
-        100k spots: 4.5 against 3.9-4.1 GiB in training with the thresholds at 4 GiB). ``False`` leaves the
-        allocator alone: set it for memory-bound jobs that do not encode patches.
+        While patches are encoded and predictions retrieved, let the process keep the memory it frees for its
+        next allocations (glibc's malloc on Linux: mmap and trim thresholds raised to 2 GiB) instead of handing
+        every large block back to the system at once. The encoder allocates and frees the same few hundred MiB
+        for every batch, retrieval a block of similarities for every chunk of spots; with glibc's defaults each
+        pays again for fresh pages, and EfficientNet-Lite0 encoded 29 patches/s against 76-85 with the memory
+        kept (2-core CPU). When that work ends, the thresholds go to where glibc's adaptive ones settle and the
+        kept memory is handed back, so that training on cached tokens does not carry it
+        (``benchmarks/results/scaling.md``). Nothing is done when the environment sets
+        ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (as sthist's Makefile does, for the whole
+        process); ``False`` leaves the allocator alone.
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
@@ -87,47 +92,78 @@ class Settings:
 settings = Settings()
 
 
-#: glibc's mallopt parameters and the value sthist sets (the largest a C int holds: 2 GiB).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _RETAINED_BYTES = -1, -3, 2**31 - 1
+#: glibc's mallopt parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Inside :func:`retained_memory`: the largest value a C int holds (2 GiB) for both thresholds.
+_RETAINED = {_M_MMAP_THRESHOLD: 2**31 - 1, _M_TRIM_THRESHOLD: 2**31 - 1}
+#: After it: where glibc's own adaptive thresholds settle once a process has freed a large block (64-bit
+#: glibc: the mmap threshold's ceiling, 32 MiB, and twice that for trimming).
+_RELEASED = {_M_MMAP_THRESHOLD: 32 * 2**20, _M_TRIM_THRESHOLD: 64 * 2**20}
 _ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-_allocator_tuned = False
+_allocator_lock = threading.Lock()
+_retaining = 0  # blocks of retained_memory open now (nested calls, threads)
 
 
-def retain_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds once (``settings.retain_freed_memory``); whether they are raised.
-
-    Nothing is done off glibc, when the setting is off, or when the environment sets either threshold.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if not settings.retain_freed_memory or any(name in os.environ for name in _ALLOCATOR_VARIABLES):
-        return False
+@functools.cache
+def _glibc():
+    """The C library when it is glibc's; None elsewhere (musl, macOS, Windows)."""
     import ctypes
     import ctypes.util
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _allocator_tuned = all(
-        mallopt(parameter, _RETAINED_BYTES) == 1 for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
-    )
-    return _allocator_tuned
+        return None
+    return libc
+
+
+@contextlib.contextmanager
+def retained_memory() -> Iterator[bool]:
+    """Within the block, glibc's malloc keeps the memory the process frees (``settings.retain_freed_memory``).
+
+    Used around patch encoding and retrieval, which allocate and free the same large blocks for every batch
+    or chunk; with glibc's default thresholds each pays again for fresh pages. Inside the block the mmap and
+    trim thresholds are raised to 2 GiB. When the outermost block ends they are set to where glibc's adaptive
+    thresholds settle (32 and 64 MiB), and what was kept is handed back to the system (``malloc_trim``), so
+    that training on cached tokens afterwards does not carry it. Yields whether the thresholds were raised:
+    not off glibc, not with the setting off, and not when the environment sets ``MALLOC_MMAP_THRESHOLD_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` (the environment's choice then holds throughout).
+    """
+    global _retaining
+    libc = None
+    if settings.retain_freed_memory and not any(name in os.environ for name in _ALLOCATOR_VARIABLES):
+        libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    with _allocator_lock:
+        _retaining += 1
+        if _retaining == 1:
+            for parameter, value in _RETAINED.items():
+                libc.mallopt(parameter, value)
+    try:
+        yield True
+    finally:
+        with _allocator_lock:
+            _retaining -= 1
+            if _retaining == 0:
+                for parameter, value in _RELEASED.items():
+                    libc.mallopt(parameter, value)
+                libc.malloc_trim(0)
 
 
 def apply_runtime_settings() -> None:
-    """Apply ``settings.threads`` to torch and ``settings.retain_freed_memory`` to the allocator.
+    """Apply ``settings.threads`` to torch.
 
-    Called where fitting and prediction start, so that setting either before a call takes effect.
+    Called where fitting and prediction start, so that setting it before a call takes effect.
+    (``settings.retain_freed_memory`` applies around patch encoding: :func:`retained_memory`.)
     """
     import torch
 
     if settings.threads and torch.get_num_threads() != settings.threads:
         torch.set_num_threads(settings.threads)
-    retain_freed_memory()

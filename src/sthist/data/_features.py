@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from sthist._core._neighbours import neighbour_mean
 from sthist._logging import logger
-from sthist._settings import settings
+from sthist._settings import retained_memory, settings
 from sthist.data._patches import SpotPatchDataset
 
 
@@ -78,7 +78,7 @@ def encode_patches(
         return number
 
     output = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sthist-read") as reader:
+    with retained_memory(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="sthist-read") as reader:
         pending = reader.submit(fill, 0)
         for number in tqdm(range(len(starts)), desc=description, disable=not settings.progress, unit="batch"):
             chunk = jobs[starts[number] : starts[number] + batch_size]

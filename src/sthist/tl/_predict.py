@@ -24,7 +24,7 @@ from sthist._core._neighbours import neighbour_mean
 from sthist._core._section import Section
 from sthist._core._timing import stage
 from sthist._logging import logger
-from sthist._settings import apply_runtime_settings
+from sthist._settings import apply_runtime_settings, retained_memory
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -224,7 +224,8 @@ def predict(
     columns = [model.genes.index(g) for g in chosen]
     mean_values = np.zeros((len(dataset), len(columns)), dtype=np.float32)
     spread_values = np.zeros_like(mean_values)
-    with stage("retrieval"):
+    # Each chunk's similarities to the bank are a large block allocated and freed again: kept (as in encoding).
+    with stage("retrieval"), retained_memory():
         for view in range(tta_views):
             means, spreads = [], []
             for chunk in tokens[:, view].split(256):

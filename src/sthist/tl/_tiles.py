@@ -13,7 +13,7 @@ from sthist._core._docs import doc_params
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
 from sthist._logging import logger
-from sthist._settings import apply_runtime_settings, settings
+from sthist._settings import apply_runtime_settings, retained_memory, settings
 
 #: Tiles encoded to estimate a section's mean channel vector for models that centre tokens per section.
 TOKEN_MEAN_TILES = 512
@@ -339,30 +339,33 @@ def predict_tiles(
     # mean token without token layers), then predict once all are encoded.
     kept = []
     progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
-    for start in range(0, n_tiles, chunk_tiles):
-        indices = range(start, min(start + chunk_tiles, n_tiles))
-        tokens = encode_patches(
-            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices,
-            grid=token_grid,
-        )  # fmt: skip
-        if context_um is not None:
-            kept.append(tokens)
-        else:
-            mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
-            prediction[order[start : indices.stop]] = mean.numpy()
-            spread[order[start : indices.stop]] = deviation.numpy()
-        progress.update(len(indices))
-        del tokens
+    # One allocator scope for all chunks (encoding, retrieval): what is freed is kept for the next chunk.
+    with retained_memory():
+        for start in range(0, n_tiles, chunk_tiles):
+            indices = range(start, min(start + chunk_tiles, n_tiles))
+            tokens = encode_patches(
+                dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices,
+                grid=token_grid,
+            )  # fmt: skip
+            if context_um is not None:
+                kept.append(tokens)
+            else:
+                mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
+                prediction[order[start : indices.stop]] = mean.numpy()
+                spread[order[start : indices.stop]] = deviation.numpy()
+            progress.update(len(indices))
+            del tokens
     progress.close()
     if context_um is not None:
         centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
         with_context = add_context(torch.cat(kept), centres_um, context_um)
         del kept
-        for start in range(0, n_tiles, chunk_tiles):
-            stop = min(start + chunk_tiles, n_tiles)
-            mean, deviation = model.predict_tokens(with_context[start:stop, 0], section_mean=section_mean)
-            prediction[order[start:stop]] = mean.numpy()
-            spread[order[start:stop]] = deviation.numpy()
+        with retained_memory():
+            for start in range(0, n_tiles, chunk_tiles):
+                stop = min(start + chunk_tiles, n_tiles)
+                mean, deviation = model.predict_tokens(with_context[start:stop, 0], section_mean=section_mean)
+                prediction[order[start:stop]] = mean.numpy()
+                spread[order[start:stop]] = deviation.numpy()
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
     reliability = model.config.get("gene_reliability")
     if reliability:
