@@ -768,3 +768,44 @@ def test_prediction_frames_are_written_as_anndata_writes_them(tmp_path, zarr_for
     memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=zarr_format)
     _write_entry(memory.require_group("obsm"), "prediction", frame)
     pd.testing.assert_frame_equal(read_elem(memory["obsm/prediction"]), frame)
+
+
+def test_consolidated_metadata_is_refreshed_only_where_the_store_changed(store, model, tmp_path, monkeypatch):
+    # Only the moved-in nodes are read again; the store's consolidated metadata equals zarr's own consolidation.
+    import json
+    import shutil
+
+    import spatialdata as sd
+    import zarr
+
+    sdata = sd.read_zarr(store)
+    sthist.tl.predict(sdata, model, key_added="first")
+    sthist.io.update_table(sdata, "table", obsm=["first", "first_uncertainty"], uns=["first"])
+    sthist.tl.predict_tiles(sdata, model, stride_um=128)
+    # Replaces an entry by one with fewer genes: the nodes of the others leave the consolidated metadata too.
+    sthist.tl.predict(sdata, model, key_added="first", genes=model.genes[:2], overwrite=True)
+    sthist.io.update_table(sdata, "table", obsm=["first"], overwrite=True)
+    sdata.tables["table"].obs["flag"] = np.arange(sdata.tables["table"].n_obs) % 2 == 0
+    sthist.io.update_table(sdata, "table", obs=["flag"])
+    ours = json.loads((store / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    reference = tmp_path / "reference.zarr"
+    shutil.copytree(store, reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(zarr.storage.LocalStore(reference))
+    theirs = json.loads((reference / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert list(ours) == list(theirs) and ours == theirs
+    stored_genes = {k.rsplit("/", 1)[1] for k in ours if k.startswith("tables/table/obsm/first/")}
+    assert stored_genes & set(model.genes) == set(model.genes[:2])
+    again = sd.read_zarr(store)
+    assert {"first", "first_uncertainty"} <= set(
+        again.tables["table"].obsm
+    ) and "sthist_tiles" in again.shapes
+    # Without inline consolidated metadata in the root file, spatialdata consolidates the whole store as before.
+    calls = []
+    monkeypatch.setattr(type(sdata), "write_consolidated_metadata", lambda self: calls.append(self))
+    root = json.loads((store / "zarr.json").read_text())
+    del root["consolidated_metadata"]
+    (store / "zarr.json").write_text(json.dumps(root))
+    sthist.io.update_table(sdata, "table", obsm=["first_uncertainty"], overwrite=True)
+    assert calls == [sdata]

@@ -297,7 +297,7 @@ def _move_in(sdata, store: Path, staging: Path, moves: Sequence[tuple[Path, Path
                 moved_aside.append((aside, target))
             os.replace(source, target)
             moved_in.append(target)
-        sdata.write_consolidated_metadata()
+        _refresh_consolidated(sdata, store, [relative for _, relative in moves])
     except BaseException:
         # Undo: the new folders out, the old ones back, so that the store is as it was.
         for target in moved_in:
@@ -308,6 +308,59 @@ def _move_in(sdata, store: Path, staging: Path, moves: Sequence[tuple[Path, Path
         with contextlib.suppress(Exception):
             sdata.write_consolidated_metadata()
         raise
+
+
+def _refresh_consolidated(sdata, store: Path, changed: Sequence[Path]) -> None:
+    """Bring the store's consolidated metadata up to date after the folders at ``changed`` were replaced.
+
+    A zarr v3 store keeps the metadata of all its nodes in its root ``zarr.json``. zarr's
+    ``consolidate_metadata`` reads every node again: 0.8 s for a HER2ST section's store with two predictions,
+    and each prediction adds 500 nodes. Here only the nodes at and below ``changed`` (and groups created above
+    them) are read, the others are kept as they are, and the root file is replaced atomically; the result is
+    what zarr's consolidation gives (tested). Anything else (a zarr v2 store, a store without consolidated
+    metadata, a node whose metadata is not as expected) is consolidated by spatialdata as before.
+    """
+    import json
+    import unicodedata
+
+    root_file = store / "zarr.json"
+    empty = {"kind": "inline", "must_understand": False, "metadata": {}}
+
+    def entry(folder: Path) -> dict:
+        node = json.loads((folder / "zarr.json").read_text())
+        if node.get("node_type") == "group":
+            if node.get("consolidated_metadata") is not None:
+                raise ValueError(f"{folder} has consolidated metadata of its own")
+            node["consolidated_metadata"] = dict(empty, metadata={})
+        elif node.get("node_type") != "array":
+            raise ValueError(f"{folder}: unknown node type")
+        return node
+
+    try:
+        root = json.loads(root_file.read_text())
+        consolidated = root.get("consolidated_metadata") or {}
+        nodes = consolidated.get("metadata")
+        if consolidated.get("kind") != "inline" or not isinstance(nodes, dict):
+            raise ValueError("no inline consolidated metadata")
+        for relative in changed:
+            key = relative.as_posix()
+            for name in [n for n in nodes if n == key or n.startswith(f"{key}/")]:
+                del nodes[name]
+            for ancestor in reversed(relative.parents[:-1]):
+                if ancestor.as_posix() not in nodes:
+                    nodes[ancestor.as_posix()] = entry(store / ancestor)
+            for folder, _, files in os.walk(store / relative):
+                if "zarr.json" in files:
+                    nodes[Path(folder).relative_to(store).as_posix()] = entry(Path(folder))
+    except (OSError, ValueError, TypeError, AttributeError):
+        sdata.write_consolidated_metadata()
+        return
+    # zarr's order: by depth, then by name (NFKC, case-folded).
+    order = sorted(nodes, key=lambda n: (n.count("/"), unicodedata.normalize("NFKC", n).casefold()))
+    consolidated["metadata"] = {name: nodes[name] for name in order}
+    partial = root_file.with_name(f".zarr.json.{uuid.uuid4().hex}")
+    partial.write_text(json.dumps(root, indent=2))
+    os.replace(partial, root_file)
 
 
 def update_table(
