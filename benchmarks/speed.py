@@ -15,6 +15,7 @@ Figures are ratios to a reference measured in the same run where one exists:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -36,6 +37,7 @@ def main() -> None:
 
     import sthist
     from sthist._core._report import markdown_table
+    from sthist._settings import retained_memory
     from sthist.data import SpotPatchDataset, TokenDataset, encode_patches
     from sthist.models import ArchitectureConfig, TrainingConfig, create_encoder, get_method, retrieve
     from sthist.models._training import TrainingModule
@@ -65,7 +67,8 @@ def main() -> None:
     mean = torch.tensor(encoder.config.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.config.std, device=device).view(1, 3, 1, 1)
     normalised = [((b.to(device).float() / 255) - mean) / std for b in batches]
-    with torch.inference_mode():
+    # The bare forward under the allocator setting encode_patches runs under (settings.retain_freed_memory).
+    with torch.inference_mode(), retained_memory():
         encoder.model.forward_features(normalised[0])  # warm-up
         _sync(device)
         tick = time.perf_counter()
@@ -102,7 +105,8 @@ def main() -> None:
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, precision=precision,
         )  # fmt: skip
         tick = time.perf_counter()
-        trainer.fit(module, loader)
+        with retained_memory() if module.encoder is not None else contextlib.nullcontext():  # as fit_module
+            trainer.fit(module, loader)
         _sync(device)
         seconds = time.perf_counter() - tick
         rows.append(

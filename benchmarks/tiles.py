@@ -93,7 +93,10 @@ def worker(store: str, model_folder: str, stride_um: float) -> None:
     encoder = model.encoder.eval()
     batch = torch.randint(0, 256, (size, 3, 224, 224), dtype=torch.uint8)
     n_batches = max(3, min(40, tiles // size))
-    with torch.inference_mode():
+    # Under the allocator setting predict_tiles encodes under (settings.retain_freed_memory).
+    from sthist._settings import retained_memory
+
+    with torch.inference_mode(), retained_memory():
         encoder(batch)  # warm-up
         tick = time.perf_counter()
         for _ in range(n_batches):

@@ -37,7 +37,7 @@ from sthist._core._section import Section, resolve_sections
 from sthist._core._stain import StainStats
 from sthist._core._timing import stage
 from sthist._logging import logger
-from sthist._settings import apply_runtime_settings, retained_memory
+from sthist._settings import apply_runtime_settings
 from sthist.models._backbones import create_encoder, file_sha256, weights_identity
 from sthist.models._methods import get_method
 
@@ -328,10 +328,8 @@ class SthistModel:
                     tokens = self._centred_tokens(tokens, sections)
                     tokens = self._with_context(tokens, sections)
                 train_data = TokenDataset(tokens, expression, augment=True)
-            # Fine-tuning encodes patches at every step: the allocator keeps what it frees, as in encoding.
-            allocator = retained_memory() if training.fine_tune else contextlib.nullcontext()
             try:
-                with stage("training"), allocator:
+                with stage("training"):
                     self.history = fit_module(
                         module, self.encoder if training.fine_tune else None, train_data, training,
                         random_state=self.config["seed"], gpu=gpu, accelerator=accelerator, devices=devices,

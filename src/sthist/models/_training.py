@@ -14,7 +14,7 @@ import torch
 
 from sthist._constants import Key
 from sthist._core._config import TrainingConfig
-from sthist._settings import settings
+from sthist._settings import retained_memory, settings
 
 
 class TrainingModule(L.LightningModule):
@@ -117,7 +117,9 @@ def fit_module(
         callbacks.append(
             ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1, every_n_epochs=1)
         )
-    with _quiet_lightning():
+    # Fine-tuning runs the encoder at every step: the allocator keeps what it frees, as in encoding.
+    allocator = retained_memory() if encoder is not None else contextlib.nullcontext()
+    with _quiet_lightning(), allocator:
         trainer = L.Trainer(
             max_epochs=training.max_epochs,
             accelerator=accelerator,

@@ -205,35 +205,37 @@ def predict(
         )
         domain = domain_check(section, model, dataset.geometry(section.name))
     backbone = contract["backbone"]
-    with stage("encoding"):
-        tokens = tokens_of(
-            dataset,
-            model.encoder,
-            identity=f"{backbone['name']}|{backbone['weights_identity']}",
-            views=tta_views,
-            batch_size=batch_size,
-            device=device,
-            token_cache=None if backbone["fine_tuned"] else token_cache,
-            grid=model.token_grid(training=False),
-        )
-    section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
-    centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
-    context_um = model.architecture.context_um
-    if context_um is not None:
-        tokens = add_context(tokens, centres_um, context_um)
-    columns = [model.genes.index(g) for g in chosen]
-    mean_values = np.zeros((len(dataset), len(columns)), dtype=np.float32)
-    spread_values = np.zeros_like(mean_values)
-    # Each chunk's similarities to the bank are a large block allocated and freed again: kept (as in encoding).
-    with stage("retrieval"), retained_memory():
-        for view in range(tta_views):
-            means, spreads = [], []
-            for chunk in tokens[:, view].split(256):
-                mean, spread = model.predict_tokens(chunk, k=k, section_mean=section_mean)
-                means.append(mean)
-                spreads.append(spread)
-            mean_values += torch.cat(means)[:, columns].numpy() / tta_views
-            spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
+    # Encoding and retrieval allocate and free the same large blocks batch after batch (similarities to the bank
+    # for each chunk of spots): the allocator keeps what they free until both are done, then hands it back.
+    with retained_memory():
+        with stage("encoding"):
+            tokens = tokens_of(
+                dataset,
+                model.encoder,
+                identity=f"{backbone['name']}|{backbone['weights_identity']}",
+                views=tta_views,
+                batch_size=batch_size,
+                device=device,
+                token_cache=None if backbone["fine_tuned"] else token_cache,
+                grid=model.token_grid(training=False),
+            )
+        section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
+        centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
+        context_um = model.architecture.context_um
+        if context_um is not None:
+            tokens = add_context(tokens, centres_um, context_um)
+        columns = [model.genes.index(g) for g in chosen]
+        mean_values = np.zeros((len(dataset), len(columns)), dtype=np.float32)
+        spread_values = np.zeros_like(mean_values)
+        with stage("retrieval"):
+            for view in range(tta_views):
+                means, spreads = [], []
+                for chunk in tokens[:, view].split(256):
+                    mean, spread = model.predict_tokens(chunk, k=k, section_mean=section_mean)
+                    means.append(mean)
+                    spreads.append(spread)
+                mean_values += torch.cat(means)[:, columns].numpy() / tta_views
+                spread_values += torch.cat(spreads)[:, columns].numpy() / tta_views
     if len(mean_values) > 1 and float(np.nanmax(np.nanstd(mean_values, axis=0), initial=0.0)) < 1e-4:
         import warnings
 
