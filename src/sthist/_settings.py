@@ -65,8 +65,8 @@ class Settings:
         kept (2-core CPU). When that work ends, the thresholds go to where glibc's adaptive ones settle and the
         kept memory is handed back, so that training on cached tokens does not carry it
         (``benchmarks/results/scaling.md``). Nothing is done when the environment sets
-        ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (as sthist's Makefile does, for the whole
-        process); ``False`` leaves the allocator alone.
+        ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (sthist's Makefile does, for its test suite:
+        the whole process then keeps what it frees); ``False`` leaves the allocator alone.
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
