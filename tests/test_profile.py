@@ -91,7 +91,22 @@ def test_freed_memory_is_retained_while_encoding_and_handed_back_after():
         section = sthist.datasets.toy(1, grid=3, n_genes=4)["toy0"]
         encode_patches(SpotPatchDataset(section, patch_size_um=64, patch_size_px=16), Encoder(), batch_size=4)
         encoding = seen[0] == 1 and _settings._retaining == 0
-        print(first, applied, inner, still, handed_back, after, encoding)
+        # Fine-tuning runs the encoder at every training step, inside the block; training on cached tokens not.
+        import lightning
+
+        seen.clear()
+        trainer_fit = lightning.Trainer.fit
+
+        def recording(self, *args, **kwargs):
+            seen.append(_settings._retaining)
+            return trainer_fit(self, *args, **kwargs)
+
+        lightning.Trainer.fit = recording
+        sthist.settings.progress = False
+        for fine_tune in (True, False):
+            sthist.tl.fit({"toy0": section}, backbone="tiny", fine_tune=fine_tune, max_epochs=1, batch_size=4, k=2)
+        training = seen == [1, 0]
+        print(first, applied, inner, still, handed_back, after, encoding, training)
         """
     )
     clean = {
@@ -104,8 +119,8 @@ def test_freed_memory_is_retained_while_encoding_and_handed_back_after():
             command, env={**clean, **extra}, capture_output=True, text=True, check=True
         ).stdout
 
-    assert run("on").split() == ["True"] * 7
-    assert run("off").split() == ["True", "False", "False", "False", "False", "True", "False"]
+    assert run("on").split() == ["True"] * 8
+    assert run("off").split() == ["True", "False", "False", "False", "False", "True", "False", "False"]
     # The environment's own setting wins: sthist leaves the allocator as it was told.
     assert run("on", MALLOC_TRIM_THRESHOLD_="0").split()[1:4] == ["False", "False", "False"]
     with pytest.raises(ValueError, match="settings.retain_freed_memory must be True or False"):
