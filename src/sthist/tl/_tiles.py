@@ -325,22 +325,23 @@ def predict_tiles(
     genes = model.genes
     prediction = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
     spread = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
-    section_mean = None
-    if model.centering["tokens"]:
-        # Centring needs the section's mean channel vector: estimated from tiles spread over the section.
-        sample = np.unique(np.linspace(0, n_tiles - 1, min(n_tiles, TOKEN_MEAN_TILES)).astype(int))
-        tokens = encode_patches(
-            dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample, grid=1
-        )
-        section_mean = tokens[:, 0].float().mean(dim=(0, 1))
-    context_um = model.architecture.context_um
-    token_grid = model.token_grid(training=False)
-    # A context model needs every tile's neighbourhood: keep each tile's tokens as the model reads them (the
-    # mean token without token layers), then predict once all are encoded.
-    kept = []
-    progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
-    # One allocator scope for all chunks (encoding, retrieval): what is freed is kept for the next chunk.
+    # One allocator scope over all encoding and retrieval (every chunk, the centring sample, the context pass):
+    # what is freed is kept for the next batch, and handed back once, at the end.
     with retained_memory():
+        section_mean = None
+        if model.centering["tokens"]:
+            # Centring needs the section's mean channel vector: estimated from tiles spread over the section.
+            sample = np.unique(np.linspace(0, n_tiles - 1, min(n_tiles, TOKEN_MEAN_TILES)).astype(int))
+            tokens = encode_patches(
+                dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample, grid=1
+            )
+            section_mean = tokens[:, 0].float().mean(dim=(0, 1))
+        context_um = model.architecture.context_um
+        token_grid = model.token_grid(training=False)
+        # A context model needs every tile's neighbourhood: keep each tile's tokens as the model reads them (the
+        # mean token without token layers), then predict once all are encoded.
+        kept = []
+        progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
         for start in range(0, n_tiles, chunk_tiles):
             indices = range(start, min(start + chunk_tiles, n_tiles))
             tokens = encode_patches(
@@ -355,12 +356,11 @@ def predict_tiles(
                 spread[order[start : indices.stop]] = deviation.numpy()
             progress.update(len(indices))
             del tokens
-    progress.close()
-    if context_um is not None:
-        centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
-        with_context = add_context(torch.cat(kept), centres_um, context_um)
-        del kept
-        with retained_memory():
+        progress.close()
+        if context_um is not None:
+            centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
+            with_context = add_context(torch.cat(kept), centres_um, context_um)
+            del kept
             for start in range(0, n_tiles, chunk_tiles):
                 stop = min(start + chunk_tiles, n_tiles)
                 mean, deviation = model.predict_tokens(with_context[start:stop, 0], section_mean=section_mean)
