@@ -61,8 +61,8 @@ class Settings:
         next allocations (glibc's malloc on Linux: mmap and trim thresholds raised to 2 GiB) instead of handing
         every large block back to the system at once. The encoder allocates and frees the same few hundred MiB
         for every batch, retrieval a block of similarities for every chunk of spots; with glibc's defaults each
-        pays again for fresh pages, and EfficientNet-Lite0 encoded 29 patches/s against 76-85 with the memory
-        kept (2-core CPU). When that work ends, the thresholds go to where glibc's adaptive ones settle and the
+        pays again for fresh pages, which can halve encoding speed on a small CPU
+        (``benchmarks/results/speed.md``). When that work ends, the thresholds go to where glibc's adaptive ones settle and the
         kept memory is handed back, so that training on cached tokens does not carry it
         (``benchmarks/results/scaling.md``). Nothing is done when the environment sets
         ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (sthist's Makefile does, for its test suite:

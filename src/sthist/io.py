@@ -482,11 +482,11 @@ def _add_entries(sdata, store: Path, table_key: str, *, obsm, uns, obs, overwrit
 def _write_entry(group, key: str, value) -> None:
     """``anndata.io.write_elem``, with the gene columns of a numeric DataFrame written concurrently.
 
-    anndata writes each column of an ``obsm`` DataFrame as its own zarr array, one after the other: about
-    10 ms each in zarr v3 on a 2-core machine, 2.5 s for a 250-gene prediction. Here anndata writes the
+    anndata writes each column of an ``obsm`` DataFrame as its own zarr array, one after the other, which
+    dominates the writing of a prediction of hundreds of genes (``benchmarks/results/writing.md``). Here anndata writes the
     index and the first column (its encoding, attributes and codecs, whatever its version), and the other
     columns are created beside it with the first column's settings, all at once through zarr's asynchronous
-    API: the same files as ``write_elem``'s (tested), about 3× sooner.
+    API: the same files as ``write_elem``'s (tested), sooner.
     Anything else (columns of mixed, categorical, string or nullable types; a single column) goes through
     ``write_elem``.
     """

@@ -1,14 +1,39 @@
-"""Typed configuration of a model: the only home of sthist's defaults for patches, architecture and training.
+"""Typed configuration of a model: the only home of sthist's defaults for patches, data, architecture and training.
 
-Plain dataclasses without torch, so that ``pp`` and the command line can read the defaults cheaply. They are
-recorded in a saved model's ``config.json`` and read back from it.
+Plain dataclasses without torch, so that ``pp`` and the command line can read the defaults cheaply. Each field
+carries its help text in ``field(metadata=...)``: the classes' docstrings, :func:`sthist.tl.fit`'s
+documentation and the command line's flags are generated from it, so that a default, its flag and its help
+cannot drift apart. They are recorded in a saved model's ``config.json`` and read back from it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
+
+from sthist._constants import Key
+
+
+def setting(default, help: str, **metadata) -> Any:
+    """A configuration field: its default and the help text shown in docs and on the command line.
+
+    Further ``metadata``: ``parse`` (a function turning the command line's text into a value; ``none`` is
+    understood for optional fields) and ``aliases`` (more flag names, e.g. ``--epochs``).
+    """
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def documented(cls):
+    """A frozen dataclass whose docstring gains an ``Attributes`` section from its fields' help texts."""
+    cls = dataclass(frozen=True)(cls)
+    lines = ["", "    Attributes", "    ----------"]
+    for item in fields(cls):
+        lines += [f"    {item.name}", f"        {item.metadata['help']} Default: ``{item.default!r}``."]
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+    return cls
 
 
 def _positive_integers(config, names: tuple[str, ...]) -> None:
@@ -34,6 +59,14 @@ def _non_negative_numbers(config, names: tuple[str, ...], *, positive: tuple[str
             raise ValueError(f"{name} must be {kind} finite number, got {value!r}.")
 
 
+def _flags(config, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}.")
+        object.__setattr__(config, name, bool(value))
+
+
 class _Record:
     """Conversion to and from the plain dict stored in ``config.json``."""
 
@@ -41,23 +74,44 @@ class _Record:
         return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
 
     @classmethod
-    def from_dict(cls, values: dict):
+    def from_dict(cls, values: Mapping):
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known: {sorted(known)}.")
         return cls(**values)
 
+    @classmethod
+    def coerce(cls, value, name: str):
+        """``value`` as this config: an instance as it is, a mapping of its fields, or ``None`` (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        raise TypeError(
+            f"{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}."
+        )
 
-@dataclass(frozen=True)
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("all", "none") else int(text)
+
+
+def _ridge_alpha(text: str) -> float | str:
+    return text if text in ("cv", "hest") else float(text)
+
+
+@documented
 class PatchConfig(_Record):
     """The patch of each spot: a square of ``size_um`` µm centred on it, resampled to ``size_px`` pixels.
 
     112 µm at 224 px is 0.5 µm/px, the HEST convention. ``size_px`` follows the encoder's input size.
     """
 
-    size_um: float = 112.0
-    size_px: int = 224
+    size_um: float = setting(112.0, "Side of each spot's patch in µm.")
+    size_px: int = setting(224, "Side of the patch after resampling, in pixels (the encoder's input size).")
 
     def __post_init__(self):
         if not np.isfinite(self.size_um) or self.size_um <= 0:
@@ -73,63 +127,105 @@ class PatchConfig(_Record):
         return self.size_um / self.size_px
 
 
-@dataclass(frozen=True)
+@documented
+class DataConfig(_Record):
+    """How training pairs are made from the sections: gene panel, normalisation, centring and stain."""
+
+    n_top_genes: int | None = setting(
+        250,
+        "Size of the HEG and HVG sets of the default panel (top genes by mean and by variance over the training "
+        "sections); ``None`` (``all`` on the command line) keeps every gene detected in ≥ 10 % of the spots of "
+        "every training section.",
+        parse=_optional_int,
+    )
+    exclude_technical: bool = setting(
+        False,
+        "Leave technical genes (mitochondrial, ribosomal-protein, MALAT1/NEAT1: :func:`sthist.pp.technical_genes`) "
+        "out of the default panel, so that they cannot fill the top of HEG@50.",
+    )
+    layer: str = setting(
+        Key.layers.NORMALIZED,
+        "Normalised expression layer; sections without it are normalised (log1p of counts per ``target_sum``) "
+        "in a copy.",
+    )
+    target_sum: float = setting(1e4, "Counts per spot that normalisation scales to before log1p.")
+    center_expression: bool = setting(
+        False,
+        "Shift each training section's expression to the mean over all training spots (targets and retrieval "
+        "bank): the model learns variation within sections rather than differences between them (depth, "
+        "patient).",
+    )
+    center_tokens: bool = setting(
+        False,
+        "Frozen encoder: replace each section's mean encoder channel vector by the training mean, in training and "
+        "(with the predicted section's own mean) at prediction, a feature-space normalisation of stain and "
+        "scanner.",
+    )
+    stain_normalization: bool = setting(
+        False,
+        "Map each section's colours onto the training sections' average before encoding (Reinhard, in lαβ); "
+        "recorded in the model and applied to every section it predicts.",
+    )
+
+    def __post_init__(self):
+        if self.n_top_genes is not None:
+            _positive_integers(self, ("n_top_genes",))
+            object.__setattr__(self, "n_top_genes", int(self.n_top_genes))
+        _flags(self, ("exclude_technical", "center_expression", "center_tokens", "stain_normalization"))
+        _non_negative_numbers(self, ("target_sum",), positive=("target_sum",))
+        if not isinstance(self.layer, str) or not self.layer:
+            raise ValueError(f"layer must be the name of a layer, got {self.layer!r}.")
+
+
+@documented
 class ArchitectureConfig(_Record):
-    """The trainable modules on top of the image tokens (CMRCNet, BLEEP, regression).
+    """The trainable modules on top of the image tokens (CMRCNet, BLEEP, regression, ridge)."""
 
-    Attributes
-    ----------
-    embedding_dim
-        Size d of the projected tokens and of the image and spot embeddings.
-    gene_tokens
-        Gene tokens made from each expression vector (reconstruction branch).
-    heads
-        Attention heads of the reconstruction branch (``embedding_dim`` must be divisible by it).
-    fusion_blocks
-        Fusion blocks (self-attention + co-attention) of the reconstruction branch.
-    mask_ratio
-        Fraction (0-1) of the entries of the projected image tokens masked before reconstruction.
-    temperature
-        Contrastive temperature τ.
-    dropout
-        Dropout probability of heads and attention.
-    token_layers
-        Trainable transformer layers over the projected token grid, shared by the contrastive and the
-        reconstruction paths (0: none, the tokens are only projected). Without positional embeddings, so the
-        encoded patch is invariant to the dihedral transforms of its token grid. With the encoder frozen
-        (the fast path) they give the reconstruction branch something to shape.
-    context_um
-        Spatial context: each spot's tokens get one more token, the mean token of the spots within this many
-        µm of it (same section, itself included), projected on its own and added to the pooled image tokens
-        (ridge: appended to the features). ``None``: the spot's patch alone.
-    ridge_alpha
-        Ridge baseline's strength: ``'cv'`` (chosen by cross-validation over the training sections, the
-        default), ``'hest'`` (the HEST-Benchmark protocol's fixed ``100 / (256 · n_genes)``, nearly no
-        regularisation) or a positive number.
-    reconstruction_grid
-        Side of the grid the projected image tokens are average-pooled to before the reconstruction branch
-        (3: a 7 × 7 EfficientNet grid becomes 3 × 3 regional tokens; 0: every token). The branch's cost grows
-        with its token count: with 3 × 3 regions CMRCNet's fit on cached tokens takes about 3.6× BLEEP's
-        (``benchmarks/speed.py``), and more over every token. Token sequences that are not a square grid are
-        pooled along the sequence.
-    detach_target
-        Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the
-        branch and the token layers through the masked tokens only, and cannot pull the embedding the
-        contrastive loss aligns towards whatever is easiest to reconstruct.
-    """
-
-    embedding_dim: int = 256
-    gene_tokens: int = 8
-    heads: int = 8
-    fusion_blocks: int = 1
-    mask_ratio: float = 0.5
-    temperature: float = 1.0
-    dropout: float = 0.1
-    token_layers: int = 0
-    context_um: float | None = 300.0
-    ridge_alpha: float | str = "cv"
-    reconstruction_grid: int = 3
-    detach_target: bool = False
+    embedding_dim: int = setting(256, "Size d of the projected tokens and of the image and spot embeddings.")
+    gene_tokens: int = setting(8, "Gene tokens made from each expression vector (reconstruction branch).")
+    heads: int = setting(
+        8, "Attention heads of the reconstruction branch (``embedding_dim`` must be divisible by it)."
+    )
+    fusion_blocks: int = setting(
+        1, "Fusion blocks (self-attention + co-attention) of the reconstruction branch."
+    )
+    mask_ratio: float = setting(
+        0.5, "Fraction (0-1) of the entries of the projected image tokens masked before reconstruction."
+    )
+    temperature: float = setting(1.0, "Contrastive temperature τ.")
+    dropout: float = setting(0.1, "Dropout probability of heads and attention.")
+    token_layers: int = setting(
+        0,
+        "Trainable transformer layers over the projected token grid, shared by the contrastive and the "
+        "reconstruction paths (0: none). Without positional embeddings, so that an encoded patch is invariant "
+        "to the dihedral transforms of its token grid; with the encoder frozen they give the reconstruction "
+        "branch something to shape.",
+    )
+    context_um: float | None = setting(
+        300.0,
+        "Spatial context: each spot's tokens get one more, the mean token of the spots within this many µm of it "
+        "(same section, itself included), projected on its own and added to the pooled image tokens (ridge: "
+        "appended to the features), in training and at prediction. ``None`` (``none`` on the command line): "
+        "the spot's patch alone.",
+    )
+    ridge_alpha: float | str = setting(
+        "cv",
+        "Ridge baseline's strength: ``'cv'`` (chosen by cross-validation over the training sections), "
+        "``'hest'`` (the HEST-Benchmark protocol's fixed ``100 / (256 · n_genes)``) or a positive number.",
+        parse=_ridge_alpha,
+    )
+    reconstruction_grid: int = setting(
+        3,
+        "Side of the grid the projected image tokens are average-pooled to before the reconstruction branch "
+        "(3: a 7 × 7 EfficientNet grid becomes 3 × 3 regional tokens; 0: every token). The branch's cost grows "
+        "with its token count (``benchmarks/results/speed.md``); sequences that are not a square grid are "
+        "pooled along the sequence.",
+    )
+    detach_target: bool = setting(
+        False,
+        "Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the "
+        "branch and the token layers through the masked tokens only.",
+    )
 
     def __post_init__(self):
         _positive_integers(self, ("embedding_dim", "gene_tokens", "heads", "fusion_blocks"))
@@ -167,33 +263,30 @@ class ArchitectureConfig(_Record):
             )
 
 
-@dataclass(frozen=True)
+@documented
 class TrainingConfig(_Record):
-    """How the trainable modules are optimised.
+    """How the trainable modules are optimised: AdamW with a cosine schedule, views and stain augmentation."""
 
-    Attributes
-    ----------
-    max_epochs, batch_size, learning_rate, weight_decay, min_learning_rate
-        AdamW with a cosine schedule from ``learning_rate`` to ``min_learning_rate`` over ``max_epochs``.
-    views
-        Fast path: dihedral views (1-8) of each patch encoded once and sampled during training.
-    hed_jitter
-        Stain augmentation strength σ (Tellez et al. 2018): haematoxylin, eosin and DAB concentrations of a
-        patch are scaled by U(1 − σ, 1 + σ) and shifted by U(−σ, σ). On the fast path views 1 and up are
-        encoded jittered (view 0 stays as scanned, so it needs ``views`` ≥ 2); fine-tuning draws a new jitter
-        for every patch it reads. 0 turns it off.
-    fine_tune
-        Train the encoder end to end on patches instead of the fast path (frozen encoder, cached tokens).
-    """
-
-    max_epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-3
-    min_learning_rate: float = 1e-5
-    views: int = 4
-    hed_jitter: float = 0.0
-    fine_tune: bool = False
+    max_epochs: int = setting(30, "Training epochs.", aliases=("--epochs",))
+    batch_size: int = setting(64, "Spots per batch.")
+    learning_rate: float = setting(1e-3, "AdamW learning rate at the start of the cosine schedule.")
+    weight_decay: float = setting(1e-3, "AdamW weight decay.")
+    min_learning_rate: float = setting(1e-5, "Learning rate at the end of the cosine schedule.")
+    views: int = setting(
+        4, "Frozen encoder: dihedral views (1-8) of each patch encoded once and sampled during training."
+    )
+    hed_jitter: float = setting(
+        0.0,
+        "Stain augmentation strength σ (Tellez et al. 2018): haematoxylin, eosin and DAB concentrations are "
+        "scaled by U(1 − σ, 1 + σ) and shifted by U(−σ, σ). Frozen encoder: views 1 and up are encoded "
+        "jittered, once (so it needs ``views`` ≥ 2); fine-tuning jitters every patch it reads. 0: off.",
+    )
+    fine_tune: bool = setting(
+        False,
+        "Train the encoder end to end on patches (GPU; mixed precision) instead of the frozen encoder on cached "
+        "tokens. On cohorts of HER2ST's size it lowered held-out accuracy "
+        "(``benchmarks/results/finetune_gpu.md``).",
+    )
 
     def __post_init__(self):
         _positive_integers(self, ("max_epochs", "batch_size", "views"))
@@ -219,11 +312,11 @@ class TrainingConfig(_Record):
 #: kept here so that listing them imports no torch).
 METHOD_NAMES = ("cmrcnet", "bleep", "regression", "ridge")
 #: Default gene panel size (top genes by mean and by variance), retrieval neighbours and normalisation.
-N_TOP_GENES = 250
+N_TOP_GENES = DataConfig.n_top_genes
 K_NEIGHBOURS = 50
-#: Settings of prediction recorded in each model, chosen per method by ``benchmarks/nested.py`` (round 3, searched
-#: over all patients; ``benchmarks/results/nested_round3.md``): CMRCNet averages its 20 nearest spots (BLEEP
-#: keeps 50), and the ridge baseline's predictions are smoothed over the spots within 350 µm.
+#: Settings of prediction recorded in each model, chosen per method by the nested search inside training
+#: patients (``benchmarks/nested.py``, ``benchmarks/results/nested_round3.md``): CMRCNet averages its 20
+#: nearest spots (BLEEP keeps 50), and the ridge baseline's predictions are smoothed over the spots within 350 µm.
 METHOD_K = {"cmrcnet": 20}
 METHOD_SMOOTH_UM = {"ridge": 350.0}
 
@@ -238,8 +331,8 @@ def default_smooth_um(method: str) -> float:
     return METHOD_SMOOTH_UM.get(method, 0.0)
 
 
-#: Dihedral views predicted and averaged per patch by ``tl.predict`` (test-time augmentation), chosen by
-#: ``benchmarks/nested.py`` (round 2) for every method.
+#: Dihedral views predicted and averaged per patch by ``tl.predict`` (test-time augmentation), chosen for every
+#: method by the nested search (``benchmarks/results/nested_defaults.md``).
 TTA_VIEWS = 4
-TARGET_SUM = 1e4
+TARGET_SUM = DataConfig.target_sum
 DEFAULT_BACKBONE = "efficientnet_lite0"

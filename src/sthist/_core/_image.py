@@ -133,8 +133,8 @@ def zarr_source(data) -> Any | None:
 def level_pixels(level: ImageLevel) -> np.ndarray:
     """All pixels of a level, (height, width, 3) and contiguous; read from its zarr array directly when possible.
 
-    A dask compute of a whole level costs far more than the read itself (0.3 s against 5 ms for a
-    1,250 px square level in a benchmark), so levels that are plain views of a zarr array are read from it.
+    A dask compute of a whole level costs far more than the read itself (``benchmarks/results/tiles.md``),
+    so levels that are plain views of a zarr array are read from it.
     """
     source = zarr_source(level.data.data)
     pixels = np.asarray(source[...] if source is not None else level.data.data)

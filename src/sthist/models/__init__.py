@@ -5,7 +5,7 @@ plan, and :class:`SthistModel`, which owns the data contract; one :class:`Method
 differs between CMRCNet, BLEEP, regression and ridge.
 """
 
-from sthist._core._config import ArchitectureConfig, PatchConfig, TrainingConfig
+from sthist._core._config import ArchitectureConfig, DataConfig, PatchConfig, TrainingConfig
 from sthist.models._backbones import (
     BackboneConfig,
     ImageEncoder,
@@ -14,19 +14,24 @@ from sthist.models._backbones import (
     get_backbone_config,
     register_backbone,
 )
+from sthist.models._config import ModelConfig, ReliabilityRecord
 from sthist.models._methods import METHODS, Method, get_method, retrieve
-from sthist.models._model import SthistModel, load
+from sthist.models._model import SthistModel
 from sthist.models._modules import ContrastiveModel, RegressionModel, bleep_loss, gather_with_grad
+from sthist.models._save_load import load
 
 __all__ = [
     "METHODS",
     "ArchitectureConfig",
     "BackboneConfig",
     "ContrastiveModel",
+    "DataConfig",
     "ImageEncoder",
     "Method",
+    "ModelConfig",
     "PatchConfig",
     "RegressionModel",
+    "ReliabilityRecord",
     "SthistModel",
     "TrainingConfig",
     "available_backbones",

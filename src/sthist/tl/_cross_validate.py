@@ -126,7 +126,7 @@ def cross_validate(
     >>> import sthist
     >>> results = sthist.tl.cross_validate(
     ...     sthist.datasets.toy(3), groups="section", methods=["bleep", "ridge"], n_top=5,
-    ...     fit_options={"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5},
+    ...     fit_options={"backbone": "tiny", "patch_size_um": 64, "k": 5, "max_epochs": 1, "training": {"views": 1}},
     ... )
     >>> sorted(results["method"].unique()), sorted(results["held_out"].unique())
     (['bleep', 'ridge'], ['toy0', 'toy1', 'toy2'])
@@ -168,7 +168,7 @@ def cross_validate(
             model = fit(train, method=method, token_cache=cache, **options)  # type: ignore[arg-type]
             if return_models:
                 models[(held_out, method)] = model
-            target_sum = model.config["normalization"]["target_sum"]
+            target_sum = model.config.normalization.target_sum
             for variant, at_predict in variants.items():
                 for name, sdata in test.items():
                     predicted, _ = cast(
@@ -195,7 +195,7 @@ def cross_validate(
                                 "gene_set": gene_set,
                                 **summary.to_dict(),
                                 "gene_gene_fidelity": result["gene_gene_fidelity"],
-                                "training_spots": sum(model.config["training_sections"].values()),
+                                "training_spots": sum(model.config.training_sections.values()),
                                 "panel_size": len(model.genes),
                             }
                         )

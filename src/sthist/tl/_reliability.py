@@ -28,7 +28,7 @@ def gene_reliability(
 
     The model's method, gene panel and hyperparameters are refitted leaving one group (patient or section)
     out at a time; each held-out section is predicted and each gene's Pearson r across its spots is
-    averaged over held-out sections. The result goes to ``model.config['gene_reliability']`` with
+    averaged over held-out sections. The result goes to ``model.config.reliability`` with
     ``threshold``; :func:`sthist.tl.predict` and :func:`sthist.tl.predict_tiles` then flag genes below it
     instead of reporting them silently.
 
@@ -47,22 +47,21 @@ def gene_reliability(
 
     Returns
     -------
-    Cross-validated Pearson r per gene (``reliability``). Writes into ``model.config``:
-    ``'gene_reliability'`` (gene → r, ``None`` where undefined), ``'reliability_threshold'`` and
-    ``'reliability_groups'``.
+    Cross-validated Pearson r per gene (``reliability``). Records in the model ``model.config.reliability``
+    (:class:`sthist.models.ReliabilityRecord`: ``genes``, gene → r with ``None`` where undefined,
+    ``threshold`` and ``groups``), saved with it.
 
     Examples
     --------
     >>> import sthist
     >>> sections = sthist.datasets.toy(3)
-    >>> options = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5}
-    >>> model = sthist.tl.fit(sections, **options)
+    >>> model = sthist.tl.fit(sections, backbone="tiny", patch_size_um=64, k=5, max_epochs=1, training={"views": 1})
     >>> reliability = sthist.tl.gene_reliability(sections, model, groups="section")
-    >>> len(reliability) == len(model.genes) and "gene_reliability" in model.config
+    >>> len(reliability) == len(model.genes) and model.config.reliability is not None
     True
     """
     from sthist.data import TokenCache
-    from sthist.models import SthistModel
+    from sthist.models import ReliabilityRecord, SthistModel
     from sthist.tl._predict import predict
 
     membership = {name: section_group(name, sdata, groups) for name, sdata in sections.items()}
@@ -80,16 +79,16 @@ def gene_reliability(
                 continue
             predicted, _ = cast(
                 "tuple[pd.DataFrame, pd.DataFrame]",
-                predict(sdata, fold_model, inplace=False, token_cache=cache, qc_column=config["qc_column"]),
+                predict(sdata, fold_model, inplace=False, token_cache=cache, qc_column=config.qc_column),
             )
-            observed, predicted = aligned_frames(sdata, predicted, config["normalization"]["target_sum"])
+            observed, predicted = aligned_frames(sdata, predicted, config.normalization.target_sum)
             per_section.append(gene_pearson(observed, predicted).rename(name))
     reliability = pd.concat(per_section, axis=1).mean(axis=1).rename("reliability")
-    model.config["gene_reliability"] = {
-        g: (None if np.isnan(r) else float(r)) for g, r in reliability.items()
-    }
-    model.config["reliability_threshold"] = float(threshold)
-    model.config["reliability_groups"] = groups
+    model.config.reliability = ReliabilityRecord(
+        genes={g: (None if np.isnan(r) else float(r)) for g, r in reliability.items()},
+        threshold=float(threshold),
+        groups=groups,
+    )
     logger.info(
         "gene reliability: %d of %d genes below r = %.2f",
         int((~(reliability >= threshold)).sum()),

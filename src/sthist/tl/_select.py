@@ -11,6 +11,7 @@ import pandas as pd
 from sthist._core._docs import doc_params
 from sthist._logging import logger
 from sthist.tl._cross_validate import cross_validate
+from sthist.tl._fit import merge_fit_options
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -50,7 +51,8 @@ def select_settings(
     n_top
         Size of the HEG and HVG sets.
     fit_options
-        Options shared by every candidate (a candidate's own options take precedence).
+        Options shared by every candidate (a candidate's own options take precedence, field by field within
+        ``architecture``, ``training`` and ``data``).
     {token_cache}
 
     Returns
@@ -61,7 +63,7 @@ def select_settings(
     Examples
     --------
     >>> import sthist
-    >>> shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5}
+    >>> shared = {"backbone": "tiny", "patch_size_um": 64, "k": 5, "max_epochs": 1, "training": {"views": 1}}
     >>> ranking = sthist.tl.select_settings(
     ...     sthist.datasets.toy(3), {"bleep": {"method": "bleep"}, "ridge": {"method": "ridge"}},
     ...     groups="section", fit_options=shared,
@@ -82,7 +84,7 @@ def select_settings(
     # fit options, predicting once per candidate.
     shared_fits: dict[str, tuple[str, dict, dict[str, dict]]] = {}
     for name, options in candidates.items():
-        options = {**(fit_options or {}), **options}
+        options = merge_fit_options(fit_options, options)
         if "method" not in options:
             raise ValueError(f"Candidate {name!r} names no method.")
         method = options.pop("method")

@@ -13,10 +13,8 @@ from sthist._core._docs import doc_params
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
 from sthist._logging import logger
-from sthist._settings import apply_runtime_settings, retained_memory, settings
-
-#: Tiles encoded to estimate a section's mean channel vector for models that centre tokens per section.
-TOKEN_MEAN_TILES = 512
+from sthist._settings import apply_runtime_settings, settings
+from sthist.tl._prediction import check_trained_model, domain_check, predict_patches
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -232,41 +230,76 @@ def predict_tiles(
 
     Examples
     --------
-    >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
-    ... )
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> sthist.tl.predict_tiles(sections["toy1"], model, stride_um=128)
     >>> tiles = sections["toy1"].tables["sthist_tiles_table"]
     >>> tiles.n_vars == len(model.genes) and "uncertainty" in tiles.layers
     True
     """
-    import anndata as ad
-    import geopandas as gpd
-    import torch
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Identity
     from tqdm import tqdm
 
-    from sthist.data import SpotPatchDataset, add_context, encode_patches
-    from sthist.models import SthistModel
-    from sthist.tl._predict import domain_check
+    from sthist.data import SpotPatchDataset
 
-    if not isinstance(model, SthistModel):
-        raise TypeError(f"model must be a fitted SthistModel, got {type(model)}.")
-    if not model.is_trained:
-        raise ValueError("The model is not trained yet; call model.train() (or use sthist.tl.fit) first.")
+    check_trained_model(model)
     check_key_name(key_added)
-    check_positive_integer(batch_size, "batch_size")
-    check_positive_integer(chunk_tiles, "chunk_tiles")
-    if max_tiles is not None:
-        check_positive_integer(max_tiles, "max_tiles")
+    for value, name in ((batch_size, "batch_size"), (chunk_tiles, "chunk_tiles"), (max_tiles, "max_tiles")):
+        if value is not None:
+            check_positive_integer(value, name)
     device = check_device(device)
     apply_runtime_settings()
-    tile_size_um = float(model.config["patch"]["size_um"])
+    tile_size_um = model.patch.size_um
     stride_um = tile_size_um if stride_um is None else float(stride_um)
+    _check_tiles_target(sdata, key_added, overwrite)
+    section = Section.resolve(
+        sdata, image_key=image_key, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
+        spots=False,
+    )  # fmt: skip
+    grid = _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds, max_tiles)
+    if grid.empty:
+        raise ValueError("No tile lies on tissue; lower min_tissue_fraction or check the image.")
+    shapes, placeholder = _tile_elements(grid, stride_um / section.scale, key_added, coordinate_system)
+    # The tiles are the spots of a section that shares the resolved image, scale and pyramid.
+    tiles = section.with_spots(
+        _tiles_view(sdata, section.image_key, shapes, placeholder, key_added),
+        shapes_key=key_added, table_key=Key.tables.tiles(key_added),
+    )  # fmt: skip
+    dataset = SpotPatchDataset(
+        tiles, patch_size_um=tile_size_um, patch_size_px=model.patch.size_px, in_memory=False,
+        stain_reference=model.stain_reference,
+    )  # fmt: skip
+    domain = domain_check(tiles, model, dataset.geometry(tiles.name))
+    n_tiles = len(grid)
+    order = placeholder.obs_names.get_indexer(dataset.spots["obs_name"])
+    centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
+    with tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress) as progress:
+        mean, spread = predict_patches(
+            model,
+            dataset,
+            centres_um,
+            batch_size=batch_size,
+            device=device,
+            chunk=chunk_tiles,
+            progress=progress,
+        )
+    prediction = np.full((n_tiles, len(model.genes)), np.nan, dtype=np.float32)
+    deviation = np.full_like(prediction, np.nan)
+    prediction[order], deviation[order] = mean, spread
+    table = _tiles_table(model, grid, placeholder.obs, prediction, deviation, key_added)
+    table.uns[key_added] = {
+        "method": model.method,
+        "tile_size_um": tile_size_um,
+        "stride_um": stride_um,
+        "min_tissue_fraction": float(min_tissue_fraction),
+        "units": model.config.normalization.unit_label,
+        "image_key": section.image_key,
+        "domain": domain,
+    }
+    _write_tiles(sdata, shapes, table, key_added, overwrite=overwrite)
+
+
+def _check_tiles_target(sdata, key_added: str, overwrite: bool) -> None:
+    """Refuse to replace elements unasked, or elements predict_tiles did not write; a store must be writable."""
     table_key = Key.tables.tiles(key_added)
     _check_tiles_key(sdata, key_added)
     if sdata.path is not None:
@@ -278,23 +311,19 @@ def predict_tiles(
     ]
     if existing and not overwrite:
         raise ValueError(f"{existing} exist already; pass overwrite=True or another key_added.")
-    section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        coordinate_system=coordinate_system,
-        microns_per_pixel=microns_per_pixel,
-        spots=False,
-    )
-    image_key = section.image_key
-    grid = _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds, max_tiles)
-    if grid.empty:
-        raise ValueError("No tile lies on tissue; lower min_tissue_fraction or check the image.")
-    scale = section.scale
+
+
+def _tile_elements(grid: pd.DataFrame, side: float, key_added: str, coordinate_system: str):
+    """The tiles' shapes (squares of ``side`` coordinate units) and a placeholder table annotating them."""
+    import anndata as ad
+    import geopandas as gpd
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
     n_tiles = len(grid)
-    names = pd.Index([f"tile{i}" for i in range(n_tiles)], name="tile")
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(
-            geometry=_squares(grid["x"].to_numpy(), grid["y"].to_numpy(), stride_um / scale),
+            geometry=_squares(grid["x"].to_numpy(), grid["y"].to_numpy(), side),
             index=pd.Index(np.arange(n_tiles), name=Key.obs.INSTANCE),
         ),
         transformations={coordinate_system: Identity()},
@@ -305,86 +334,45 @@ def predict_tiles(
             Key.obs.REGION: pd.Categorical([key_added] * n_tiles),
             Key.obs.INSTANCE: np.arange(n_tiles),
         },
-        index=names,
+        index=pd.Index([f"tile{i}" for i in range(n_tiles)], name="tile"),
     )
     placeholder = TableModel.parse(
         ad.AnnData(obs=obs), region=key_added, region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE
     )
-    view = SpatialData(
-        images={image_key: sdata.images[image_key]}, shapes={key_added: shapes}, tables={table_key: placeholder},
-        attrs=sdata.attrs,
+    return shapes, placeholder
+
+
+def _tiles_view(sdata, image_key: str, shapes, placeholder, key_added: str):
+    """A SpatialData object of the section's image and the tiles, which patches are read through."""
+    from spatialdata import SpatialData
+
+    return SpatialData(
+        images={image_key: sdata.images[image_key]}, shapes={key_added: shapes},
+        tables={Key.tables.tiles(key_added): placeholder}, attrs=sdata.attrs,
     )  # fmt: skip
-    # The tiles are the spots of a section that shares the resolved image, scale and pyramid.
-    tiles = section.with_spots(view, shapes_key=key_added, table_key=table_key)
-    dataset = SpotPatchDataset(
-        tiles, patch_size_um=tile_size_um, patch_size_px=model.config["patch"]["size_px"], in_memory=False,
-        stain_reference=model.stain_reference,
-    )  # fmt: skip
-    domain = domain_check(tiles, model, dataset.geometry(tiles.name))
-    order = names.get_indexer(dataset.spots["obs_name"])
+
+
+def _tiles_table(model, grid: pd.DataFrame, obs: pd.DataFrame, prediction, spread, key_added: str):
+    """The table of the tiles: predictions in ``X``, spread in a layer, reliability per gene, centres."""
+    import anndata as ad
+    from spatialdata.models import TableModel
+
     genes = model.genes
-    prediction = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
-    spread = np.full((n_tiles, len(genes)), np.nan, dtype=np.float32)
-    # One allocator scope over all encoding and retrieval (every chunk, the centring sample, the context pass):
-    # what is freed is kept for the next batch, and handed back once, at the end.
-    with retained_memory():
-        section_mean = None
-        if model.centering["tokens"]:
-            # Centring needs the section's mean channel vector: estimated from tiles spread over the section.
-            sample = np.unique(np.linspace(0, n_tiles - 1, min(n_tiles, TOKEN_MEAN_TILES)).astype(int))
-            tokens = encode_patches(
-                dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=sample, grid=1
-            )
-            section_mean = tokens[:, 0].float().mean(dim=(0, 1))
-        context_um = model.architecture.context_um
-        token_grid = model.token_grid(training=False)
-        # A context model needs every tile's neighbourhood: keep each tile's tokens as the model reads them (the
-        # mean token without token layers), then predict once all are encoded.
-        kept = []
-        progress = tqdm(total=n_tiles, desc="predicting tiles", unit="tile", disable=not settings.progress)
-        for start in range(0, n_tiles, chunk_tiles):
-            indices = range(start, min(start + chunk_tiles, n_tiles))
-            tokens = encode_patches(
-                dataset, model.encoder, views=1, batch_size=batch_size, device=device, indices=indices,
-                grid=token_grid,
-            )  # fmt: skip
-            if context_um is not None:
-                kept.append(tokens)
-            else:
-                mean, deviation = model.predict_tokens(tokens[:, 0], section_mean=section_mean)
-                prediction[order[start : indices.stop]] = mean.numpy()
-                spread[order[start : indices.stop]] = deviation.numpy()
-            progress.update(len(indices))
-            del tokens
-        progress.close()
-        if context_um is not None:
-            centres_um = tiles.centres[dataset.spots["row"].to_numpy()] * tiles.scale
-            with_context = add_context(torch.cat(kept), centres_um, context_um)
-            del kept
-            for start in range(0, n_tiles, chunk_tiles):
-                stop = min(start + chunk_tiles, n_tiles)
-                mean, deviation = model.predict_tokens(with_context[start:stop, 0], section_mean=section_mean)
-                prediction[order[start:stop]] = mean.numpy()
-                spread[order[start:stop]] = deviation.numpy()
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
-    reliability = model.config.get("gene_reliability")
-    if reliability:
-        var[Key.var.RELIABILITY] = [np.nan if reliability.get(g) is None else reliability[g] for g in genes]
+    reliability = model.config.reliability
+    if reliability is not None:
+        var[Key.var.RELIABILITY] = [
+            np.nan if reliability.genes.get(g) is None else reliability.genes[g] for g in genes
+        ]
         var[Key.var.UNRELIABLE] = var.index.isin(model.unreliable_genes)
     table = ad.AnnData(X=prediction, obs=obs, var=var, layers={Key.layers.UNCERTAINTY: spread})
     table.obsm[Key.obsm.SPATIAL] = grid[["x", "y"]].to_numpy()
-    table.uns[key_added] = {
-        "method": model.method,
-        "tile_size_um": tile_size_um,
-        "stride_um": stride_um,
-        "min_tissue_fraction": float(min_tissue_fraction),
-        "units": model.config["normalization"].get("units", "log1p normalised counts"),
-        "image_key": image_key,
-        "domain": domain,
-    }
-    table = TableModel.parse(
-        table, region=key_added, region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE
-    )
+    return TableModel.parse(table, region=key_added, region_key=Key.obs.REGION, instance_key=Key.obs.INSTANCE)
+
+
+def _write_tiles(sdata, shapes, table, key_added: str, *, overwrite: bool) -> None:
+    """Put the tiles' shapes and table into ``sdata`` and, when it is backed by a store, into the store."""
+    table_key = Key.tables.tiles(key_added)
     if table_key in sdata.tables:
         del sdata.tables[table_key]
     if key_added in sdata.shapes:
@@ -392,7 +380,11 @@ def predict_tiles(
     sdata.shapes[key_added] = shapes
     sdata.tables[table_key] = table
     logger.info(
-        "added shapes[%r] and tables[%r] (%d tiles × %d genes)", key_added, table_key, n_tiles, len(genes)
+        "added shapes[%r] and tables[%r] (%d tiles × %d genes)",
+        key_added,
+        table_key,
+        table.n_obs,
+        table.n_vars,
     )
     if sdata.path is not None:
         from sthist.io import write_elements

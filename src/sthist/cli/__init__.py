@@ -1,0 +1,8 @@
+"""The ``sthist`` command line: one module per subcommand (``demo``, ``fit``, ``predict``, ``qc``, ``evaluate``,
+``plot``), their shared helpers, and flags generated from the configuration dataclasses.
+"""
+
+from sthist.cli._common import UserError
+from sthist.cli._main import build_parser, cli_message, main
+
+__all__ = ["UserError", "build_parser", "cli_message", "main"]
