@@ -1,5 +1,7 @@
-"""The ``sthist`` command line: one module per subcommand (``demo``, ``fit``, ``predict``, ``qc``, ``evaluate``,
-``plot``), their shared helpers, and flags generated from the configuration dataclasses.
+"""The ``sthist`` command line.
+
+One module per subcommand (``demo``, ``fit``, ``predict``, ``qc``, ``evaluate``, ``plot``), their shared
+helpers, and flags generated from the configuration dataclasses.
 """
 
 from sthist.cli._common import UserError
