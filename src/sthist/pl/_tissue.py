@@ -52,12 +52,9 @@ def tissue_view(
     if len(sdata.tables) > 1:
         table_key = table_holding(sdata, table_key, obsm_key=obsm_key)
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
+        sdata, image_key=image_key, table_key=table_key, coordinate_system=coordinate_system,
         require_scale=False,
-    )
+    )  # fmt: skip
     level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
     rgb = level_pixels(level)
     xy = to_pixels(level, section.centres)

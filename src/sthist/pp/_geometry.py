@@ -53,11 +53,7 @@ def patch_geometry(
     """
     patch = PatchConfig(size_um=patch_size_um, size_px=patch_size_px)
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        microns_per_pixel=microns_per_pixel,
-    )
+        sdata, image_key=image_key, shapes_key=shapes_key, table_key=table_key,
+        coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
+    )  # fmt: skip
     return section.patch_geometry(patch, level=level)

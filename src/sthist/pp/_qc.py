@@ -56,13 +56,9 @@ def spot_tissue_fraction(
     True
     """
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        microns_per_pixel=microns_per_pixel,
-    )
+        sdata, image_key=image_key, shapes_key=shapes_key, table_key=table_key,
+        coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
+    )  # fmt: skip
     return section.tissue_fraction(spot_diameter_um=spot_diameter_um)
 
 
@@ -121,13 +117,9 @@ def qc_spots(
         raise ValueError(f"min_tissue_fraction must lie in [0, 1], got {min_tissue_fraction!r}.")
     patch = PatchConfig(size_um=patch_size_um, size_px=patch_size_px)
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        microns_per_pixel=microns_per_pixel,
-    )
+        sdata, image_key=image_key, shapes_key=shapes_key, table_key=table_key,
+        coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
+    )  # fmt: skip
     table_key = section.spots.table_key
     table = sdata.tables[table_key]
     columns = [Key.obs.QC_IN_IMAGE, Key.obs.QC_TISSUE_FRACTION, Key.obs.QC_ON_TISSUE, Key.obs.QC_PASS]

@@ -68,13 +68,9 @@ def to_anndata(
     (100, 5)
     """
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        require_scale=False,
-    )
+        sdata, image_key=image_key, shapes_key=shapes_key, table_key=table_key,
+        coordinate_system=coordinate_system, require_scale=False,
+    )  # fmt: skip
     adata, rows = _predicted_spots(section, key)
     library_id = library_id or section.name
     level = min(section.levels, key=lambda lv: abs(max(lv.shape) - max_image_pixels))
@@ -204,13 +200,9 @@ def to_spatialdata(
     from spatialdata.models import TableModel
 
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        shapes_key=shapes_key,
-        table_key=table_key,
-        coordinate_system=coordinate_system,
-        require_scale=False,
-    )
+        sdata, image_key=image_key, shapes_key=shapes_key, table_key=table_key,
+        coordinate_system=coordinate_system, require_scale=False,
+    )  # fmt: skip
     spots = section.spots
     adata, _ = _predicted_spots(section, key)  # no image in uns: it is an element of the SpatialData object
     attrs = section.table.uns["spatialdata_attrs"]

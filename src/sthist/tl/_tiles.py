@@ -68,12 +68,9 @@ def tile_grid(
     (['x', 'y', 'tissue_fraction'], True)
     """
     section = Section.resolve(
-        sdata,
-        image_key=image_key,
-        coordinate_system=coordinate_system,
-        microns_per_pixel=microns_per_pixel,
+        sdata, image_key=image_key, coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
         spots=False,
-    )
+    )  # fmt: skip
     return _tile_grid(section, tile_size_um, stride_um, min_tissue_fraction, bounds)
 
 
