@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self, dataclass_transform
 
 import numpy as np
 
 from sthist._constants import Key
 
 
-def setting(default, help: str, **metadata) -> Any:
+def setting(*, default, help: str, **metadata) -> Any:
     """A configuration field: its default and the help text shown in docs and on the command line.
 
     Further ``metadata``: ``parse`` (a function turning the command line's text into a value; ``none`` is
@@ -26,6 +26,7 @@ def setting(default, help: str, **metadata) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(setting, field))
 def documented(cls):
     """A frozen dataclass whose docstring gains an ``Attributes`` section from its fields' help texts."""
     cls = dataclass(frozen=True)(cls)
@@ -74,7 +75,7 @@ class _Record:
         return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
 
     @classmethod
-    def from_dict(cls, values: Mapping):
+    def from_dict(cls, values: Mapping) -> Self:
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
@@ -82,7 +83,7 @@ class _Record:
         return cls(**values)
 
     @classmethod
-    def coerce(cls, value, name: str):
+    def coerce(cls, value, name: str) -> Self:
         """``value`` as this config: an instance as it is, a mapping of its fields, or ``None`` (the defaults)."""
         if value is None:
             return cls()
@@ -110,8 +111,10 @@ class PatchConfig(_Record):
     112 µm at 224 px is 0.5 µm/px, the HEST convention. ``size_px`` follows the encoder's input size.
     """
 
-    size_um: float = setting(112.0, "Side of each spot's patch in µm.")
-    size_px: int = setting(224, "Side of the patch after resampling, in pixels (the encoder's input size).")
+    size_um: float = setting(default=112.0, help="Side of each spot's patch in µm.")
+    size_px: int = setting(
+        default=224, help="Side of the patch after resampling, in pixels (the encoder's input size)."
+    )
 
     def __post_init__(self):
         if not np.isfinite(self.size_um) or self.size_um <= 0:
@@ -132,38 +135,40 @@ class DataConfig(_Record):
     """How training pairs are made from the sections: gene panel, normalisation, centring and stain."""
 
     n_top_genes: int | None = setting(
-        250,
-        "Size of the HEG and HVG sets of the default panel (top genes by mean and by variance over the training "
+        default=250,
+        help="Size of the HEG and HVG sets of the default panel (top genes by mean and by variance over the training "
         "sections); ``None`` (``all`` on the command line) keeps every gene detected in ≥ 10 % of the spots of "
         "every training section.",
         parse=_optional_int,
     )
     exclude_technical: bool = setting(
-        False,
-        "Leave technical genes (mitochondrial, ribosomal-protein, MALAT1/NEAT1: :func:`sthist.pp.technical_genes`) "
+        default=False,
+        help="Leave technical genes (mitochondrial, ribosomal-protein, MALAT1/NEAT1: :func:`sthist.pp.technical_genes`) "
         "out of the default panel, so that they cannot fill the top of HEG@50.",
     )
     layer: str = setting(
-        Key.layers.NORMALIZED,
-        "Normalised expression layer; sections without it are normalised (log1p of counts per ``target_sum``) "
+        default=Key.layers.NORMALIZED,
+        help="Normalised expression layer; sections without it are normalised (log1p of counts per ``target_sum``) "
         "in a copy.",
     )
-    target_sum: float = setting(1e4, "Counts per spot that normalisation scales to before log1p.")
+    target_sum: float = setting(
+        default=1e4, help="Counts per spot that normalisation scales to before log1p."
+    )
     center_expression: bool = setting(
-        False,
-        "Shift each training section's expression to the mean over all training spots (targets and retrieval "
+        default=False,
+        help="Shift each training section's expression to the mean over all training spots (targets and retrieval "
         "bank): the model learns variation within sections rather than differences between them (depth, "
         "patient).",
     )
     center_tokens: bool = setting(
-        False,
-        "Frozen encoder: replace each section's mean encoder channel vector by the training mean, in training and "
+        default=False,
+        help="Frozen encoder: replace each section's mean encoder channel vector by the training mean, in training and "
         "(with the predicted section's own mean) at prediction, a feature-space normalisation of stain and "
         "scanner.",
     )
     stain_normalization: bool = setting(
-        False,
-        "Map each section's colours onto the training sections' average before encoding (Reinhard, in lαβ); "
+        default=False,
+        help="Map each section's colours onto the training sections' average before encoding (Reinhard, in lαβ); "
         "recorded in the model and applied to every section it predicts.",
     )
 
@@ -181,49 +186,55 @@ class DataConfig(_Record):
 class ArchitectureConfig(_Record):
     """The trainable modules on top of the image tokens (CMRCNet, BLEEP, regression, ridge)."""
 
-    embedding_dim: int = setting(256, "Size d of the projected tokens and of the image and spot embeddings.")
-    gene_tokens: int = setting(8, "Gene tokens made from each expression vector (reconstruction branch).")
+    embedding_dim: int = setting(
+        default=256, help="Size d of the projected tokens and of the image and spot embeddings."
+    )
+    gene_tokens: int = setting(
+        default=8, help="Gene tokens made from each expression vector (reconstruction branch)."
+    )
     heads: int = setting(
-        8, "Attention heads of the reconstruction branch (``embedding_dim`` must be divisible by it)."
+        default=8,
+        help="Attention heads of the reconstruction branch (``embedding_dim`` must be divisible by it).",
     )
     fusion_blocks: int = setting(
-        1, "Fusion blocks (self-attention + co-attention) of the reconstruction branch."
+        default=1, help="Fusion blocks (self-attention + co-attention) of the reconstruction branch."
     )
     mask_ratio: float = setting(
-        0.5, "Fraction (0-1) of the entries of the projected image tokens masked before reconstruction."
+        default=0.5,
+        help="Fraction (0-1) of the entries of the projected image tokens masked before reconstruction.",
     )
-    temperature: float = setting(1.0, "Contrastive temperature τ.")
-    dropout: float = setting(0.1, "Dropout probability of heads and attention.")
+    temperature: float = setting(default=1.0, help="Contrastive temperature τ.")
+    dropout: float = setting(default=0.1, help="Dropout probability of heads and attention.")
     token_layers: int = setting(
-        0,
-        "Trainable transformer layers over the projected token grid, shared by the contrastive and the "
+        default=0,
+        help="Trainable transformer layers over the projected token grid, shared by the contrastive and the "
         "reconstruction paths (0: none). Without positional embeddings, so that an encoded patch is invariant "
         "to the dihedral transforms of its token grid; with the encoder frozen they give the reconstruction "
         "branch something to shape.",
     )
     context_um: float | None = setting(
-        300.0,
-        "Spatial context: each spot's tokens get one more, the mean token of the spots within this many µm of it "
+        default=300.0,
+        help="Spatial context: each spot's tokens get one more, the mean token of the spots within this many µm of it "
         "(same section, itself included), projected on its own and added to the pooled image tokens (ridge: "
         "appended to the features), in training and at prediction. ``None`` (``none`` on the command line): "
         "the spot's patch alone.",
     )
     ridge_alpha: float | str = setting(
-        "cv",
-        "Ridge baseline's strength: ``'cv'`` (chosen by cross-validation over the training sections), "
+        default="cv",
+        help="Ridge baseline's strength: ``'cv'`` (chosen by cross-validation over the training sections), "
         "``'hest'`` (the HEST-Benchmark protocol's fixed ``100 / (256 · n_genes)``) or a positive number.",
         parse=_ridge_alpha,
     )
     reconstruction_grid: int = setting(
-        3,
-        "Side of the grid the projected image tokens are average-pooled to before the reconstruction branch "
+        default=3,
+        help="Side of the grid the projected image tokens are average-pooled to before the reconstruction branch "
         "(3: a 7 × 7 EfficientNet grid becomes 3 × 3 regional tokens; 0: every token). The branch's cost grows "
         "with its token count (``benchmarks/results/speed.md``); sequences that are not a square grid are "
         "pooled along the sequence.",
     )
     detach_target: bool = setting(
-        False,
-        "Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the "
+        default=False,
+        help="Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the "
         "branch and the token layers through the masked tokens only.",
     )
 
@@ -267,23 +278,26 @@ class ArchitectureConfig(_Record):
 class TrainingConfig(_Record):
     """How the trainable modules are optimised: AdamW with a cosine schedule, views and stain augmentation."""
 
-    max_epochs: int = setting(30, "Training epochs.", aliases=("--epochs",))
-    batch_size: int = setting(64, "Spots per batch.")
-    learning_rate: float = setting(1e-3, "AdamW learning rate at the start of the cosine schedule.")
-    weight_decay: float = setting(1e-3, "AdamW weight decay.")
-    min_learning_rate: float = setting(1e-5, "Learning rate at the end of the cosine schedule.")
+    max_epochs: int = setting(default=30, help="Training epochs.", aliases=("--epochs",))
+    batch_size: int = setting(default=64, help="Spots per batch.")
+    learning_rate: float = setting(
+        default=1e-3, help="AdamW learning rate at the start of the cosine schedule."
+    )
+    weight_decay: float = setting(default=1e-3, help="AdamW weight decay.")
+    min_learning_rate: float = setting(default=1e-5, help="Learning rate at the end of the cosine schedule.")
     views: int = setting(
-        4, "Frozen encoder: dihedral views (1-8) of each patch encoded once and sampled during training."
+        default=4,
+        help="Frozen encoder: dihedral views (1-8) of each patch encoded once and sampled during training.",
     )
     hed_jitter: float = setting(
-        0.0,
-        "Stain augmentation strength σ (Tellez et al. 2018): haematoxylin, eosin and DAB concentrations are "
+        default=0.0,
+        help="Stain augmentation strength σ (Tellez et al. 2018): haematoxylin, eosin and DAB concentrations are "
         "scaled by U(1 − σ, 1 + σ) and shifted by U(−σ, σ). Frozen encoder: views 1 and up are encoded "
         "jittered, once (so it needs ``views`` ≥ 2); fine-tuning jitters every patch it reads. 0: off.",
     )
     fine_tune: bool = setting(
-        False,
-        "Train the encoder end to end on patches (GPU; mixed precision) instead of the frozen encoder on cached "
+        default=False,
+        help="Train the encoder end to end on patches (GPU; mixed precision) instead of the frozen encoder on cached "
         "tokens. On cohorts of HER2ST's size it lowered held-out accuracy "
         "(``benchmarks/results/finetune_gpu.md``).",
     )

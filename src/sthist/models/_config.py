@@ -118,7 +118,7 @@ class ModelConfig:
     token_dim: int
     n_genes: int
     panel: PanelRecord = field(default_factory=PanelRecord)
-    microns_per_pixel: dict[str, float] = field(default_factory=dict)
+    microns_per_pixel: dict[str, float | None] = field(default_factory=dict)
     training: TrainingConfig | None = None
     centering: CenteringRecord = field(default_factory=CenteringRecord)
     #: Stain normalisation: ``{'method', 'reference', 'sections'}`` (statistics as dicts), or ``None``.
@@ -177,7 +177,7 @@ class ModelConfig:
         reliability = {name: values.pop(key) for key, name in _RELIABILITY_KEYS.items() if key in values}
         training = values.pop("training", None)
         known = {f.name for f in fields(cls)}
-        typed = {
+        typed: dict[str, Any] = {
             "normalization": NormalisationRecord.from_dict(values.pop("normalization")),
             "patch": PatchConfig.from_dict(values.pop("patch")),
             "backbone": BackboneRecord.from_dict(values.pop("backbone")),
@@ -187,6 +187,6 @@ class ModelConfig:
             "training": None if training is None else TrainingConfig.from_dict(training),
             "reliability": ReliabilityRecord(**reliability) if "genes" in reliability else None,
         }
-        plain = {k: v for k, v in values.items() if k in known}
+        plain: dict[str, Any] = {k: v for k, v in values.items() if k in known}
         extra = {k: v for k, v in values.items() if k not in known}
         return cls(**plain, **typed, **sizes, extra=extra)

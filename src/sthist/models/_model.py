@@ -285,7 +285,7 @@ class SthistModel:
         from sthist.data import tokens_of
 
         tokens = tokens_of(
-            self._dataset, self.encoder, identity=self.config.backbone.identity, views=views, device=device,
+            self._training_dataset(), self.encoder, identity=self.config.backbone.identity, views=views, device=device,
             token_cache=token_cache, jitter=jitter, grid=self.token_grid(training=True),
         )  # fmt: skip
         return self._with_context(self._centred_tokens(tokens, sections), sections)
@@ -459,9 +459,7 @@ class SthistModel:
             "data": DataConfig(
                 exclude_technical=config.panel.exclude_technical,
                 layer=config.normalization.layer,
-                target_sum=DataConfig.target_sum
-                if config.normalization.target_sum is None
-                else config.normalization.target_sum,
+                target_sum=config.normalization.target_sum or DataConfig.target_sum,
                 center_expression=config.centering.expression,
                 center_tokens=config.centering.tokens,
                 stain_normalization=config.stain is not None,

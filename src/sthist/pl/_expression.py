@@ -88,11 +88,9 @@ def expression(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict(sections["toy1"], model)
     >>> sthist.pp.normalize(sections["toy1"].tables["table"])
     >>> figure = sthist.pl.expression(sections["toy1"], model.genes[:2])
@@ -194,11 +192,9 @@ def uncertainty(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict(sections["toy1"], model)
     >>> figure = sthist.pl.uncertainty(sections["toy1"], model.genes[0])
     >>> [ax.get_title() for ax in figure.axes[:2]] == [

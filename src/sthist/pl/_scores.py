@@ -71,11 +71,9 @@ def gene_scores(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=2, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict(sections["toy1"], model)
     >>> sthist.pp.normalize(sections["toy1"].tables["table"])
     >>> sthist.tl.evaluate(sections["toy1"], n_top=5)
@@ -164,11 +162,9 @@ def gene_correlation(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=2, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict(sections["toy1"], model)
     >>> sthist.pp.normalize(sections["toy1"].tables["table"])
     >>> figure = sthist.pl.gene_correlation(sections["toy1"], n_genes=8)
@@ -348,11 +344,9 @@ def training_curves(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=2, batch_size=32, views=1, k=5
-    ... )
     >>> figure = sthist.pl.training_curves(model)
     >>> [ax.get_title() for ax in figure.axes]
     ['loss', 'contrastive', 'reconstruction']

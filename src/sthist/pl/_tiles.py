@@ -80,11 +80,9 @@ def tiles(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict_tiles(sections["toy1"], model)
     >>> figure = sthist.pl.tiles(sections["toy1"], model.genes[0], uncertainty=False)
     >>> figure.axes[0].get_title() == f"{model.genes[0]}: predicted"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import Key
-from sthist._core._config import METHOD_NAMES
+from sthist._core._config import METHOD_NAMES, TARGET_SUM
 from sthist._core._elements import resolve_elements
 from sthist._logging import logger
 from sthist.tl._evaluate import evaluation_frames
@@ -168,7 +168,7 @@ def cross_validate(
             model = fit(train, method=method, token_cache=cache, **options)  # type: ignore[arg-type]
             if return_models:
                 models[(held_out, method)] = model
-            target_sum = model.config.normalization.target_sum
+            target_sum = model.config.normalization.target_sum or TARGET_SUM
             for variant, at_predict in variants.items():
                 for name, sdata in test.items():
                     predicted, _ = cast(

@@ -55,12 +55,10 @@ def to_anndata(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import scanpy as sc
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict(sections["toy1"], model)
     >>> adata = sthist.tl.to_anndata(sections["toy1"])
     >>> sc.pp.pca(adata, n_comps=5)
@@ -185,11 +183,9 @@ def to_spatialdata(
 
     Examples
     --------
+    ``model`` was fitted with :func:`sthist.tl.fit` on a section other than ``sections["toy1"]``:
+
     >>> import sthist
-    >>> sections = sthist.datasets.toy()
-    >>> model = sthist.tl.fit(
-    ...     {"toy0": sections["toy0"]}, backbone="tiny", patch_size_um=64, max_epochs=1, batch_size=32, views=1, k=5
-    ... )
     >>> sthist.tl.predict(sections["toy1"], model)
     >>> view = sthist.tl.to_spatialdata(sections["toy1"])
     >>> view.tables["predictions"].n_vars == len(model.genes)

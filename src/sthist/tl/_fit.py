@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Literal
 
 from sthist._core._config import ArchitectureConfig, DataConfig, PatchConfig, TrainingConfig
@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     from sthist.models import SthistModel
 
 #: The options of :func:`fit` that hold a configuration, and its class.
-CONFIGS = {"architecture": ArchitectureConfig, "training": TrainingConfig, "data": DataConfig}
+CONFIGS: dict[str, type[ArchitectureConfig] | type[TrainingConfig] | type[DataConfig]] = {
+    "architecture": ArchitectureConfig,
+    "training": TrainingConfig,
+    "data": DataConfig,
+}
 
 
 @doc_params
@@ -94,7 +98,7 @@ def fit(
     model = SthistModel(
         sdata,
         method=method,
-        genes=genes,
+        genes=None if genes is None else list(genes),
         backbone=backbone,
         pretrained=pretrained,
         patch_size_um=patch_size_um,
@@ -116,7 +120,7 @@ def _check_trainer_kwargs(trainer_kwargs: Mapping, train) -> None:
     for name in trainer_kwargs:
         if name in accepted:
             continue
-        owner = next((key for key, cls in CONFIGS.items() if name in cls.__dataclass_fields__), None)
+        owner = next((key for key, cls in CONFIGS.items() if name in {f.name for f in fields(cls)}), None)
         hint = (
             f"; it is a field of {CONFIGS[owner].__name__}: pass {owner}={{{name!r}: ...}}" if owner else ""
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import RELIABILITY_THRESHOLD
+from sthist._core._config import TARGET_SUM
 from sthist._core._docs import doc_params
 from sthist._core._metrics import gene_pearson
 from sthist._logging import logger
@@ -81,7 +82,9 @@ def gene_reliability(
                 "tuple[pd.DataFrame, pd.DataFrame]",
                 predict(sdata, fold_model, inplace=False, token_cache=cache, qc_column=config.qc_column),
             )
-            observed, predicted = aligned_frames(sdata, predicted, config.normalization.target_sum)
+            observed, predicted = aligned_frames(
+                sdata, predicted, config.normalization.target_sum or TARGET_SUM
+            )
             per_section.append(gene_pearson(observed, predicted).rename(name))
     reliability = pd.concat(per_section, axis=1).mean(axis=1).rename("reliability")
     model.config.reliability = ReliabilityRecord(
