@@ -1,4 +1,4 @@
-"""Settings that apply across sthist: data cache, random state, workers, progress bars, memory budget, offline mode."""
+"""Settings across sthist: data and feature caches, random state, workers, progress bars, memory budget, offline mode."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_cache_dir("sthist"))
 
 
+def _default_cache_dir() -> Path | None:
+    env = os.environ.get("STHIST_CACHE_DIR")
+    return Path(env).expanduser() if env else None
+
+
 @dataclass
 class Settings:
     """Global settings of sthist (``sthist.settings``).
@@ -48,9 +53,14 @@ class Settings:
     in_memory_bytes
         Largest pyramid level (bytes) that patch extraction materialises in memory; larger levels are
         read lazily by chunks.
+    cache_dir
+        Folder where encoder features are kept between processes (:class:`sthist.data.TokenCache` with no
+        folder of its own writes under ``cache_dir / 'tokens'``), keyed by the content they were computed from.
+        Defaults to the environment variable ``STHIST_CACHE_DIR``; ``None``: features are kept in memory only.
     offline
-        Never reach a model hub: pretrained weights that would come from one are refused with an error that
-        asks for a local file (no retries on machines without internet). Defaults to ``True`` unless the
+        Never reach a model hub: pretrained weights that would come from one are read from the Hugging Face
+        cache (``HF_HOME``, as ``HF_HUB_OFFLINE=1`` makes timm do) without any network call, and refused with
+        an error that says how to download them when they are not there. Defaults to ``True`` unless the
         environment sets ``HF_HUB_OFFLINE=0``.
     threads
         Torch CPU threads used by fitting and prediction. Defaults to the cores this process may use (its
@@ -70,6 +80,7 @@ class Settings:
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
+    cache_dir: Path | None = field(default_factory=_default_cache_dir)
     random_state: int = 0
     num_workers: int = 0
     progress: bool = True
@@ -80,6 +91,10 @@ class Settings:
 
     def __setattr__(self, name: str, value) -> None:
         if name == "data_dir":
+            value = Path(value).expanduser()
+        elif name == "cache_dir" and value is not None:
+            if not isinstance(value, str | os.PathLike) or not str(value):
+                raise ValueError(f"settings.cache_dir must be a folder or None, got {value!r}.")
             value = Path(value).expanduser()
         elif name in ("random_state", "num_workers", "in_memory_bytes", "threads"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -119,6 +119,13 @@ def store_lock(store: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterato
                 f"Another process has been writing into {store} for {timeout:g} s (lock {store / LOCK_FILE}); "
                 "wait for it to finish."
             ) from None
+        except OSError as error:
+            # Network file systems without lock support (NFS without lockd, some FUSE mounts) refuse flock.
+            raise OSError(
+                f"{store} is on a file system that does not support file locks ({error.strerror or error}); "
+                "sthist locks a store while it writes, so that writers cannot overwrite each other's results. "
+                "Work on a copy of the store on a local disk, then copy it back."
+            ) from None
         try:
             if lock.lock_counter == 1:
                 _recover(store)
@@ -134,7 +141,8 @@ _registry_guard = threading.Lock()
 
 
 def _staging_folders(store: Path) -> list[Path]:
-    return sorted(store.parent.glob(f".{store.name}{_STAGING}*"))
+    """Staging folders of writers of ``store``: inside it, and beside it (where older versions staged)."""
+    return sorted([*store.glob(f"{_STAGING}*"), *store.parent.glob(f".{store.name}{_STAGING}*")])
 
 
 def _recover(store: Path) -> None:
@@ -166,7 +174,8 @@ def write_elements(sdata, elements: Sequence[tuple[str, str]], *, overwrite: boo
     """Write in-memory elements of ``sdata`` into its zarr store (``sdata.path``), one atomic step each.
 
     The store's writer lock (:func:`store_lock`) is held throughout. Each element is first written
-    completely into a staging store beside the target, then moved into place by a directory rename; an
+    completely into a hidden staging store inside the target store (on its file system, also when the store
+    is a mount point), then moved into place by a directory rename; an
     element it replaces is moved aside first and put back if anything fails (an error, Ctrl-C). A writer
     killed between the two renames leaves the old element in its staging folder; the next writer puts it
     back. The store's consolidated metadata is refreshed last. Existing elements are replaced only with
@@ -270,8 +279,13 @@ def _element_formats(zarr_format: int) -> list | None:
 
 @contextlib.contextmanager
 def _staging(store: Path) -> Iterator[Path]:
-    """A staging folder beside the store (same file system, so moves are renames), removed afterwards."""
-    staging = store.parent / f".{store.name}{_STAGING}{uuid.uuid4().hex}"
+    """A hidden staging folder inside the store, removed afterwards.
+
+    Inside, so that it is on the store's own file system even when the store is a mount point (a container
+    volume): every move into place is then a rename. Readers ignore it: it is no zarr node, and the store's
+    consolidated metadata never lists it.
+    """
+    staging = store / f"{_STAGING}{uuid.uuid4().hex}"
     try:
         yield staging
     finally:

@@ -86,6 +86,60 @@ def _written_by_sthist(table, key: str) -> bool:
     return isinstance(record, dict) and "method" in record and Key.uns.VERSION in record
 
 
+def check_accelerator(accelerator: str, name: str = "accelerator") -> None:
+    """Refuse, before any work, a Lightning accelerator this machine lacks (``'gpu'`` without a GPU)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"{name}={accelerator!r} asks for a GPU, but torch sees none on this machine; use "
+            f"{name}='cpu' (or 'auto')."
+        )
+    if accelerator == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(f"{name}='mps': MPS is not available here; use {name}='cpu'.")
+
+
+#: Rough memory of one patch in an encoder's forward pass, as a multiple of its float32 input (activations).
+ACTIVATION_FACTOR = 20
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a batch on ``device`` (a GPU's free memory, or the system's available memory)."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_batch_memory(batch_size: int, patch_size_px: int, device: str, *, views: int = 1) -> None:
+    """Refuse, before any work, a batch whose patches cannot fit in memory; name the largest batch that fits.
+
+    A patch costs its float32 input (3 × px² × 4 bytes) times about ``ACTIVATION_FACTOR`` for the encoder's
+    activations; views are encoded one batch at a time, so they do not multiply the batch.
+    """
+    free = available_memory(device)
+    per_patch = 3 * patch_size_px**2 * 4 * ACTIVATION_FACTOR
+    needed = batch_size * per_patch
+    if free is None or needed <= free:
+        return
+    largest = max(1, free // per_patch)
+    raise ValueError(
+        f"batch_size={batch_size} needs about {needed / 2**30:,.1f} GiB for its {patch_size_px} px patches and the "
+        f"encoder's activations, more than the {free / 2**30:.1f} GiB free on {device}; use batch_size={min(largest, 256)} "
+        "or less."
+    )
+
+
 def check_device(device) -> str:
     """The torch device to use, checked before any work.
 
@@ -127,8 +181,30 @@ def boolean_column(table, column: str, *, section: str) -> np.ndarray:
     raise TypeError(
         f"Section {section!r}: obs column {column!r} must hold booleans (True/False) selecting spots, but its "
         f"dtype is {values.dtype} (values such as {example}); convert it, e.g. "
-        f"`table.obs[{column!r}] = table.obs[{column!r}] == 'pass'`."
+        f"`table.obs[{column!r}] = {_boolean_conversion(values, f'table.obs[{column!r}]')}`."
     )
+
+
+_TRUE_WORDS = ("true", "pass", "passed", "yes", "keep", "in_tissue", "on", "1")
+
+
+def _boolean_conversion(values: pd.Series, source: str) -> str:
+    """The expression that turns ``values`` into the booleans they stand for, fitted to what they hold."""
+    present = values.dropna()
+    if pd.api.types.is_bool_dtype(present.dtype) or (
+        len(present) and present.map(lambda v: isinstance(v, (bool, np.bool_))).all()
+    ):
+        return f"{source}.fillna(False).astype(bool)"  # booleans with gaps
+    if pd.api.types.is_numeric_dtype(present.dtype):
+        if len(present) and set(np.unique(present.to_numpy())) <= {0, 1}:
+            gaps = ".fillna(0)" if values.isna().any() else ""
+            return f"{source}{gaps} == 1"
+        return f"{source}.notna()" if values.isna().any() else f"{source} > 0"
+    words = [str(v) for v in pd.unique(present.astype(str))]
+    true_like = [w for w in words if w.strip().lower() in _TRUE_WORDS]
+    if true_like:
+        return f"{source}.astype(str) == {true_like[0]!r}"
+    return f"{source} == {words[0]!r}" if words else f"{source}.notna()"
 
 
 def did_you_mean(missing: Sequence[str], available) -> str:

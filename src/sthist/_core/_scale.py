@@ -127,17 +127,41 @@ def checked_scale(value, what: str) -> float:
     return number
 
 
-def fit_microns_per_pixel(
-    array_xy: np.ndarray, pixel_xy: np.ndarray, *, pitch_um: float
-) -> tuple[float, float]:
+class ScaleFit(tuple):
+    """The fitted scale: unpacks as ``(microns_per_pixel, rms_residual_px)``; ``x``, ``y`` are the per-axis µm/px.
+
+    ``axes`` = ``(x, y)`` goes straight into ``sthist.datasets.from_arrays(microns_per_pixel=...)`` for images
+    whose pixels are not square.
+    """
+
+    microns_per_pixel: float
+    rms: float
+    x: float
+    y: float
+
+    def __new__(cls, microns_per_pixel: float, rms: float, x: float, y: float):
+        fit = super().__new__(cls, (microns_per_pixel, rms))
+        fit.microns_per_pixel, fit.rms, fit.x, fit.y = microns_per_pixel, rms, x, y
+        return fit
+
+    @property
+    def axes(self) -> tuple[float, float]:
+        """µm per pixel along x and along y."""
+        return (self.x, self.y)
+
+    def __repr__(self) -> str:
+        return f"ScaleFit(microns_per_pixel={self.microns_per_pixel:.4g}, rms={self.rms:.3g}, x={self.x:.4g}, y={self.y:.4g})"
+
+
+def fit_microns_per_pixel(array_xy: np.ndarray, pixel_xy: np.ndarray, *, pitch_um: float) -> ScaleFit:
     """Least-squares fit of spot pixel coordinates against array coordinates.
 
     Fits ``pixel = A @ array + b`` (a full affine map, so a rotation of the array is absorbed) and returns
     (µm per pixel, root-mean-square residual in pixels). One array step is ``pitch_um`` µm; the scale is the
-    square root of the area ratio, ``pitch_um / sqrt(|det A|)``. sthist uses one scale for both axes:
-    when the pixels are not square (x and y scales more than 1 % apart) a warning gives both, since
-    patches are then stretched by their ratio; give the image a ``Scale`` transformation to a coordinate
-    system with square units to remove it.
+    square root of the area ratio, ``pitch_um / sqrt(|det A|)``; the scale along each axis is returned too.
+    When the pixels are not square (x and y scales more than 1 % apart) a warning says so, since one scale
+    stretches patches by their ratio: pass ``fit.axes`` to ``from_arrays(microns_per_pixel=...)``, or give
+    the image a ``Scale`` transformation to a coordinate system with square units.
 
     Parameters
     ----------
@@ -151,7 +175,8 @@ def fit_microns_per_pixel(
 
     Returns
     -------
-    ``(microns_per_pixel, rms_residual_px)``.
+    A :class:`ScaleFit`: it unpacks as ``(microns_per_pixel, rms_residual_px)`` (the geometric mean of the
+    axes' scales) and has ``.x``, ``.y`` (µm/px along each axis), ``.axes`` = ``(x, y)`` and ``.rms``.
 
     Examples
     --------
@@ -161,6 +186,11 @@ def fit_microns_per_pixel(
     >>> scale, residual = sthist.pp.fit_microns_per_pixel(grid, grid * 200 + 30, pitch_um=100)
     >>> round(scale, 3), round(residual, 6)
     (0.5, 0.0)
+    >>> import warnings
+    >>> with warnings.catch_warnings(action="ignore"):  # pixels 250 px apart along y: not square
+    ...     fit = sthist.pp.fit_microns_per_pixel(grid, grid * [200, 250], pitch_um=100)
+    >>> tuple(round(v, 3) for v in fit.axes)
+    (0.5, 0.4)
     """
     array_xy = np.asarray(array_xy, dtype=float)
     pixel_xy = np.asarray(pixel_xy, dtype=float)
@@ -182,10 +212,10 @@ def fit_microns_per_pixel(
 
         warnings.warn(
             f"The pixels are not square: {scale_x:.4g} µm/px along x and {scale_y:.4g} µm/px along y "
-            f"({abs(scale_x / scale_y - 1):.1%} apart). sthist uses one scale, {scale:.4g} µm/px (their geometric "
-            "mean), so patches are stretched by that ratio; for exact geometry give the image a Scale "
-            "transformation to a coordinate system with square units.",
+            f"({abs(scale_x / scale_y - 1):.1%} apart). One scale, {scale:.4g} µm/px (their geometric mean), "
+            "stretches patches by that ratio: pass the fit's .axes to from_arrays(microns_per_pixel=...), or "
+            "give the image a Scale transformation to a coordinate system with square units.",
             UserWarning,
             stacklevel=2,
         )
-    return scale, rms
+    return ScaleFit(scale, rms, scale_x, scale_y)

@@ -140,9 +140,13 @@ class Section:
 
         With ``spots=False`` only the image is resolved (dense prediction over tiles). With
         ``require_scale=False`` an unknown physical scale is left as ``None`` (plots without a scale bar).
+        A section resolved already (by a caller that knows its name, e.g. the key of a dict of sections) is
+        returned as it is.
         """
         from sthist._core._elements import _one_of
 
+        if isinstance(sdata, Section):
+            return sdata
         if spots:
             elements = resolve_elements(
                 sdata,
@@ -288,7 +292,9 @@ class Section:
     def tissue(self) -> tuple[ImageLevel, np.ndarray]:
         """The low-resolution level (about 16 µm/px) and its boolean tissue mask."""
         level, rgb = self._low_resolution
-        return level, tissue_mask(rgb)
+        if self.scale is None:
+            return level, tissue_mask(rgb)
+        return level, tissue_mask(rgb, microns_per_pixel=float(max(level.pixel_size)) * self.scale)
 
     @cached_property
     def stain(self) -> StainStats:

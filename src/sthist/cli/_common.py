@@ -131,3 +131,12 @@ def check_new_file(path: str, overwrite: bool) -> None:
         raise UserError(f"{path} exists; pass --overwrite or choose another file")
     if not Path(path).parent.is_dir():
         raise UserError(f"--output {path}: the folder {Path(path).parent} does not exist")
+
+
+def key_or_default(key: str | None, default: str) -> str:
+    """``--key`` as given, ``default`` when left out; an empty key (an unset variable) is refused."""
+    if key is not None and not key.strip():
+        raise UserError(
+            f"--key is empty (an unset variable?); give the name to use, or leave --key out for {default}"
+        )
+    return key or default

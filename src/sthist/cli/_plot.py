@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sthist._constants import Key
-from sthist.cli._common import UserError, check_new_file, read_store
+from sthist.cli._common import UserError, check_new_file, key_or_default, read_store
 
 
 def add_parser(commands) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_new_file(args.output, args.overwrite)
     sdata = read_store(args.store, None)
-    args.key = args.key or (Key.shapes.TILES if args.kind == "tiles" else Key.obsm.PREDICTION)
+    args.key = key_or_default(args.key, Key.shapes.TILES if args.kind == "tiles" else Key.obsm.PREDICTION)
     if args.kind in ("expression", "uncertainty", "tiles") and not args.genes:
         raise UserError(f"--genes is required for --kind {args.kind}")
     if args.kind == "tiles":

@@ -6,7 +6,15 @@ import argparse
 
 from sthist._constants import Key
 from sthist._core._config import TTA_VIEWS
-from sthist.cli._common import UserError, add_element_flags, element_keys, is_rank_zero, markdown, read_store
+from sthist.cli._common import (
+    UserError,
+    add_element_flags,
+    element_keys,
+    is_rank_zero,
+    key_or_default,
+    markdown,
+    read_store,
+)
 
 
 def add_parser(commands) -> None:
@@ -96,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from sthist._core._checks import check_key_name
     from sthist.io import check_writable, update_table
 
-    args.key = args.key or (Key.shapes.TILES if args.tiles else Key.obsm.PREDICTION)
+    args.key = key_or_default(args.key, Key.shapes.TILES if args.tiles else Key.obsm.PREDICTION)
     check_key_name(args.key, "--key")
     if len(args.store) > 1 or args.devices != "1" or args.num_nodes > 1:
         return predict_stores(args)

@@ -10,8 +10,10 @@ from sthist.data._features import (
     tokens_of,
 )
 from sthist.data._patches import SpotPatchDataset, dihedral
+from sthist.data._precomputed import PrecomputedFeatures
 
 __all__ = [
+    "PrecomputedFeatures",
     "SpotPatchDataset",
     "TokenCache",
     "TokenDataset",

@@ -1,11 +1,15 @@
-"""Encoder tokens of every spot patch (and dihedral view), computed once and reused across epochs."""
+"""Encoder tokens of every spot patch (and dihedral view), computed once and reused across epochs and processes."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -14,7 +18,9 @@ from tqdm import tqdm
 from sthist._core._neighbours import neighbour_mean
 from sthist._logging import logger
 from sthist._settings import retained_memory, settings
+from sthist.data._feature_store import FeatureStore
 from sthist.data._patches import SpotPatchDataset
+from sthist.data._precomputed import PrecomputedFeatures
 
 
 @torch.inference_mode()
@@ -50,6 +56,8 @@ def encode_patches(
     """
     if not 1 <= views <= 8:
         raise ValueError(f"views must be between 1 and 8 (dihedral transforms), got {views}.")
+    if isinstance(encoder, PrecomputedFeatures):  # features another tool computed: read, not encoded
+        return encoder.tokens(dataset, indices=indices, views=views, dtype=dtype)
     device = torch.device(device)
     convertible = not jitter and dataset.stain_reference is None
     if resample_on_device and not convertible:
@@ -222,7 +230,7 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 class TokenCache:
-    """Encoder tokens per section, reused across fits that share encoder, patch geometry and spots.
+    """Encoder tokens per section, reused across fits, predictions and processes that share encoder and patches.
 
     Cross-validation and benchmarks fit many models on overlapping sections with the same frozen encoder;
     with a cache each section is encoded once. Entries are keyed by content, never by a section's name: a
@@ -231,10 +239,44 @@ class TokenCache:
     where it is valid. Each entry keeps the summary of the tokens it was asked for (``grid``,
     :func:`summarise_tokens`); a request for mean tokens (``grid=1``) is served from any entry of the same
     content, and any request from an entry of every token.
+
+    With a folder, summaries (``grid`` ≥ 1) are also kept on disk (:class:`~sthist.data._feature_store.FeatureStore`),
+    so that another process, on this machine or another one that sees the folder, reads them instead of
+    encoding again (encode once on a GPU node, train and predict on a laptop). On disk an entry is keyed by a
+    SHA-256 of the pixels of every patch's crop (what the encoder is shown, wherever the image is stored) with
+    the patch geometry, the table rows (stain jitter is seeded by them), the stain settings, the encoder's
+    weights identity (for random weights, a digest of the weights themselves), the views' jitter and the grid;
+    files are written atomically and checked against their key when read. Every token of models with token
+    layers (``grid=None``) stays in memory only.
+
+    Parameters
+    ----------
+    folder
+        Where summaries are kept on disk. ``None`` (default): ``settings.cache_dir / 'tokens'`` when
+        ``sthist.settings.cache_dir`` is set, else memory only; ``False``: memory only.
+
+    Attributes
+    ----------
+    encoded, read
+        Sections encoded by this cache, and read from its folder, so far.
     """
 
-    def __init__(self):
+    def __init__(self, folder: str | os.PathLike | Literal[False] | None = None):
+        if folder is None and settings.cache_dir is not None:
+            folder = Path(settings.cache_dir) / "tokens"
+        self.store = FeatureStore(folder) if folder not in (None, False) else None
         self._entries: dict[tuple, dict[int | None, torch.Tensor]] = {}
+        self.encoded = 0
+        self.read = 0
+
+    def __repr__(self) -> str:
+        where = "memory" if self.store is None else str(self.store.folder)
+        return f"TokenCache({where}, {len(self)} entries in memory)"
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder summaries are kept in (``None``: memory only)."""
+        return None if self.store is None else self.store.folder
 
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._entries.values())
@@ -272,12 +314,23 @@ class TokenCache:
                 key = (*key, float(jitter))
             entries = self._entries.setdefault(key, {})
             cached = _served(entries, views, grid)
+            stored = None
+            if cached is None and self.store is not None and grid is not None:
+                stored = stored_key(dataset, position, encoder, identity=identity, jitter=jitter if views > 1 else 0.0)
+                cached = self.store.read(stored, grid=grid, views=views, spots=stop - start)
+                if cached is not None:
+                    logger.info("token cache: read %s from %s", name, self.store.folder)
+                    entries[grid] = cached
+                    self.read += 1
             if cached is None:
                 cached = encode_patches(
                     dataset, encoder, views=views, device=device, indices=range(start, stop),
                     description=f"encoding {name}", jitter=jitter, grid=grid,
                 )  # fmt: skip
                 entries[grid] = cached
+                self.encoded += 1
+                if stored is not None and self.store is not None:
+                    self.store.write(stored, cached, grid=cast(int, grid), section=str(name))
             parts.append(cached[:, :views])
         return torch.cat(parts)
 
@@ -326,6 +379,73 @@ def section_digest(dataset: SpotPatchDataset, position: int) -> str:
     return digest.hexdigest()
 
 
+#: Content digests already computed in this process, by the section's cheap digest (:func:`section_digest`).
+_CONTENT_DIGESTS: OrderedDict[str, str] = OrderedDict()
+_CONTENT_DIGESTS_KEPT = 256
+
+
+def content_digest(dataset: SpotPatchDataset, position: int) -> str:
+    """SHA-256 of what one section of ``dataset`` shows the encoder, wherever and however its image is stored.
+
+    The pixels of every spot's crop (:meth:`SpotPatchDataset.crop`) with the patch's box in it, the patch size
+    in pixels, the table rows (the stain jitter of views 1 and up is seeded by them) and the stain normalisation
+    (the section's statistics and the reference). Reading the crops costs what reading them for encoding costs;
+    a level materialised only for the digest is let go again, and a digest is computed once per process.
+    """
+    from sthist.data._readers import InMemoryLevel
+
+    cheap = section_digest(dataset, position)
+    if cheap in _CONTENT_DIGESTS:
+        _CONTENT_DIGESTS.move_to_end(cheap)
+        return _CONTENT_DIGESTS[cheap]
+    section = dataset._sections[position]
+    reader = section.reader
+    loaded = not isinstance(reader, InMemoryLevel) or reader._pixels is not None
+    digest = hashlib.sha256()
+    digest.update(repr((dataset.patch_size_px, section.stain, dataset.stain_reference)).encode())
+    digest.update(np.ascontiguousarray(section.rows, dtype=np.int64).tobytes())
+    start = int(dataset._offsets[position])
+    for spot in range(len(section.rows)):
+        crop, box = dataset.crop(start + spot)
+        digest.update(np.asarray(crop.shape, dtype=np.int64).tobytes())
+        digest.update(np.asarray(box, dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(crop).tobytes())
+    if not loaded:
+        reader._pixels = None  # materialised for the digest only: tokens from disk need no pixels
+    _CONTENT_DIGESTS[cheap] = value = digest.hexdigest()
+    if len(_CONTENT_DIGESTS) > _CONTENT_DIGESTS_KEPT:
+        _CONTENT_DIGESTS.popitem(last=False)
+    return value
+
+
+#: Weights identities that do not pin the weights across processes and versions (they name a seed).
+_SEEDED = "random initialisation"
+
+
+def encoder_digest(encoder: torch.nn.Module) -> str:
+    """SHA-256 of an encoder's parameters and buffers (for random weights, whose seed does not pin them)."""
+    digest = hashlib.sha256()
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stored_key(dataset: SpotPatchDataset, position: int, encoder, *, identity: str, jitter: float) -> dict:
+    """What determines a section's tokens on disk (:class:`~sthist.data._feature_store.FeatureStore`'s key)."""
+    weights = identity
+    if _SEEDED in identity:  # the same seed builds other weights under another torch or timm
+        weights = f"{identity}|sha256:{encoder_digest(encoder)}"
+    return {
+        "content": content_digest(dataset, position),
+        "encoder": weights,
+        "patch_size_um": float(dataset.patch_size_um),
+        "patch_size_px": int(dataset.patch_size_px),
+        "jitter": float(jitter),
+        "dtype": "float16",
+    }
+
+
 def tokens_of(
     dataset: SpotPatchDataset,
     encoder: torch.nn.Module,
@@ -342,8 +462,11 @@ def tokens_of(
 
     ``identity`` names the encoder's weights (backbone and weights identity); a cache reuses tokens only for
     the same identity, patch geometry, spots, views and stain ``jitter`` (of views 1 and up). ``grid``
-    summarises the tokens as the model reads them (:func:`summarise_tokens`).
+    summarises the tokens as the model reads them (:func:`summarise_tokens`). Precomputed features
+    (:class:`PrecomputedFeatures`) are read from the tables, checked against ``identity``, never cached.
     """
+    if isinstance(encoder, PrecomputedFeatures):
+        return encoder.tokens(dataset, views=views, identity=identity)
     if token_cache is None:
         return encode_patches(
             dataset, encoder, views=views, batch_size=batch_size, device=device, jitter=jitter, grid=grid

@@ -182,6 +182,8 @@ class SpotPatchDataset(torch.utils.data.Dataset):
         self.hed_jitter = float(hed_jitter)
         self.genes = None if genes is None else list(genes)
         self._sections: list[_SectionPatches] = []
+        #: Each section's table (name → AnnData): where precomputed per-spot features are read.
+        self.tables: dict = {}
         spot_frames = []
         sections = resolve_sections(
             sdatas,
@@ -230,6 +232,7 @@ class SpotPatchDataset(torch.utils.data.Dataset):
             reader = InMemoryLevel(level) if materialise else LazyLevel(level, margin=margin)
             stain = section.stain if stain_reference is not None else None
             self._sections.append(_SectionPatches(name, geometry, reader, expression, rows, stain))
+            self.tables[name] = table
             spot_frames.append(
                 pd.DataFrame(
                     {

@@ -6,6 +6,7 @@ import gzip
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,7 +65,14 @@ def visium(
         raise FileNotFoundError(f"fullres_image_file={str(fullres_image_file)!r} is not a file.")
     if dataset_id is None and (path / "filtered_feature_bc_matrix.h5").exists():
         dataset_id = "visium"  # Space Ranger's own file names carry no prefix to name the elements after
-    sdata = read_visium(path, dataset_id=dataset_id, fullres_image_file=fullres_image_file)
+    with warnings.catch_warnings():
+        # Notices about what is mended right below (duplicate gene symbols) or harmless (region column dtype).
+        warnings.filterwarnings("ignore", message="Variable names are not unique", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Converting `region_key", category=UserWarning)
+        sdata = read_visium(path, dataset_id=dataset_id, fullres_image_file=fullres_image_file)
+    for table in sdata.tables.values():
+        if not table.var_names.is_unique:
+            table.var_names_make_unique()  # Space Ranger lists some gene symbols twice (scanpy's convention)
     name_full_resolution_system(sdata, next(iter(sdata.shapes.values())))
     set_microns_per_pixel(
         sdata,
@@ -101,7 +109,20 @@ def seurat_visium(*, folder: str | Path | None = None) -> SpatialData:
     their checksums, un-gzipped into ``folder`` (a temporary folder by default) and read with :func:`visium`.
     Licence GPL-3 (Seurat authors). Not a training set: 100 genes, a 600 px low-resolution image.
     """
-    target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="sthist-visium-"))
+    if folder is None:
+        # A temporary folder, removed once the section is read (its elements are held in memory).
+        with tempfile.TemporaryDirectory(prefix="sthist-visium-") as temporary:
+            sdata = _read_seurat_visium(Path(temporary))
+            for name, image in sdata.images.items():
+                sdata.images[name] = image.persist()  # read now: dask arrays held in memory
+    else:
+        sdata = _read_seurat_visium(Path(folder))
+    sdata.attrs[Key.attrs.ROOT]["source"] = str(dataset_dir("seurat-visium"))
+    return sdata
+
+
+def _read_seurat_visium(target: Path) -> SpatialData:
+    """Un-gzip the Seurat Visium files into ``target`` and read them."""
     (target / "spatial").mkdir(parents=True, exist_ok=True)
     for relative in registry("seurat-visium"):
         if relative.startswith("COPYRIGHT"):
@@ -113,6 +134,4 @@ def seurat_visium(*, folder: str | Path | None = None) -> SpatialData:
                 shutil.copyfileobj(compressed, plain)
         else:
             shutil.copyfile(source, destination)
-    sdata = visium(target, dataset_id="seurat")
-    sdata.attrs[Key.attrs.ROOT]["source"] = str(dataset_dir("seurat-visium"))
-    return sdata
+    return visium(target, dataset_id="seurat")

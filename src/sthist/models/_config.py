@@ -119,6 +119,9 @@ class ModelConfig:
     n_genes: int
     panel: PanelRecord = field(default_factory=PanelRecord)
     microns_per_pixel: dict[str, float | None] = field(default_factory=dict)
+    #: Resolution (µm/px) of the image level each training section's patches were read from: what new
+    #: sections are compared with (empty in models saved before it was recorded).
+    image_microns_per_pixel: dict[str, float] = field(default_factory=dict)
     training: TrainingConfig | None = None
     centering: CenteringRecord = field(default_factory=CenteringRecord)
     #: Stain normalisation: ``{'method', 'reference', 'sections'}`` (statistics as dicts), or ``None``.
@@ -145,6 +148,11 @@ class ModelConfig:
             "normalization": self.normalization.to_dict(),
             "patch": self.patch.to_dict(),
             "microns_per_pixel": dict(self.microns_per_pixel),
+            **(
+                {"image_microns_per_pixel": dict(self.image_microns_per_pixel)}
+                if self.image_microns_per_pixel
+                else {}
+            ),
             "backbone": self.backbone.to_dict(),
             "architecture": {
                 "token_dim": self.token_dim,

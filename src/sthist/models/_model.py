@@ -29,7 +29,7 @@ from sthist._core._stain import StainStats
 from sthist._core._timing import stage
 from sthist._logging import logger
 from sthist._settings import apply_runtime_settings
-from sthist.models._backbones import create_encoder, weights_identity
+from sthist.models._backbones import encoder_for_sections, weights_identity
 from sthist.models._config import (
     BackboneRecord,
     CenteringRecord,
@@ -124,7 +124,9 @@ class SthistModel:
         L.seed_everything(random_state, workers=True, verbose=False)
         backbone = backbone or DEFAULT_BACKBONE
         with stage("build encoder"):
-            encoder = create_encoder(backbone, pretrained=pretrained)
+            encoder = encoder_for_sections(
+                backbone, pretrained=pretrained, sections=resolved, patch_size_um=patch_size_um
+            )
         patch = PatchConfig(size_um=patch_size_um, size_px=encoder.config.input_size)
         stain, reference = stain_record(resolved) if data.stain_normalization else (None, None)
         with stage("patch geometry"):
@@ -145,6 +147,9 @@ class SthistModel:
             normalization=NormalisationRecord.from_dict({"layer": data.layer, **normalisation}),
             patch=patch,
             microns_per_pixel={name: section.microns_per_pixel for name, section in resolved.items()},
+            image_microns_per_pixel={
+                name: float(max(self._dataset.geometry(name).level_microns_per_pixel)) for name in resolved
+            },
             backbone=BackboneRecord(
                 name=backbone,
                 weights=encoder.config.weights,

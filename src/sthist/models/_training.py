@@ -109,7 +109,6 @@ def fit_module(
         pin_memory=gpu,
         persistent_workers=settings.num_workers > 0,
     )
-    root = checkpoint_dir or tempfile.mkdtemp(prefix="sthist-fit-")
     callbacks: list[L.Callback] = []
     if checkpoint_dir is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
@@ -119,7 +118,13 @@ def fit_module(
         )
     # Fine-tuning runs the encoder at every step: the allocator keeps what it frees, as in encoding.
     allocator = retained_memory() if encoder is not None else contextlib.nullcontext()
-    with _quiet_lightning(), allocator:
+    # Lightning needs a root folder even when it writes nothing there: a temporary one, removed afterwards.
+    root = (
+        contextlib.nullcontext(checkpoint_dir)
+        if checkpoint_dir
+        else tempfile.TemporaryDirectory(prefix="sthist-fit-")
+    )
+    with _quiet_lightning(), allocator, root as root_dir:
         trainer = L.Trainer(
             max_epochs=training.max_epochs,
             accelerator=accelerator,
@@ -127,7 +132,7 @@ def fit_module(
             strategy=strategy,
             num_nodes=num_nodes,
             precision=precision or ("bf16-mixed" if gpu and encoder is not None else "32-true"),  # type: ignore[arg-type]
-            default_root_dir=root,
+            default_root_dir=root_dir,
             callbacks=callbacks,
             enable_checkpointing=checkpoint_dir is not None,
             logger=False,

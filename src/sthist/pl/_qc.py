@@ -81,7 +81,11 @@ def qc(
     figure, axes = axes_grid(ax, 1, 2, (11.6, panel_height(view, 5.0)), what="panel")
     left, right = axes[0]
     left.imshow(view.rgb)
-    mask = tissue_mask(view.rgb)
+    mask = (
+        tissue_mask(view.rgb)
+        if view.microns_per_pixel is None
+        else tissue_mask(view.rgb, microns_per_pixel=view.microns_per_pixel)
+    )
     if mask.any() and not mask.all():
         left.contour(mask, levels=[0.5], colors="#1f77b4", linewidths=1.2)
     frame_tissue(left, view)

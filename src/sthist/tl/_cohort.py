@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from sthist._constants import Key
-from sthist._core._checks import check_key_name
+from sthist._core._checks import check_accelerator, check_key_name
 from sthist._logging import logger
 
 #: Options of :func:`sthist.tl.predict` that :func:`predict_stores` passes on.
@@ -78,6 +78,7 @@ def predict_stores(
             f"predict_stores got unknown options {unknown}; it passes on {sorted(PREDICT_OPTIONS)} to tl.predict."
         )
     check_key_name(key_added)
+    check_accelerator(accelerator)
     model_path = Path(model)
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(

@@ -11,6 +11,7 @@ import pandas as pd
 from sthist._constants import Key
 from sthist._core._config import METHOD_NAMES, TARGET_SUM
 from sthist._core._elements import resolve_elements
+from sthist._core._section import Section
 from sthist._logging import logger
 from sthist.tl._evaluate import evaluation_frames
 
@@ -174,7 +175,7 @@ def cross_validate(
                     predicted, _ = cast(
                         "tuple[pd.DataFrame, pd.DataFrame]",
                         predict(
-                            sdata,
+                            Section.resolve(sdata, name=name),  # warnings name the section by its key
                             model,
                             inplace=False,
                             token_cache=cache,

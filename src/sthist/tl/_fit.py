@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Literal
 
+from sthist._core._checks import check_accelerator
 from sthist._core._config import ArchitectureConfig, DataConfig, PatchConfig, TrainingConfig
 from sthist._core._docs import doc_params
 
@@ -92,6 +93,7 @@ def fit(
 
     get_method(method)  # an unknown method fails before anything is read
     _check_trainer_kwargs(trainer_kwargs, SthistModel.train)
+    check_accelerator(trainer_kwargs.get("accelerator", "auto"))
     configs = resolve_configs(architecture=architecture, training=training, data=data)
     shortcuts = {"max_epochs": max_epochs, "batch_size": batch_size}
     training_config = replace(configs["training"], **{k: v for k, v in shortcuts.items() if v is not None})

@@ -10,6 +10,7 @@ import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
 from sthist._core._checks import (
+    check_batch_memory,
     check_device,
     check_key_name,
     check_positive_integer,
@@ -125,6 +126,7 @@ def predict(
     check_trained_model(model)
     device = check_device(device)
     chosen = _check_prediction_options(model, genes, k, batch_size, tta_views, patch_size_um, key_added)
+    check_batch_memory(batch_size, model.patch.size_px, device)
     smooth_um = model.smooth_um if smooth_um is None else check_smoothing(smooth_um)
     apply_runtime_settings()
     with stage("resolve section"):
@@ -132,6 +134,7 @@ def predict(
             sdata, image_key=image_key, shapes_key=shapes_key, table_key=table_key,
             coordinate_system=coordinate_system, microns_per_pixel=microns_per_pixel,
         )  # fmt: skip
+    sdata = section.sdata  # ``sdata`` may have come resolved, named by the caller (cross-validation)
     table = sdata.tables[section.spots.table_key]
     _check_table(table, model, section.spots.table_key, key_added, inplace=inplace, overwrite=overwrite)
     with stage("patch geometry"):

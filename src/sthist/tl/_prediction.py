@@ -19,8 +19,8 @@ from sthist._settings import retained_memory
 TOKEN_MEAN_PATCHES = 512
 #: Spots predicted per call of the model when all tokens are at hand.
 PREDICT_CHUNK = 256
-#: Patches read from a level coarser than the model's patch resolution by more than this factor are upsampled
-#: so much that the encoder sees blur it never saw in training: predictions are flagged out of domain.
+#: Patches read from a level coarser than the model's training images by more than this factor are blurrier
+#: than any the encoder saw in training: predictions are flagged out of domain.
 MAX_UPSAMPLING = 2.0
 #: Below this fraction of the model's genes measured in a section, the section is flagged out of domain.
 MIN_GENE_OVERLAP = 0.5
@@ -165,15 +165,28 @@ def domain_check(section, model, geometry) -> dict:
 
     Warns (``UserWarning``) about each mismatch and returns the record kept in ``uns[key_added]['domain']``:
     ``microns_per_pixel`` of the section, ``upsampling`` (how many times patches are enlarged to the model's
-    resolution), ``gene_overlap`` (fraction of the model's genes the section measures; ``None`` when it
+    resolution; flagged when the image is more than ``MAX_UPSAMPLING`` times coarser than the model's
+    training images, or than its patches for models that did not record them), ``gene_overlap`` (fraction of the model's genes the section measures; ``None`` when it
     measures none) and ``warnings``.
     """
     patch_resolution = model.config.patch.microns_per_pixel
-    upsampling = max(geometry.level_microns_per_pixel) / patch_resolution
+    image_resolution = max(geometry.level_microns_per_pixel)
+    upsampling = image_resolution / patch_resolution
+    trained = model.config.image_microns_per_pixel
     messages = []
-    if upsampling > MAX_UPSAMPLING:
+    if trained:
+        # Compared with the images the model was trained on: training on coarse images (Visium hires) and
+        # predicting on the same kind is in the model's domain, however much the patches are upsampled.
+        coarsest = max(trained.values())
+        if image_resolution / coarsest > MAX_UPSAMPLING:
+            messages.append(
+                f"section {section.name!r}: its image has {image_resolution:.3g} µm/px, {image_resolution / coarsest:.1f}× "
+                f"coarser than the {coarsest:.3g} µm/px of the model's training images; its patches are blurrier "
+                "than any the model was trained on, so predictions are out of the model's domain."
+            )
+    elif upsampling > MAX_UPSAMPLING:
         messages.append(
-            f"section {section.name!r}: its image has {max(geometry.level_microns_per_pixel):.3g} µm/px, but the "
+            f"section {section.name!r}: its image has {image_resolution:.3g} µm/px, but the "
             f"model reads patches at {patch_resolution:.3g} µm/px; patches are upsampled {upsampling:.1f}×, and "
             "predictions from such blurred patches are out of the model's domain."
         )

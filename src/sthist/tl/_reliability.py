@@ -12,6 +12,7 @@ from sthist._constants import RELIABILITY_THRESHOLD
 from sthist._core._config import TARGET_SUM
 from sthist._core._docs import doc_params
 from sthist._core._metrics import gene_pearson
+from sthist._core._section import Section
 from sthist._logging import logger
 from sthist.tl._cross_validate import aligned_frames, section_group
 
@@ -80,7 +81,13 @@ def gene_reliability(
                 continue
             predicted, _ = cast(
                 "tuple[pd.DataFrame, pd.DataFrame]",
-                predict(sdata, fold_model, inplace=False, token_cache=cache, qc_column=config.qc_column),
+                predict(
+                    Section.resolve(sdata, name=name),
+                    fold_model,
+                    inplace=False,
+                    token_cache=cache,
+                    qc_column=config.qc_column,
+                ),
             )
             observed, predicted = aligned_frames(
                 sdata, predicted, config.normalization.target_sum or TARGET_SUM

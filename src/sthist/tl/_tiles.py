@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sthist._constants import DEFAULT_COORDINATE_SYSTEM, Key
-from sthist._core._checks import check_device, check_key_name, check_positive_integer
+from sthist._core._checks import check_batch_memory, check_device, check_key_name, check_positive_integer
 from sthist._core._docs import doc_params
 from sthist._core._image import to_pixels
 from sthist._core._section import Section
@@ -244,6 +244,7 @@ def predict_tiles(
         if value is not None:
             check_positive_integer(value, name)
     device = check_device(device)
+    check_batch_memory(batch_size, model.patch.size_px, device)
     apply_runtime_settings()
     tile_size_um = model.patch.size_um
     stride_um = tile_size_um if stride_um is None else float(stride_um)
