@@ -188,7 +188,9 @@ def test_cross_validation_warnings_name_sections_by_their_keys(sections):
 def test_no_resolution_warning_when_the_model_was_trained_on_such_images(sections):
     coarse = {name: copy_section(sdata) for name, sdata in sections.items()}
     for sdata in coarse.values():
-        sthist.pp.set_microns_per_pixel(sdata, 16.0)  # 112 µm patches of 32 px read at 16 µm/px: upsampled 4.6×
+        sthist.pp.set_microns_per_pixel(
+            sdata, 16.0
+        )  # 112 µm patches of 32 px read at 16 µm/px: upsampled 4.6×
     model = sthist.tl.fit({"toy0": coarse["toy0"]}, **tiny_fit(patch_size_um=112.0))
     assert model.config.image_microns_per_pixel == {"toy0": pytest.approx(16.0)}
     with warnings.catch_warnings(record=True) as caught:
@@ -282,3 +284,72 @@ def test_reading_visium_keeps_third_party_notices_out_of_the_log(visium_dir, tmp
     ]
     assert noise == []
     assert all(table.var_names.is_unique for table in sdata.tables.values())
+
+
+# --- long jobs ---------------------------------------------------------------------------------------------
+
+
+def test_an_interrupted_cross_validation_resumes_from_its_results_file(sections, tmp_path, monkeypatch):
+    import sthist.tl._fit as fit_module
+
+    options = {"groups": "section", "methods": ["ridge", "bleep"], "n_top": 3, "fit_options": tiny_fit()}
+    results = tmp_path / "cv.csv"
+    fresh = sthist.tl.cross_validate(sections, **options)
+    real_fit, calls = fit_module.fit, []
+
+    def interrupted_fit(*args, **kwargs):
+        calls.append(kwargs["method"])
+        if len(calls) == 3:  # fold 0 done (ridge, bleep); Ctrl-C in fold 1
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        sthist.tl.cross_validate(sections, **options, results_file=results)
+    kept = pd.read_csv(results)
+    assert set(kept["fold"]) == {0} and set(kept["method"]) == {"ridge", "bleep"}
+    calls.clear()
+    resumed = sthist.tl.cross_validate(sections, **options, results_file=results)
+    assert calls == ["ridge", "bleep"]  # fold 1 only
+    pd.testing.assert_frame_equal(
+        resumed.reset_index(drop=True), fresh.reset_index(drop=True), check_dtype=False, atol=1e-6
+    )
+    other = {**options, "n_top": 4}
+    with pytest.raises(ValueError, match="holds results of another cross-validation"):
+        sthist.tl.cross_validate(sections, **other, results_file=results)
+
+
+def test_ctrl_c_during_a_fit_leaves_no_temporary_folder(sections, tmp_path, monkeypatch):
+    import lightning as L
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(L.Trainer, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sthist.tl.fit({"toy0": sections["toy0"]}, **tiny_fit())
+    assert [p.name for p in temp.iterdir() if p.name.startswith("sthist")] == []
+
+
+def test_a_full_disk_while_writing_tiles_leaves_the_store_as_it_was(store, model, monkeypatch):
+    import spatialdata as sd
+    from spatialdata import SpatialData
+
+    sdata = sd.read_zarr(store)
+    before = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    real_write = SpatialData.write
+
+    def full_disk(self, path, *args, **kwargs):
+        real_write(self, path, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SpatialData, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        sthist.tl.predict_tiles(sdata, model, stride_um=224)
+    after = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    assert [p for p in after if p not in before and not p.startswith(".sthist.lock")] == []
+    assert Key.tables.tiles(Key.shapes.TILES) not in sd.read_zarr(store).tables

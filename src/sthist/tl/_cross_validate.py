@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -82,6 +83,7 @@ def cross_validate(
     predict_variants: Mapping[str, Mapping] | None = None,
     token_cache=None,
     return_models: bool = False,
+    results_file: str | Path | None = None,
 ):
     """Leave-one-group-out cross-validation: every method trained and evaluated on identical folds.
 
@@ -113,7 +115,11 @@ def cross_validate(
     token_cache
         A :class:`sthist.data.TokenCache`; by default one is made so that each section is encoded once.
     return_models
-        Also return the fitted models, ``{(held-out group, method): model}``.
+        Also return the fitted models, ``{(held-out group, method): model}`` (those fitted by this call).
+    results_file
+        A CSV file that keeps the rows of each fold and method as soon as they are finished. Given again after
+        an interruption (Ctrl-C, a killed job), with the same sections and options, finished folds are read
+        from it instead of being fitted again; a file written by another run is refused.
 
     Returns
     -------
@@ -134,7 +140,6 @@ def cross_validate(
     """
     from sthist.data import TokenCache
     from sthist.tl._fit import fit
-    from sthist.tl._predict import predict
 
     if not isinstance(sections, Mapping):
         raise TypeError("sections must be a dict of section name → SpatialData.")
@@ -160,45 +165,108 @@ def cross_validate(
                 where = "predict_options" if variant is None else f"predict variant {variant!r}"
                 raise ValueError(f"{where} must not set {reserved!r}.")
     cache = token_cache if token_cache is not None else TokenCache()
-    rows, models = [], {}
+    progress = _ResultsFile(results_file, sections, groups, methods, n_top, marker_genes, options, variants)
+    rows, models = progress.rows(), {}
     for fold, held_out in enumerate(distinct):
         train = {name: sdata for name, sdata in sections.items() if membership[name] != held_out}
         test = {name: sdata for name, sdata in sections.items() if membership[name] == held_out}
         for method in methods:
+            if progress.finished(fold, method):
+                logger.info("fold %d (%s held out), %s: read from %s", fold, held_out, method, results_file)
+                continue
             logger.info("fold %d (%s held out): fitting %s on %s", fold, held_out, method, list(train))
             model = fit(train, method=method, token_cache=cache, **options)  # type: ignore[arg-type]
             if return_models:
                 models[(held_out, method)] = model
-            target_sum = model.config.normalization.target_sum or TARGET_SUM
-            for variant, at_predict in variants.items():
-                for name, sdata in test.items():
-                    predicted, _ = cast(
-                        "tuple[pd.DataFrame, pd.DataFrame]",
-                        predict(
-                            Section.resolve(sdata, name=name),  # warnings name the section by its key
-                            model,
-                            inplace=False,
-                            token_cache=cache,
-                            qc_column=options.get("qc_column"),
-                            **(at_predict or {}),
-                        ),
-                    )
-                    observed, predicted = aligned_frames(sdata, predicted, target_sum)
-                    result = evaluation_frames(observed, predicted, n_top=n_top, marker_genes=marker_genes)
-                    for gene_set, summary in result["summary"].iterrows():
-                        rows.append(
-                            {
-                                "fold": fold,
-                                "held_out": held_out,
-                                "section": name,
-                                "method": method,
-                                **({} if variant is None else {"variant": variant}),
-                                "gene_set": gene_set,
-                                **summary.to_dict(),
-                                "gene_gene_fidelity": result["gene_gene_fidelity"],
-                                "training_spots": sum(model.config.training_sections.values()),
-                                "panel_size": len(model.genes),
-                            }
-                        )
+            fold_rows = [
+                {"fold": fold, "held_out": held_out, "section": name, "method": method, **row}
+                for name, sdata in test.items()
+                for row in _evaluated(model, name, sdata, variants, options, n_top, marker_genes, cache)
+            ]
+            rows += fold_rows
+            progress.add(fold_rows)
     table = pd.DataFrame(rows)
     return (table, models) if return_models else table
+
+
+def _evaluated(model, name: str, sdata, variants, options, n_top, marker_genes, cache) -> list[dict]:
+    """Rows of one held-out section predicted by ``model``: one per prediction variant and gene set."""
+    from sthist.tl._predict import predict
+
+    target_sum = model.config.normalization.target_sum or TARGET_SUM
+    rows = []
+    for variant, at_predict in variants.items():
+        predicted, _ = cast(
+            "tuple[pd.DataFrame, pd.DataFrame]",
+            predict(
+                Section.resolve(sdata, name=name),  # warnings name the section by its key
+                model, inplace=False, token_cache=cache, qc_column=options.get("qc_column"), **(at_predict or {}),
+            ),
+        )  # fmt: skip
+        observed, predicted = aligned_frames(sdata, predicted, target_sum)
+        result = evaluation_frames(observed, predicted, n_top=n_top, marker_genes=marker_genes)
+        for gene_set, summary in result["summary"].iterrows():
+            rows.append(
+                {
+                    **({} if variant is None else {"variant": variant}),
+                    "gene_set": gene_set,
+                    **summary.to_dict(),
+                    "gene_gene_fidelity": result["gene_gene_fidelity"],
+                    "training_spots": sum(model.config.training_sections.values()),
+                    "panel_size": len(model.genes),
+                }
+            )
+    return rows
+
+
+class _ResultsFile:
+    """The rows of finished folds kept in a CSV file as they finish, so that an interrupted run resumes.
+
+    Each row carries a digest of the run's sections and options; a file written by another run is refused
+    rather than mixed in. The file is rewritten atomically (a complete temporary file renamed over it).
+    """
+
+    COLUMN = "run_digest"
+
+    def __init__(self, path, sections, groups, methods, n_top, marker_genes, options, variants):
+        import hashlib
+        import json
+
+        self.path = None if path is None else Path(path)
+        run = {
+            "sections": sorted(sections), "groups": groups, "methods": list(methods), "n_top": n_top,
+            "marker_genes": None if marker_genes is None else list(marker_genes), "fit_options": options,
+            "variants": {str(k): v for k, v in variants.items()},
+        }  # fmt: skip
+        self.digest = hashlib.sha256(json.dumps(run, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+        self.stored = pd.DataFrame()
+        if self.path is not None and self.path.exists():
+            self.stored = pd.read_csv(self.path)
+            found = set(self.stored.get(self.COLUMN, pd.Series(dtype=str)).astype(str))
+            if found != {self.digest}:
+                raise ValueError(
+                    f"{self.path} holds results of another cross-validation (other sections or options); give a "
+                    "new results_file, or delete this one to start again."
+                )
+
+    def rows(self) -> list[dict]:
+        """The rows read from the file (finished folds of an earlier, interrupted run)."""
+        if self.stored.empty:
+            return []
+        return self.stored.drop(columns=self.COLUMN).to_dict(orient="records")
+
+    def finished(self, fold: int, method: str) -> bool:
+        if self.stored.empty:
+            return False
+        return bool(((self.stored["fold"] == fold) & (self.stored["method"] == method)).any())
+
+    def add(self, rows: list[dict]) -> None:
+        if self.path is None or not rows:
+            return
+        import os
+
+        added = pd.DataFrame(rows).assign(**{self.COLUMN: self.digest})
+        self.stored = pd.concat([self.stored, added], ignore_index=True)
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        self.stored.to_csv(partial, index=False)
+        os.replace(partial, self.path)
