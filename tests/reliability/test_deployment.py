@@ -353,3 +353,22 @@ def test_a_full_disk_while_writing_tiles_leaves_the_store_as_it_was(store, model
     after = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
     assert [p for p in after if p not in before and not p.startswith(".sthist.lock")] == []
     assert Key.tables.tiles(Key.shapes.TILES) not in sd.read_zarr(store).tables
+
+
+def test_an_interrupted_cohort_prediction_resumes(sections, model, tmp_path):
+    stores = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.zarr"
+        sections["toy1"].write(path)
+        stores.append(str(path))
+    model_dir = model.save(tmp_path / "model")
+    first = sthist.tl.predict_stores(stores[:1], model_dir, tta_views=1)
+    assert list(first["resumed"]) == [False]
+    resumed = sthist.tl.predict_stores(stores, model_dir, tta_views=1, resume=True)
+    assert list(resumed["store"]) == stores and list(resumed["resumed"]) == [True, False]
+    assert list(resumed["n_spots"]) == [first["n_spots"][0]] * 2
+    with pytest.raises(ValueError, match="already has predictions"):
+        sthist.tl.predict_stores(stores, model_dir, tta_views=1)
+    other = sthist.tl.fit({"toy0": sections["toy0"]}, **tiny_fit(method="ridge")).save(tmp_path / "other")
+    with pytest.raises(ValueError, match="already has predictions"):  # another model's results are no resume
+        sthist.tl.predict_stores(stores, other, tta_views=1, resume=True)

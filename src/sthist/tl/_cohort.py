@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +29,7 @@ def predict_stores(
     devices: int | str | list = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
+    resume: bool = False,
     **predict_options,
 ) -> pd.DataFrame:
     """Predict expression at the spots of many SpatialData stores, the stores shared among processes.
@@ -53,14 +54,18 @@ def predict_stores(
         Passed to :class:`lightning.fabric.Fabric`: e.g. ``devices=4`` on a GPU node, ``num_nodes=2`` under
         SLURM (one task per device, started by ``srun``), ``strategy='ddp_spawn'`` to start the processes
         from an interactive session. One device by default (no extra process).
+    resume
+        Skip the stores that already hold a prediction under ``key_added`` by this same saved model (its
+        weights' checksum is recorded with every prediction), so that an interrupted cohort job goes on where
+        it stopped; each store's prediction is written as soon as it is made, so nothing finished is lost.
     **predict_options
         Further options of :func:`sthist.tl.predict`: ``genes``, ``k``, ``qc_column``, ``batch_size``,
         ``tta_views``, ``smooth_um``, ``image_key``, ``table_key``, ``coordinate_system``.
 
     Returns
     -------
-    One row per store, in the order given: ``store``, ``rank`` (the process that predicted it),
-    ``n_spots`` (spots predicted), ``seconds``. On processes other than rank 0 under SLURM or torchrun,
+    One row per store, in the order given: ``store``, ``rank`` (the process that predicted it; -1 for a store
+    skipped by ``resume``), ``n_spots`` (spots predicted), ``seconds`` and ``resumed``. On processes other than rank 0 under SLURM or torchrun,
     the same table.
 
     Examples
@@ -91,15 +96,44 @@ def predict_stores(
     duplicated = sorted({p for p in paths if paths.count(p) > 1})
     if duplicated:
         raise ValueError(f"Stores given more than once: {duplicated}; each store is predicted once.")
+    done = _done_by(paths, model_path, key_added) if resume else {}
     for path in paths:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{path} does not exist or is not a SpatialData zarr store (a folder).")
         check_writable(path)
-        if not overwrite:
+        if not overwrite and path not in done:
             _check_free(path, key_added)
+    todo = [path for path in paths if path not in done]
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
-    rows = fabric.launch(_predict_share, paths, str(model_path), key_added, overwrite, predict_options)  # type: ignore[arg-type]
-    return pd.DataFrame(rows).set_index("store").loc[paths].reset_index()
+    rows = fabric.launch(_predict_share, todo, str(model_path), key_added, overwrite, predict_options)  # type: ignore[arg-type]
+    rows += [
+        {"store": path, "rank": -1, "n_spots": n, "seconds": 0.0, "resumed": True} for path, n in done.items()
+    ]
+    table = pd.DataFrame(rows).set_index("store").loc[paths].reset_index()
+    table["resumed"] = table.get("resumed", pd.Series(False, index=table.index)).fillna(False).astype(bool)
+    return table
+
+
+def _done_by(paths: list[str], model_path: Path, key_added: str) -> dict[str, int]:
+    """Stores (→ spots predicted) whose tables hold a prediction under ``key_added`` by the saved model."""
+    import json
+
+    import spatialdata as sd
+
+    checksum = json.loads((model_path / "config.json").read_text()).get("weights_sha256")
+    done = {}
+    for path in paths:
+        if not Path(path).is_dir():
+            continue
+        for table in sd.read_zarr(path, selection=("tables",)).tables.values():
+            record = table.uns.get(key_added)
+            if (
+                key_added in table.obsm
+                and isinstance(record, Mapping)
+                and record.get("model_sha256") == checksum
+            ):
+                done[path] = int(table.obsm[key_added].notna().all(axis=1).sum())
+    return done
 
 
 def _check_free(store: str, key_added: str) -> None:

@@ -109,7 +109,7 @@ def predict(
       and ridge);
     - ``uns[key_added]``: provenance (``method``, ``backbone``, ``weights_identity``, ``units``, ``genes``,
       ``k``, ``patch_size_um``, ``training_sections``, ``spots_predicted``, ``unreliable_genes``,
-      ``sthist_version``).
+      ``model_sha256``, ``sthist_version``).
 
     With ``inplace=False``, ``(prediction, uncertainty)`` DataFrames and ``sdata`` untouched.
 
@@ -251,6 +251,7 @@ def _provenance(
         "method": model.method,
         "backbone": config.backbone.name,
         "weights_identity": config.backbone.weights_identity,
+        "model_sha256": config.weights_sha256,  # of the saved model's weights (None: never saved or loaded)
         "units": config.normalization.unit_label,
         "genes": genes,
         "k": int(k if k is not None else model.k) if model.retrieval else None,
