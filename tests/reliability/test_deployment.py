@@ -372,3 +372,15 @@ def test_an_interrupted_cohort_prediction_resumes(sections, model, tmp_path):
     other = sthist.tl.fit({"toy0": sections["toy0"]}, **tiny_fit(method="ridge")).save(tmp_path / "other")
     with pytest.raises(ValueError, match="already has predictions"):  # another model's results are no resume
         sthist.tl.predict_stores(stores, other, tta_views=1, resume=True)
+
+
+def test_a_read_only_data_folder_without_the_files_is_one_clear_line(tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        # root writes anyway: read-only is simulated where sthist asks the operating system
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o555)
+    monkeypatch.setattr(sthist.settings, "data_dir", folder)
+    with pytest.raises(PermissionError, match="cannot be written .* set STHIST_DATA_DIR"):
+        sthist.datasets.her2st(["A1"])

@@ -54,6 +54,12 @@ def fetch(dataset: str, relative_path: str) -> Path:
                 f"{local} does not match its recorded sha256 checksum; the file is corrupt or different."
             )
         return local
+    if not local.exists() and not _writable(dataset_dir(dataset)):
+        raise PermissionError(
+            f"{local} is missing, and {dataset_dir(dataset)} cannot be written (a read-only data folder), so it "
+            f"cannot be downloaded there. Place the dataset's files under it, or set STHIST_DATA_DIR (or "
+            "sthist.settings.data_dir) to a writable folder."
+        )
     fetcher = pooch.create(
         path=dataset_dir(dataset), base_url=SOURCES[dataset], registry=entries, retry_if_failed=1
     )
@@ -65,3 +71,13 @@ def fetch(dataset: str, relative_path: str) -> Path:
             f"the expected checksum and downloading it from {SOURCES[dataset]} failed ({error}). Set "
             "STHIST_DATA_DIR (or sthist.settings.data_dir) to a folder holding the dataset, or connect to the internet."
         ) from error
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (or in its nearest existing parent, where it would be made)."""
+    import os
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return os.access(existing, os.W_OK | os.X_OK)
