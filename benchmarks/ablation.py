@@ -25,25 +25,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import load_sections, run_arms
 
-ALL = {"center_expression": True, "center_tokens": True, "token_layers": 1, "detach_target": True}
+CENTRING = {"data": {"center_expression": True, "center_tokens": True}}
+TOKEN_LAYERS = {"architecture": {"token_layers": 1, "detach_target": True}}
+ALL = {**CENTRING, **TOKEN_LAYERS}
+STAIN = {"data": {"stain_normalization": True}}
+#: Arm name → (method, options of tl.fit over the base, options of tl.predict).
 ARMS = {
     "cmrcnet": ("cmrcnet", {}, {}),
     "bleep": ("bleep", {}, {}),
     "regression": ("regression", {}, {}),
     "ridge": ("ridge", {}, {}),
-    "cmrcnet +centre expression": ("cmrcnet", {"center_expression": True}, {}),
-    "cmrcnet +centre tokens": ("cmrcnet", {"center_tokens": True}, {}),
-    "cmrcnet +token layers (detached target)": ("cmrcnet", {"token_layers": 1, "detach_target": True}, {}),
+    "cmrcnet +centre expression": ("cmrcnet", {"data": {"center_expression": True}}, {}),
+    "cmrcnet +centre tokens": ("cmrcnet", {"data": {"center_tokens": True}}, {}),
+    "cmrcnet +token layers (detached target)": ("cmrcnet", TOKEN_LAYERS, {}),
     "cmrcnet +all": ("cmrcnet", ALL, {}),
     "cmrcnet +all, no reconstruction (bleep)": ("bleep", ALL, {}),
-    "regression +centring": ("regression", {"center_expression": True, "center_tokens": True}, {}),
-    "ridge +centring": ("ridge", {"center_expression": True, "center_tokens": True}, {}),
+    "regression +centring": ("regression", CENTRING, {}),
+    "ridge +centring": ("ridge", CENTRING, {}),
     "cmrcnet +all +TTA 4 views": ("cmrcnet", ALL, {"tta_views": 4}),
     "cmrcnet +all +TTA +smoothing 250 µm": ("cmrcnet", ALL, {"tta_views": 4, "smooth_um": 250.0}),
-    "cmrcnet +stain normalisation": ("cmrcnet", {"stain_normalization": True}, {}),
-    "bleep +stain normalisation": ("bleep", {"stain_normalization": True}, {}),
-    "regression +stain normalisation": ("regression", {"stain_normalization": True}, {}),
-    "ridge +stain normalisation": ("ridge", {"stain_normalization": True}, {}),
+    "cmrcnet +stain normalisation": ("cmrcnet", STAIN, {}),
+    "bleep +stain normalisation": ("bleep", STAIN, {}),
+    "regression +stain normalisation": ("regression", STAIN, {}),
+    "ridge +stain normalisation": ("ridge", STAIN, {}),
 }
 
 
@@ -61,16 +65,17 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
+    from sthist.tl._fit import merge_fit_options
 
     arms = ARMS if args.arms == ["all"] else {name: ARMS[name] for name in args.arms}
     sthist.settings.progress = False
     start = time.perf_counter()
     sections = load_sections()
-    base = {"max_epochs": args.epochs, "views": args.views, "learning_rate": 1e-3, "batch_size": 64, "k": 50,
-            "qc_column": "sthist_pass_qc", "random_state": 0, "context_um": None}  # fmt: skip
+    base = {"max_epochs": args.epochs, "batch_size": 64, "k": 50, "qc_column": "sthist_pass_qc", "random_state": 0,
+            "training": {"views": args.views, "learning_rate": 1e-3}, "architecture": {"context_um": None}}  # fmt: skip
     cache = TokenCache()
     # Encode every section once before timing, so that no arm's fit time includes the encoding.
-    sthist.tl.fit(sections, method="bleep", token_cache=cache, **{**base, "max_epochs": 1})
+    sthist.tl.fit(sections, method="bleep", token_cache=cache, **merge_fit_options(base, {"max_epochs": 1}))
     rows, auroc, fit_seconds = [], [], {}
     for arm, (method, fit_options, predict_options) in arms.items():
         arm_rows, arm_auroc, seconds = run_arms(

@@ -44,10 +44,10 @@ ARMS: dict[str, tuple[str, dict]] = {
     "cmrcnet −reconstruction": ("bleep", {"k": 20}),
     "cmrcnet −TTA (patch as scanned only)": ("cmrcnet", {"predict": {"tta_views": 1}}),
     "cmrcnet, k 50 (before round 3)": ("cmrcnet", {"predict": {"k": 50}}),
-    "cmrcnet −context": ("cmrcnet", {"context_um": None}),
-    "cmrcnet −regional grid (49 tokens)": ("cmrcnet", {"reconstruction_grid": 0}),
-    "cmrcnet, technical genes excluded": ("cmrcnet", {"exclude_technical": True}),
-    "ridge, HEST strength": ("ridge", {"ridge_alpha": "hest"}),
+    "cmrcnet −context": ("cmrcnet", {"architecture": {"context_um": None}}),
+    "cmrcnet −regional grid (49 tokens)": ("cmrcnet", {"architecture": {"reconstruction_grid": 0}}),
+    "cmrcnet, technical genes excluded": ("cmrcnet", {"data": {"exclude_technical": True}}),
+    "ridge, HEST strength": ("ridge", {"architecture": {"ridge_alpha": "hest"}}),
     "ridge, not smoothed": ("ridge", {"predict": {"smooth_um": 0}}),
 }
 METHODS = ["cmrcnet", "bleep", "regression", "ridge"]
@@ -76,6 +76,7 @@ def run_arms(sections: dict, arms: dict, *, groups: str, base: dict, token_cache
     import sthist
     from sthist.tl._cross_validate import aligned_frames, section_group
     from sthist.tl._evaluate import evaluation_frames
+    from sthist.tl._fit import merge_fit_options
 
     markers = sthist.datasets.her2st_marker_genes
     group = {name: section_group(name, sdata, groups) for name, sdata in sections.items()}
@@ -96,7 +97,9 @@ def run_arms(sections: dict, arms: dict, *, groups: str, base: dict, token_cache
         for held_out in sorted(set(group.values())):
             train = {n: s for n, s in sections.items() if group[n] != held_out}
             tick = time.perf_counter()
-            model = sthist.tl.fit(train, method=method, token_cache=token_cache, **{**base, **options})
+            model = sthist.tl.fit(
+                train, method=method, token_cache=token_cache, **merge_fit_options(base, options)
+            )
             fit_seconds[arm] += time.perf_counter() - tick
             for name, sdata in sections.items():
                 if group[name] != held_out:
@@ -167,6 +170,7 @@ def main() -> None:
     )
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
+    from sthist.tl._fit import merge_fit_options
 
     sthist.settings.progress = False
     start = time.perf_counter()
@@ -174,7 +178,7 @@ def main() -> None:
     cache = TokenCache()
     training, architecture = TrainingConfig(), ArchitectureConfig()
     # Encode every section once before timing, so that no arm's fit time includes the encoding.
-    sthist.tl.fit(sections, method="bleep", token_cache=cache, **{**BASE, "max_epochs": 1})
+    sthist.tl.fit(sections, method="bleep", token_cache=cache, **merge_fit_options(BASE, {"max_epochs": 1}))
     results, auroc, seconds, minutes = {}, {}, {}, {}
     for groups in ["patient", "section"]:
         arms = ARMS if groups == "patient" or args.section_arms == "all" else {m: ARMS[m] for m in METHODS}

@@ -41,8 +41,8 @@ def main() -> None:
             train = {n: s for n, s in sections.items() if section_group(n, s, "patient") != patient}
             test = {n: s for n, s in sections.items() if section_group(n, s, "patient") == patient}
             model = sthist.tl.fit(
-                train, method="cmrcnet", max_epochs=epochs, views=4, learning_rate=1e-3, batch_size=64, k=50,
-                qc_column="sthist_pass_qc", random_state=0, token_cache=cache,
+                train, method="cmrcnet", max_epochs=epochs, batch_size=64, k=50, qc_column="sthist_pass_qc",
+                random_state=0, training={"views": 4, "learning_rate": 1e-3}, token_cache=cache,
             )  # fmt: skip
             for k in args.k:
                 for name, sdata in test.items():

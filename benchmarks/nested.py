@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import load_sections
 
-NO_CONTEXT = {"context_um": None}
-CONTEXT = {"context_um": 300.0}
+NO_CONTEXT = {"architecture": {"context_um": None}}
+CONTEXT = {"architecture": {"context_um": 300.0}}
 #: Round 1 (``--round 1``, results in ``nested_round1.md``): the schedule of the published tables, spatial
 #: context, and a longer schedule (the paper's for the contrastive methods; more epochs for regression, which
 #: was still improving at 30); the ridge baseline's strength chosen inside the training sections, the HEST
@@ -37,12 +37,12 @@ ROUND_1 = {
     "cmrcnet": {
         "lr 1e-3, 30 epochs": NO_CONTEXT,
         "+context 300 µm": CONTEXT,
-        "lr 1e-4, 60 epochs": {**NO_CONTEXT, "learning_rate": 1e-4, "max_epochs": 60},
+        "lr 1e-4, 60 epochs": {**NO_CONTEXT, "training": {"learning_rate": 1e-4}, "max_epochs": 60},
     },
     "bleep": {
         "lr 1e-3, 30 epochs": NO_CONTEXT,
         "+context 300 µm": CONTEXT,
-        "lr 1e-4, 60 epochs": {**NO_CONTEXT, "learning_rate": 1e-4, "max_epochs": 60},
+        "lr 1e-4, 60 epochs": {**NO_CONTEXT, "training": {"learning_rate": 1e-4}, "max_epochs": 60},
     },
     "regression": {
         "lr 1e-3, 30 epochs": NO_CONTEXT,
@@ -52,7 +52,7 @@ ROUND_1 = {
     "ridge": {
         "alpha cv": NO_CONTEXT,
         "+context 300 µm": CONTEXT,
-        "alpha hest": {**NO_CONTEXT, "ridge_alpha": "hest"},
+        "alpha hest": {"architecture": {"context_um": None, "ridge_alpha": "hest"}},
     },
 }
 #: Round 2 (``--round 2``, results in ``nested_defaults.md``): round 1's choice against stain (HED) jitter of the cached views 1-3 during training and
@@ -60,7 +60,7 @@ ROUND_1 = {
 #: in round 1, where every method chose it).
 _ROUND_2_TRAINED = {
     "context 300 µm": CONTEXT,
-    "+HED jitter 0.05": {**CONTEXT, "hed_jitter": 0.05},
+    "+HED jitter 0.05": {**CONTEXT, "training": {"hed_jitter": 0.05}},
     "+TTA 4 views": {**CONTEXT, "predict": {"tta_views": 4}},
 }
 ROUND_2 = {
@@ -70,7 +70,7 @@ ROUND_2 = {
     "ridge": {
         "alpha cv, context 300 µm": CONTEXT,
         "+TTA 4 views": {**CONTEXT, "predict": {"tta_views": 4}},
-        "alpha hest, context 300 µm": {**CONTEXT, "ridge_alpha": "hest"},
+        "alpha hest, context 300 µm": {"architecture": {"context_um": 300.0, "ridge_alpha": "hest"}},
     },
 }
 #: Round 3 (``--round 3``, results in ``nested_round3.md``): round 2's choice (context 300 µm and TTA over 4
@@ -96,8 +96,8 @@ ROUND_3 = {
 }
 #: Earlier options, added with --more (centring of expression and tokens, token layers).
 MORE = {
-    "centred": {"center_expression": True, "center_tokens": True},
-    "token layers": {"token_layers": 1, "detach_target": True},
+    "centred": {"data": {"center_expression": True, "center_tokens": True}},
+    "token layers": {"architecture": {"token_layers": 1, "detach_target": True}},
 }
 
 
@@ -148,12 +148,13 @@ def main() -> None:
     from sthist.data import TokenCache
     from sthist.tl._cross_validate import aligned_frames, section_group
     from sthist.tl._evaluate import evaluation_frames
+    from sthist.tl._fit import merge_fit_options
 
     sthist.settings.progress = False
     start = time.perf_counter()
     sections = load_sections()
-    base = {"max_epochs": args.epochs, "views": args.views, "learning_rate": 1e-3, "batch_size": 64, "k": 50,
-            "qc_column": "sthist_pass_qc", "random_state": 0}  # fmt: skip
+    base = {"max_epochs": args.epochs, "batch_size": 64, "k": 50, "qc_column": "sthist_pass_qc", "random_state": 0,
+            "training": {"views": args.views, "learning_rate": 1e-3}}  # fmt: skip
     cache = TokenCache()
     markers = sthist.datasets.her2st_marker_genes
     patient = {name: section_group(name, sdata, "patient") for name, sdata in sections.items()}
@@ -169,7 +170,7 @@ def main() -> None:
             best = ranking.attrs["best"]
             choices.append({"held_out": held_out, "method": method, "chosen": best,
                             **{f"inner {c}": ranking.loc[c, "score"] for c in ranking.index}})  # fmt: skip
-            options = {**base, **candidates[best]}
+            options = merge_fit_options(base, candidates[best])
             predict_options = options.pop("predict", {})
             model = sthist.tl.fit(train, method=method, token_cache=cache, **options)
             for section, sdata in test.items():

@@ -23,10 +23,16 @@ import pandas as pd
 
 import sthist
 from sthist._core._report import markdown_table
+from sthist.tl._fit import merge_fit_options
 
 LIMIT_S = 60
 PACKAGE = str(Path(sthist.__file__).parent)
-FAST = {"backbone": "tiny", "max_epochs": 1, "batch_size": 16, "k": 5, "views": 1}
+FAST = {"backbone": "tiny", "max_epochs": 1, "batch_size": 16, "k": 5, "training": {"views": 1}}
+
+
+def _fit(sections, **options):
+    """``tl.fit`` with :data:`FAST` under ``options`` (configuration dicts merged field by field)."""
+    return sthist.tl.fit(sections, **merge_fit_options(FAST, options))
 
 
 def copy_of(sdata):
@@ -96,7 +102,7 @@ def main() -> None:
 
     sthist.settings.progress = False
     sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=5)
-    model = sthist.tl.fit({"toy0": sections["toy0"]}, **FAST)
+    model = _fit({"toy0": sections["toy0"]})
     root = Path(tempfile.mkdtemp(prefix="sthist-probe-"))
     model_dir = model.save(root / "model")
     store = root / "toy1.zarr"
@@ -135,51 +141,49 @@ def main() -> None:
     n = toy1.tables["table"].n_obs
     cases = [
         # fit
-        ("fit: no sections", lambda: sthist.tl.fit({}, **FAST)),
-        ("fit: a path string as sections", lambda: sthist.tl.fit(str(store), **FAST)),
-        ("fit: unknown method", lambda: sthist.tl.fit(toy1, **{**FAST, "method": "magic"})),
-        ("fit: unknown backbone", lambda: sthist.tl.fit(toy1, **{**FAST, "backbone": "nope"})),
-        ("fit: genes as one string", lambda: sthist.tl.fit(toy1, genes="gene000", **FAST)),
-        ("fit: empty gene list", lambda: sthist.tl.fit(toy1, genes=[], **FAST)),
-        ("fit: duplicated genes", lambda: sthist.tl.fit(toy1, genes=["gene000"] * 2, **FAST)),
-        ("fit: unmeasured gene", lambda: sthist.tl.fit(toy1, genes=["NOPE"], **FAST)),
-        ("fit: duplicated var names", lambda: sthist.tl.fit(dup_var(), genes=["gene003"], **FAST)),
-        ("fit: k=0", lambda: sthist.tl.fit(toy1, **{**FAST, "k": 0})),
-        ("fit: k=1.5", lambda: sthist.tl.fit(toy1, **{**FAST, "k": 1.5})),
-        ("fit: n_top_genes=0", lambda: sthist.tl.fit(toy1, n_top_genes=0, **FAST)),
-        ("fit: max_epochs=0", lambda: sthist.tl.fit(toy1, **{**FAST, "max_epochs": 0})),
-        ("fit: batch_size=0", lambda: sthist.tl.fit(toy1, **{**FAST, "batch_size": 0})),
-        ("fit: learning_rate=nan", lambda: sthist.tl.fit(toy1, learning_rate=float("nan"), **FAST)),
-        ("fit: learning_rate=-1", lambda: sthist.tl.fit(toy1, learning_rate=-1.0, **FAST)),
-        ("fit: views=9", lambda: sthist.tl.fit(toy1, **{**FAST, "views": 9})),
-        ("fit: patch_size_um=0", lambda: sthist.tl.fit(toy1, patch_size_um=0, **FAST)),
-        ("fit: patch_size_um=nan", lambda: sthist.tl.fit(toy1, patch_size_um=float("nan"), **FAST)),
-        ("fit: missing qc_column", lambda: sthist.tl.fit(toy1, qc_column="nope", **FAST)),
+        ("fit: no sections", lambda: _fit({})),
+        ("fit: a path string as sections", lambda: _fit(str(store))),
+        ("fit: unknown method", lambda: _fit(toy1, method="magic")),
+        ("fit: unknown backbone", lambda: _fit(toy1, backbone="nope")),
+        ("fit: genes as one string", lambda: _fit(toy1, genes="gene000")),
+        ("fit: empty gene list", lambda: _fit(toy1, genes=[])),
+        ("fit: duplicated genes", lambda: _fit(toy1, genes=["gene000"] * 2)),
+        ("fit: unmeasured gene", lambda: _fit(toy1, genes=["NOPE"])),
+        ("fit: duplicated var names", lambda: _fit(dup_var(), genes=["gene003"])),
+        ("fit: k=0", lambda: _fit(toy1, k=0)),
+        ("fit: k=1.5", lambda: _fit(toy1, k=1.5)),
+        ("fit: n_top_genes=0", lambda: _fit(toy1, data={"n_top_genes": 0})),
+        ("fit: max_epochs=0", lambda: _fit(toy1, max_epochs=0)),
+        ("fit: batch_size=0", lambda: _fit(toy1, batch_size=0)),
+        ("fit: learning_rate=nan", lambda: _fit(toy1, training={"learning_rate": float("nan")})),
+        ("fit: learning_rate=-1", lambda: _fit(toy1, training={"learning_rate": -1.0})),
+        ("fit: views=9", lambda: _fit(toy1, training={"views": 9})),
+        ("fit: patch_size_um=0", lambda: _fit(toy1, patch_size_um=0)),
+        ("fit: patch_size_um=nan", lambda: _fit(toy1, patch_size_um=float("nan"))),
+        ("fit: missing qc_column", lambda: _fit(toy1, qc_column="nope")),
         (
             "fit: qc_column of strings",
-            lambda: sthist.tl.fit(with_obs("q", ["True", "False"] * (n // 2)), qc_column="q", **FAST),
+            lambda: _fit(with_obs("q", ["True", "False"] * (n // 2)), qc_column="q"),
         ),
         (
             "fit: qc_column with NaN",
-            lambda: sthist.tl.fit(with_obs("q", [1.0, np.nan] * (n // 2)), qc_column="q", **FAST),
+            lambda: _fit(with_obs("q", [1.0, np.nan] * (n // 2)), qc_column="q"),
         ),
         (
             "fit: qc_column pass/fail",
-            lambda: sthist.tl.fit(
-                with_obs("q", pd.Categorical(["pass", "fail"] * (n // 2))), qc_column="q", **FAST
-            ),
+            lambda: _fit(with_obs("q", pd.Categorical(["pass", "fail"] * (n // 2))), qc_column="q"),
         ),
         (
             "fit: all-zero counts, explicit genes",
-            lambda: sthist.tl.fit(zero_counts(), genes=["gene000", "gene001"], **FAST),
+            lambda: _fit(zero_counts(), genes=["gene000", "gene001"]),
         ),
-        ("fit: embedding_dim=0", lambda: sthist.tl.fit(toy1, embedding_dim=0, **FAST)),
-        ("fit: heads not dividing dim", lambda: sthist.tl.fit(toy1, heads=3, **FAST)),
-        ("fit: mask_ratio=1", lambda: sthist.tl.fit(toy1, mask_ratio=1.0, **FAST)),
-        ("fit: token_layers=-1", lambda: sthist.tl.fit(toy1, token_layers=-1, **FAST)),
-        ("fit: scale NaN in attrs", lambda: sthist.tl.fit(with_attrs(float("nan")), **FAST)),
-        ("fit: scale 0 in attrs", lambda: sthist.tl.fit(with_attrs(0.0), **FAST)),
-        ("fit: scale 1000 in attrs", lambda: sthist.tl.fit(with_attrs(1000.0), **FAST)),
+        ("fit: embedding_dim=0", lambda: _fit(toy1, architecture={"embedding_dim": 0})),
+        ("fit: heads not dividing dim", lambda: _fit(toy1, architecture={"heads": 3})),
+        ("fit: mask_ratio=1", lambda: _fit(toy1, architecture={"mask_ratio": 1.0})),
+        ("fit: token_layers=-1", lambda: _fit(toy1, architecture={"token_layers": -1})),
+        ("fit: scale NaN in attrs", lambda: _fit(with_attrs(float("nan")))),
+        ("fit: scale 0 in attrs", lambda: _fit(with_attrs(0.0))),
+        ("fit: scale 1000 in attrs", lambda: _fit(with_attrs(1000.0))),
         # predict
         ("predict: model is a string", lambda: sthist.tl.predict(copy_of(toy1), "model")),
         ("predict: untrained model", lambda: sthist.tl.predict(copy_of(toy1), untrained())),
@@ -331,7 +335,7 @@ def main() -> None:
     out.write_text(
         "# Bad-input and fault probe (`python benchmarks/probe.py`)\n\n"
         f"{len(rows)} cases — {summary}. ``warned`` cases are those where a warning is the answer "
-        "(out-of-domain input); the data-loss and concurrency faults are tested in `tests/test_reliability.py`.\n\n"
+        "(out-of-domain input); the data-loss and concurrency faults are tested in `tests/reliability/`.\n\n"
         + markdown_table(rows)
         + "\n"
     )

@@ -144,7 +144,7 @@ def main() -> None:
         {"C2": sections["C2"]},
         method="cmrcnet",
         max_epochs=1,
-        views=1,
+        training={"views": 1},
         k=20,
         accelerator="gpu" if device == "cuda" else "cpu",
     )

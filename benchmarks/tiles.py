@@ -130,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         toy = sthist.datasets.toy(1, grid=8, n_genes=20, random_state=0)
-        model = sthist.tl.fit(toy, method="cmrcnet", max_epochs=2, batch_size=32, k=10, views=1)
+        model = sthist.tl.fit(toy, method="cmrcnet", max_epochs=2, batch_size=32, k=10, training={"views": 1})
         model.save(folder / "model")
         written: dict[int, float] = {}
         for size, stride in [(size, args.stride_um) for size in args.sizes] + [

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import tiny_fit
 
 #: The real datasets live beside the repository root, in ../shared/data (read-only).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,6 +50,40 @@ def toy():
     import sthist
 
     return sthist.datasets.toy(2, grid=6, n_genes=12, random_state=0)
+
+
+# ------------------------------------------------------------------------------------------ tiny fits
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """A model fitted once per session on ``sthist.datasets.toy()["toy0"]`` with ``_shared.TINY_FIT``.
+
+    Shared between tests (and the docstring examples, as ``model``): use it only where any trained model
+    will do, and never change it.
+    """
+    import sthist
+
+    sthist.settings.progress = False
+    return sthist.tl.fit({"toy0": sthist.datasets.toy()["toy0"]}, **tiny_fit())
+
+
+@pytest.fixture(autouse=True)
+def _docstring_namespace(request):
+    """Names the docstring examples use without defining them: ``sthist``, ``sections`` and ``model``.
+
+    ``sections`` is a fresh ``sthist.datasets.toy()`` for every example (examples write into it); ``model`` is the
+    session's :func:`toy_model`. Filled only for tests that read pytest's ``doctest_namespace``, so that other tests
+    do not pay for the fit.
+    """
+    if "doctest_namespace" not in request.fixturenames and type(request.node).__name__ != "DoctestItem":
+        return
+    import sthist
+
+    namespace = request.getfixturevalue("doctest_namespace")
+    namespace["sthist"] = sthist
+    namespace["sections"] = sthist.datasets.toy()
+    namespace["model"] = request.getfixturevalue("toy_model")
 
 
 def marked_section(

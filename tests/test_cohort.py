@@ -16,8 +16,8 @@ def cohort(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cohort")
     sections = sthist.datasets.toy(4, grid=6, n_genes=8, random_state=3)
     model = sthist.tl.fit(
-        {"toy0": sections["toy0"]}, method="regression", backbone="tiny", max_epochs=2, batch_size=16, views=1,
-        context_um=None,
+        {"toy0": sections["toy0"]}, method="regression", backbone="tiny", max_epochs=2, batch_size=16,
+        training={"views": 1}, architecture={"context_um": None},
     )  # fmt: skip
     model_path = model.save(folder / "model")
     stores = []
@@ -74,7 +74,7 @@ def test_bad_cohort_input_is_refused_before_work(cohort, tmp_path):
 
 
 def test_cli_predicts_several_stores(cohort, capsys):
-    from sthist.__main__ import main
+    from sthist.cli import main
 
     stores, model_path, model, sections = cohort
     code = main(["predict", *stores[1:], "--model", str(model_path), "--device", "cpu", "--overwrite"])

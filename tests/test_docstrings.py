@@ -44,11 +44,13 @@ def _examples():
 
 
 @pytest.mark.parametrize("test", list(_examples()), ids=lambda t: t.name)
-def test_docstring_examples_run(test, monkeypatch):
+def test_docstring_examples_run(test, monkeypatch, doctest_namespace):
+    """Each example runs with conftest's ``doctest_namespace``: ``sthist``, fresh toy ``sections``, a ``model``."""
     import matplotlib
 
     matplotlib.use("Agg")
     monkeypatch.setattr(sthist.settings, "progress", False)
+    test.globs.update(doctest_namespace)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test, out=lambda text: pytest.fail(text))
     assert runner.failures == 0

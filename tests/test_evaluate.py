@@ -8,6 +8,7 @@ from scipy import stats
 
 import sthist
 from sthist.tl._evaluate import evaluation_frames
+from sthist.tl._fit import merge_fit_options
 
 
 def _frames():
@@ -103,8 +104,8 @@ def toy_sections():
 # Without spatial context: on these tiny synthetic sections the context token differs more between sections
 # than within, and one fold's retrieval collapses onto the same reference spots (constant predictions, which
 # tl.predict warns about: test_constant_predictions_are_flagged).
-OPTIONS = {"backbone": "tiny", "max_epochs": 3, "batch_size": 16, "k": 5, "views": 1, "n_top_genes": 8,
-           "context_um": None}  # fmt: skip
+OPTIONS = {"backbone": "tiny", "max_epochs": 3, "batch_size": 16, "k": 5, "training": {"views": 1},
+           "data": {"n_top_genes": 8}, "architecture": {"context_um": None}}  # fmt: skip
 
 
 def test_cross_validation_folds_and_table(toy_sections):
@@ -153,7 +154,9 @@ def test_held_out_section_influences_neither_panel_nor_model(toy_sections):
 
 def test_constant_predictions_are_flagged(toy_sections):
     train = {k: toy_sections[k] for k in ("toy1", "toy2")}
-    model = sthist.tl.fit(train, method="bleep", **{**OPTIONS, "context_um": 300.0})
+    model = sthist.tl.fit(
+        train, method="bleep", **merge_fit_options(OPTIONS, {"architecture": {"context_um": 300.0}})
+    )
     bank = model.tensors["bank.expression"]
     model.tensors["bank.expression"] = (
         bank[:1].clone().expand_as(bank).contiguous()

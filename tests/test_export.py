@@ -12,7 +12,7 @@ def predicted():
     sthist.settings.progress = False
     sections = sthist.datasets.toy(2, grid=8, n_genes=10, random_state=1)
     model = sthist.tl.fit(
-        {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=2, batch_size=16, k=5, views=1
+        {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=2, batch_size=16, k=5, training={"views": 1}
     )
     sdata = sections["toy1"]
     table = sdata.tables["table"]

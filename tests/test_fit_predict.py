@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _shared import tiny_fit
 
 import sthist
+from sthist.tl._fit import merge_fit_options
 
-FAST = {"backbone": "tiny", "max_epochs": 12, "batch_size": 32, "k": 10, "views": 2, "learning_rate": 1e-3}
+#: Long enough to learn the toy data: 12 epochs, two views, 10 neighbours, on 112 µm patches.
+FAST = tiny_fit(patch_size_um=112.0, k=10, max_epochs=12, training={"views": 2, "learning_rate": 1e-3})
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +86,12 @@ def test_predict_writes_obsm_and_refuses_to_overwrite(sections, fitted):
     del table.uns["pred_test"]
 
 
-def test_fit_leaves_inputs_untouched(sections):
-    table = sections["toy0"].tables["table"]
-    assert "sthist_log1p" not in table.layers and "sthist_normalization" not in table.uns
+def test_fit_leaves_inputs_untouched(sections, fitted):
+    # ``fitted`` (trained on toy0 and toy1) is requested so that the fit has run even when this test runs alone.
+    assert fitted.is_trained and set(fitted.config.training_sections) == {"toy0", "toy1"}
+    for name in ("toy0", "toy1"):
+        table = sections[name].tables["table"]
+        assert "sthist_log1p" not in table.layers and "sthist_normalization" not in table.uns
 
 
 def test_save_load_reproduces_predictions(sections, fitted, tmp_path):
@@ -104,7 +110,7 @@ def test_save_load_reproduces_predictions(sections, fitted, tmp_path):
 
 def test_same_seed_same_numbers(sections):
     train = {"toy0": sections["toy0"]}
-    options = {**FAST, "max_epochs": 3}
+    options = merge_fit_options(FAST, {"max_epochs": 3})
     first = sthist.tl.fit(train, random_state=7, **options)
     second = sthist.tl.fit(train, random_state=7, **options)
     for (name, a), (_, b) in zip(
@@ -118,7 +124,7 @@ def test_same_seed_same_numbers(sections):
 
 def test_resume_after_interruption(sections, tmp_path):
     train = {"toy0": sections["toy0"]}
-    options = {**FAST, "max_epochs": 4}
+    options = merge_fit_options(FAST, {"max_epochs": 4})
     # An interrupted run: stopped after 2 of 4 epochs (its checkpoint says epoch 2).
     import lightning as L
 
@@ -214,10 +220,14 @@ def test_load_refuses_bad_folders(fitted, tmp_path):
 
 def test_fine_tuning_trains_the_encoder(sections):
     train = {"toy0": sections["toy0"]}
-    model = sthist.tl.fit(train, fine_tune=True, **{**FAST, "max_epochs": 2})
-    assert model.config["backbone"]["fine_tuned"] is True
+    model = sthist.tl.fit(
+        train, **merge_fit_options(FAST, {"max_epochs": 2, "training": {"fine_tune": True}})
+    )
+    assert model.config.backbone.fine_tuned is True
     # Same seed, same initial encoder: the fast path keeps it frozen, fine-tuning moves its weights.
-    frozen = sthist.tl.fit(train, fine_tune=False, **{**FAST, "max_epochs": 1})
+    frozen = sthist.tl.fit(
+        train, **merge_fit_options(FAST, {"max_epochs": 1, "training": {"fine_tune": False}})
+    )
     changed = [
         name
         for name, tensor in model.encoder.model.named_parameters()
@@ -227,4 +237,4 @@ def test_fine_tuning_trains_the_encoder(sections):
     prediction, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
     assert np.isfinite(prediction.to_numpy()).all()
     with pytest.raises(ValueError, match="ridge baseline uses frozen features"):
-        sthist.tl.fit(train, method="ridge", fine_tune=True, backbone="tiny")
+        sthist.tl.fit(train, method="ridge", backbone="tiny", training={"fine_tune": True})

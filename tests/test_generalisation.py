@@ -8,13 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _shared import tiny_fit
 
 import sthist
 from sthist.models import ArchitectureConfig, ContrastiveModel, TrainingConfig
-from sthist.models._model import _recentre
+from sthist.models._setup import recentre
+from sthist.tl._fit import merge_fit_options
 from sthist.tl._predict import smooth
 
-FAST = {"backbone": "tiny", "patch_size_um": 64, "k": 5, "max_epochs": 2, "batch_size": 32, "views": 2}
+FAST = tiny_fit(max_epochs=2, training={"views": 2})
+
+
+def fast(**override) -> dict:
+    """:data:`FAST` with ``override`` merged over it (configuration dicts field by field)."""
+    return merge_fit_options(FAST, override)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,7 @@ def test_detached_target_keeps_reconstruction_out_of_the_image_head(detach, monk
 def test_recentre_puts_every_section_on_the_training_mean():
     expression = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [12.0, 2.0]])
     sections = torch.tensor([0, 0, 1, 1])
-    centred = _recentre(expression, sections)
+    centred = recentre(expression, sections)
     torch.testing.assert_close(centred[:2].mean(0), expression.mean(0))
     torch.testing.assert_close(centred[2:].mean(0), expression.mean(0))
     torch.testing.assert_close(centred[1] - centred[0], expression[1] - expression[0])  # within-section kept
@@ -69,10 +76,10 @@ def test_recentre_puts_every_section_on_the_training_mean():
 
 def test_centred_expression_fills_the_bank_on_one_level(sections):
     train = {k: sections[k] for k in ("toy0", "toy1")}
-    model = sthist.tl.fit(train, center_expression=True, **FAST)
+    model = sthist.tl.fit(train, **fast(data={"center_expression": True}))
     assert model.centering == {"expression": True, "tokens": False}
     bank = model.tensors["bank.expression"]
-    n0 = model.config["training_sections"]["toy0"]
+    n0 = model.config.training_sections["toy0"]
     torch.testing.assert_close(bank[:n0].mean(0), bank[n0:].mean(0), rtol=1e-4, atol=1e-4)
     predicted, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
     assert predicted.notna().all().all()
@@ -81,7 +88,7 @@ def test_centred_expression_fills_the_bank_on_one_level(sections):
 def test_centred_tokens_make_predictions_blind_to_a_section_wide_shift(sections):
     train = {k: sections[k] for k in ("toy0", "toy1")}
     for method in ("cmrcnet", "ridge"):
-        model = sthist.tl.fit(train, method=method, center_tokens=True, **FAST)
+        model = sthist.tl.fit(train, method=method, **fast(data={"center_tokens": True}))
         assert "tokens.mean" in model.tensors
         tokens = torch.randn(10, 4, 32)
         shift = torch.randn(32)  # a stain change seen in feature space
@@ -96,13 +103,15 @@ def test_centred_tokens_make_predictions_blind_to_a_section_wide_shift(sections)
     sthist.tl.predict_tiles(tiled, model, stride_um=128)
     assert np.isfinite(tiled.tables["sthist_tiles_table"].X).all()
     with pytest.raises(ValueError, match="fine_tune=True"):
-        sthist.models.SthistModel(train, center_tokens=True, backbone="tiny", patch_size_um=64, k=5).train(
-            TrainingConfig(fine_tune=True, max_epochs=1, batch_size=32)
-        )
+        sthist.models.SthistModel(
+            train, data={"center_tokens": True}, backbone="tiny", patch_size_um=64, k=5
+        ).train(TrainingConfig(fine_tune=True, max_epochs=1, batch_size=32))
 
 
 def test_test_time_augmentation_averages_the_dihedral_views(sections):
-    model = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, context_um=None, **FAST)
+    model = sthist.tl.fit(
+        {k: sections[k] for k in ("toy0", "toy1")}, **fast(architecture={"context_um": None})
+    )
     cache = sthist.data.TokenCache()
     once, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache)
     twice, _ = sthist.tl.predict(sections["toy2"], model, inplace=False, token_cache=cache, tta_views=2)
@@ -161,7 +170,7 @@ def test_each_method_records_its_chosen_prediction_settings(sections):
 def test_options_from_the_command_line_are_recorded(tmp_path):
     import spatialdata as sd
 
-    from sthist.__main__ import main
+    from sthist.cli import main
 
     toy = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=3)
     stores = []
@@ -175,7 +184,7 @@ def test_options_from_the_command_line_are_recorded(tmp_path):
     model = sthist.models.load(tmp_path / "model")
     assert model.architecture.token_layers == 1 and model.architecture.detach_target
     assert model.architecture.context_um == 300.0 and model.architecture.reconstruction_grid == 2
-    assert model.config["panel"]["exclude_technical"] is True
+    assert model.config.panel.exclude_technical is True
     assert model.centering == {"expression": True, "tokens": True}
     assert (
         main(
@@ -196,12 +205,24 @@ def test_options_from_the_command_line_are_recorded(tmp_path):
     assert provenance["tta_views"] == 2 and provenance["smooth_um"] == 200.0
 
 
+def test_the_command_line_can_switch_spatial_context_off(tmp_path):
+    from sthist.cli import main
+
+    sdata = sthist.datasets.toy(1, grid=6, n_genes=8, random_state=3)["toy0"]
+    sdata.write(tmp_path / "toy0.zarr")
+    options = ["--backbone", "tiny", "--epochs", "1", "--batch-size", "16", "--k", "5", "--views", "1"]
+    options += ["--context-um", "none", "--output", str(tmp_path / "model")]
+    assert main(["fit", str(tmp_path / "toy0.zarr"), *options]) == 0
+    model = sthist.models.load(tmp_path / "model")
+    assert model.architecture.context_um is None and model.module.context_projection is None
+
+
 def test_select_settings_ranks_candidates_on_inner_folds_only(sections):
-    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5}
+    shared = tiny_fit()
     train = {k: sections[k] for k in ("toy0", "toy1")}  # toy2 plays the outer held-out section: never used
     candidates = {
         "bleep": {"method": "bleep"},
-        "ridge centred": {"method": "ridge", "center_expression": True},
+        "ridge centred": {"method": "ridge", "data": {"center_expression": True}},
     }
     ranking = sthist.tl.select_settings(train, candidates, groups="section", fit_options=shared)
     assert list(ranking.index) == sorted(candidates, key=lambda c: -ranking.loc[c, "score"])
@@ -221,8 +242,7 @@ def test_select_settings_ranks_candidates_on_inner_folds_only(sections):
 def test_select_settings_shares_fits_between_candidates_that_differ_only_at_prediction(sections, monkeypatch):
     from sthist.tl import _fit
 
-    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5,
-              "context_um": None, "random_state": 0}  # fmt: skip
+    shared = tiny_fit(architecture={"context_um": None}, random_state=0)
     train = {k: sections[k] for k in ("toy0", "toy1")}
     fits = []
     original = _fit.fit
@@ -252,7 +272,7 @@ def test_select_settings_shares_fits_between_candidates_that_differ_only_at_pred
 
 
 def test_cross_validate_checks_its_prediction_variants(sections):
-    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "views": 1, "k": 5}
+    shared = tiny_fit()
     with pytest.raises(ValueError, match="not both"):
         sthist.tl.cross_validate(
             sections, groups="section", fit_options=shared, predict_options={}, predict_variants={"a": {}}
@@ -277,7 +297,9 @@ def test_fine_tuning_trains_on_the_centred_targets(sections, monkeypatch):
 
     monkeypatch.setattr(_training, "fit_module", recording)
     train = {k: sections[k] for k in ("toy0", "toy1")}
-    model = sthist.tl.fit(train, fine_tune=True, center_expression=True, **{**FAST, "max_epochs": 1})
+    model = sthist.tl.fit(
+        train, **fast(max_epochs=1, training={"fine_tune": True}, data={"center_expression": True})
+    )
     torch.testing.assert_close(seen["targets"], model.tensors["bank.expression"])
 
 
@@ -286,7 +308,7 @@ def test_cross_validation_scores_only_the_genes_a_held_out_section_measures():
     table = toy["toy2"].tables["table"]
     dropped = table.var_names[0]
     toy["toy2"].tables["table"] = table[:, 1:].copy()  # toy2 does not measure the first gene
-    shared = {"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 16, "views": 1, "k": 5}
+    shared = tiny_fit(batch_size=16)
     results = sthist.tl.cross_validate(toy, groups="section", methods=["ridge"], fit_options=shared)
     held_out = results[(results["section"] == "toy2") & (results["gene_set"] == "panel")]
     # The model trained without toy2 predicts the first gene; toy2 is scored on the others.
@@ -318,7 +340,7 @@ def test_context_token_is_the_mean_token_of_the_neighbourhood():
 @pytest.mark.parametrize("method", ["cmrcnet", "regression", "ridge"])
 def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sections, method, tmp_path):
     train = {k: sections[k] for k in ("toy0", "toy1")}
-    model = sthist.tl.fit(train, method=method, context_um=320.0, **FAST)
+    model = sthist.tl.fit(train, method=method, **fast(architecture={"context_um": 320.0}))
     assert model.architecture.context_um == 320.0
     cache = sthist.data.TokenCache()
     predicted, _ = sthist.tl.predict(
@@ -351,17 +373,21 @@ def test_context_models_predict_from_the_neighbourhood_and_survive_saving(sectio
 
 def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
     model = sthist.tl.fit(
-        {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=320.0, **FAST
+        {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", **fast(architecture={"context_um": 320.0})
     )
     sdata = sthist.datasets.toy(1, grid=8, n_genes=12, random_state=9)["toy0"]
     sthist.tl.predict_tiles(sdata, model, stride_um=150, min_tissue_fraction=0.0)
     tiles = sdata.tables["sthist_tiles_table"]
     assert np.isfinite(tiles.X).all()
-    plain = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=None, **FAST)
+    plain = sthist.tl.fit(
+        {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", **fast(architecture={"context_um": None})
+    )
     sthist.tl.predict_tiles(sdata, plain, stride_um=150, min_tissue_fraction=0.0, key_added="plain")
     assert not np.allclose(sdata.tables["plain_table"].X, tiles.X)
     layered = sthist.tl.fit(
-        {k: sections[k] for k in ("toy0", "toy1")}, method="bleep", context_um=320.0, token_layers=1, **FAST
+        {k: sections[k] for k in ("toy0", "toy1")},
+        method="bleep",
+        **fast(architecture={"context_um": 320.0, "token_layers": 1}),
     )
     # Token layers read every token: the tiles keep them all and predict as by hand from the written tiles.
     sthist.tl.predict_tiles(sdata, layered, stride_um=150, min_tissue_fraction=0.0, key_added="layered")
@@ -377,7 +403,8 @@ def test_predict_tiles_builds_the_context_over_the_tile_grid(sections):
     np.testing.assert_allclose(written.to_numpy(), by_hand.numpy(), rtol=1e-4, atol=1e-5)
     with pytest.warns(UserWarning, match="fine-tuning trains the model without spatial context"):
         tuned = sthist.tl.fit(
-            {k: sections[k] for k in ("toy0", "toy1")}, fine_tune=True, context_um=320.0, **FAST
+            {k: sections[k] for k in ("toy0", "toy1")},
+            **fast(training={"fine_tune": True}, architecture={"context_um": 320.0}),
         )
     assert tuned.architecture.context_um is None and tuned.module.context_projection is None
     predicted, _ = sthist.tl.predict(sections["toy2"], tuned, inplace=False)
@@ -408,7 +435,9 @@ def test_ridge_strength_is_chosen_on_training_sections(sections):
     with pytest.raises(ValueError, match="ridge_alpha must be"):
         ArchitectureConfig(ridge_alpha="loo")
     model = sthist.tl.fit(
-        {k: sections[k] for k in ("toy0", "toy1")}, method="ridge", ridge_alpha="hest", **FAST
+        {k: sections[k] for k in ("toy0", "toy1")},
+        method="ridge",
+        **fast(architecture={"ridge_alpha": "hest"}),
     )
     assert model.architecture.ridge_alpha == "hest"
 
@@ -426,7 +455,7 @@ def test_loader_workers_live_for_the_whole_fit(sections, monkeypatch):
 
     monkeypatch.setattr(_training.torch.utils.data, "DataLoader", recording)
     monkeypatch.setattr(sthist.settings, "num_workers", 1)
-    model = sthist.tl.fit({"toy0": sections["toy0"]}, **{**FAST, "max_epochs": 2})
+    model = sthist.tl.fit({"toy0": sections["toy0"]}, **fast(max_epochs=2))
     assert model.is_trained and len(model.history) == 2
     assert seen and seen[-1]["num_workers"] == 1 and seen[-1]["persistent_workers"] is True
     assert seen[-1]["pin_memory"] is False  # the CPU

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from _shared import TINY_FIT
 
 import sthist
 from sthist._core._config import METHOD_NAMES
@@ -20,7 +21,8 @@ from sthist.models import (
     register_backbone,
 )
 
-FAST = {"backbone": "tiny", "patch_size_um": 64, "k": 5}
+#: The set-up options of the shared tiny fit (backbone, patch, neighbours), without its training options.
+FAST = {key: TINY_FIT[key] for key in ("backbone", "patch_size_um", "k")}
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +43,53 @@ def test_model_sets_up_then_trains_itself(sections):
     assert model.training == TrainingConfig(max_epochs=2, batch_size=16, views=1)
     assert model.architecture.embedding_dim == 32 and model.patch.size_um == 64
     # tl.fit is the same two steps with the same defaults.
-    fitted = sthist.tl.fit(sections, embedding_dim=32, heads=4, max_epochs=2, batch_size=16, views=1, **FAST)
+    fitted = sthist.tl.fit(
+        sections,
+        architecture={"embedding_dim": 32, "heads": 4},
+        max_epochs=2,
+        batch_size=16,
+        training={"views": 1},
+        **FAST,
+    )
     for (name, a), (_, b) in zip(
         model.module.state_dict().items(), fitted.module.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_fit_defaults_are_the_config_defaults():
+def test_fit_defaults_are_the_config_defaults(monkeypatch):
     import inspect
 
-    defaults = {k: v.default for k, v in inspect.signature(sthist.tl.fit).parameters.items()}
-    for field, value in TrainingConfig().to_dict().items():
-        assert defaults[field] == value, field
-    for field, value in ArchitectureConfig().to_dict().items():
-        assert defaults[field] == value, field
+    from sthist.models import DataConfig
+
+    # The dataclasses are the only home of the defaults: tl.fit copies none of their fields into its signature
+    # (the max_epochs/batch_size shortcuts default to None, so that the training config's defaults apply) ...
+    parameters = inspect.signature(sthist.tl.fit).parameters
+    for name, config in (
+        ("architecture", ArchitectureConfig),
+        ("training", TrainingConfig),
+        ("data", DataConfig),
+    ):
+        assert parameters[name].default is None, name
+        for field in config().to_dict():
+            assert field not in parameters or parameters[field].default is None, field
+    # ... and the model it sets up and trains gets the dataclasses' defaults when given none of them.
+    seen = {}
+
+    def recording(self, training=None, **options):
+        seen.update(self.setup_options(), training=training)
+        return self
+
+    monkeypatch.setattr(SthistModel, "train", recording)
+    sthist.tl.fit(sthist.datasets.toy(1, grid=6, n_genes=8)["toy0"], backbone="tiny", method="ridge")
+    assert seen["architecture"] == ArchitectureConfig() and seen["training"] == TrainingConfig()
+    assert seen["data"] == DataConfig()
 
 
 def test_save_and_load_classmethod_and_older_format(sections, tmp_path):
-    model = sthist.tl.fit(sections, method="bleep", max_epochs=1, batch_size=16, views=1, **FAST)
+    model = sthist.tl.fit(
+        sections, method="bleep", max_epochs=1, batch_size=16, training={"views": 1}, **FAST
+    )
     model.save(tmp_path / "model")
     loaded = SthistModel.load(tmp_path / "model")
     tokens = torch.randn(3, 4, 32)

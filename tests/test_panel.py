@@ -90,9 +90,9 @@ def test_exclude_technical_keeps_them_out_of_ranked_panels_only():
 
 def test_fit_records_the_technical_exclusion(toy):
     model = sthist.models.SthistModel(toy, method="ridge", backbone="tiny", pretrained=False,
-                                      patch_size_um=64, exclude_technical=True)  # fmt: skip
-    assert model.config["panel"]["exclude_technical"] is True
-    assert model.setup_options()["exclude_technical"] is True
+                                      patch_size_um=64, data={"exclude_technical": True})  # fmt: skip
+    assert model.config.panel.exclude_technical is True
+    assert model.setup_options()["data"].exclude_technical is True
 
 
 def test_a_panel_of_every_detected_gene(toy):
@@ -101,14 +101,16 @@ def test_a_panel_of_every_detected_gene(toy):
         sthist.pp.normalize(sdata.tables["table"])
     detected = sthist.pp.select_genes(toy, n_top=None)
     model = sthist.models.SthistModel(toy, method="ridge", backbone="tiny", pretrained=False,
-                                      patch_size_um=64, n_top_genes=None)  # fmt: skip
-    assert sorted(model.genes) == sorted(detected) and model.config["panel"]["n_top_genes"] is None
+                                      patch_size_um=64, data={"n_top_genes": None})  # fmt: skip
+    assert sorted(model.genes) == sorted(detected) and model.config.panel.n_top_genes is None
     assert len(model.genes) > len(sthist.models.SthistModel(
-        toy, method="ridge", backbone="tiny", pretrained=False, patch_size_um=64, n_top_genes=3
+        toy, method="ridge", backbone="tiny", pretrained=False, patch_size_um=64, data={"n_top_genes": 3}
     ).genes)  # fmt: skip
     with pytest.raises(ValueError, match="n_top_genes"):
-        sthist.models.SthistModel(toy, method="ridge", backbone="tiny", pretrained=False, n_top_genes=0)
-    from sthist.__main__ import build_parser
+        sthist.models.SthistModel(
+            toy, method="ridge", backbone="tiny", pretrained=False, data={"n_top_genes": 0}
+        )
+    from sthist.cli import build_parser
 
     parsed = build_parser().parse_args(["fit", "a.zarr", "--output", "m", "--n-top-genes", "all"])
     assert parsed.n_top_genes is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sthist
-from sthist.__main__ import build_parser, main
+from sthist.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def predicted():
         max_epochs=2,
         batch_size=16,
         k=5,
-        views=1,
-        context_um=None,
+        training={"views": 1},
+        architecture={"context_um": None},
     )
     sdata = sections["toy1"]
     sthist.pp.normalize(sdata.tables["table"])
@@ -308,8 +308,8 @@ def test_cli_on_real_sections(her2st_images, tmp_path, capsys):
     options = ["--epochs", "3", "--views", "1", "--k", "20", "--n-top-genes", "60", "--learning-rate", "1e-3"]
     assert main(["fit", stores["C5"], "--output", model_dir, *options]) == 0
     model = sthist.models.load(model_dir)
-    assert model.config["training_sections"] == {"C5": her2st_images["C5"].tables["table"].n_obs}
-    assert model.config["backbone"]["name"] == "efficientnet_lite0" and len(model.history) == 3
+    assert model.config.training_sections == {"C5": her2st_images["C5"].tables["table"].n_obs}
+    assert model.config.backbone.name == "efficientnet_lite0" and len(model.history) == 3
     assert main(["predict", stores["C6"], "--model", model_dir]) == 0
     after = sd.read_zarr(stores["C6"])
     table = after.tables["table"]

@@ -18,7 +18,7 @@ def test_fit_and_predict_report_their_stages():
     sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=0)
     stage_times()
     model = sthist.tl.fit(
-        {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=1, batch_size=16, k=5, views=1
+        {"toy0": sections["toy0"]}, backbone="tiny", max_epochs=1, batch_size=16, k=5, training={"views": 1}
     )
     fit_stages = stage_times()
     for name in ("resolve sections", "normalise", "gene panel", "build encoder", "patch geometry", "encoding",
@@ -104,7 +104,9 @@ def test_freed_memory_is_retained_while_encoding_and_handed_back_after():
         lightning.Trainer.fit = recording
         sthist.settings.progress = False
         for fine_tune in (True, False):
-            sthist.tl.fit({"toy0": section}, backbone="tiny", fine_tune=fine_tune, max_epochs=1, batch_size=4, k=2)
+            sthist.tl.fit(
+                {"toy0": section}, backbone="tiny", training={"fine_tune": fine_tune}, max_epochs=1, batch_size=4, k=2
+            )
         training = seen == [1, 0]
         print(first, applied, inner, still, handed_back, after, encoding, training)
         """

@@ -15,11 +15,16 @@ def test_fit_predict_her2st_fast_path(her2st_images, tmp_path):
     train = {name: her2st_images[name] for name in ["C2", "C3"]}
     test = her2st_images["C4"]
     model = sthist.tl.fit(
-        train, method="cmrcnet", max_epochs=8, views=1, learning_rate=1e-3, k=20, n_top_genes=100
+        train,
+        method="cmrcnet",
+        max_epochs=8,
+        training={"views": 1, "learning_rate": 1e-3},
+        k=20,
+        data={"n_top_genes": 100},
     )
-    assert model.config["backbone"]["weights_identity"].startswith("sha256:")
-    assert model.config["microns_per_pixel"]["C2"] == pytest.approx(0.688, abs=0.01)
-    assert model.config["reference_spots"] == 187 + 180
+    assert model.config.backbone.weights_identity.startswith("sha256:")
+    assert model.config.microns_per_pixel["C2"] == pytest.approx(0.688, abs=0.01)
+    assert model.config.reference_spots == 187 + 180
     losses = [record["loss"] for record in model.history]
     assert losses[-1] < losses[0]
     prediction, uncertainty = sthist.tl.predict(test, model, inplace=False)

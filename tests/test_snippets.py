@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 
 import sthist
+from sthist.tl._fit import merge_fit_options
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-#: Settings that make a fit quick; a snippet's own settings are otherwise kept.
-QUICK = {"backbone": "tiny", "pretrained": False, "max_epochs": 1, "views": 2}
+#: Settings that make a fit quick; a snippet's own settings are otherwise kept (``training`` merged field by field).
+QUICK = {"backbone": "tiny", "pretrained": False, "max_epochs": 1, "training": {"views": 2}}
 
 
 def blocks(page: Path, language: str) -> list[str]:
@@ -77,13 +78,22 @@ def quick_fits(monkeypatch):
     """``tl.fit`` and ``tl.cross_validate`` with the quick settings layered over the snippet's own."""
     fit, cross_validate = sthist.tl.fit, sthist.tl.cross_validate
 
+    def quick(options):
+        # A configuration given as its dataclass is merged as the dict of its fields.
+        options = {
+            name: value.to_dict() if name in ("architecture", "training", "data") and hasattr(value, "to_dict")
+            else value
+            for name, value in (options or {}).items()
+        }  # fmt: skip
+        return merge_fit_options(options, QUICK)
+
     @functools.wraps(fit)
     def quick_fit(*args, **kwargs):
-        return fit(*args, **{**kwargs, **QUICK})
+        return fit(*args, **quick(kwargs))
 
     @functools.wraps(cross_validate)
     def quick_cross_validate(*args, fit_options=None, **kwargs):
-        return cross_validate(*args, fit_options={**(fit_options or {}), **QUICK}, **kwargs)
+        return cross_validate(*args, fit_options=quick(fit_options), **kwargs)
 
     monkeypatch.setattr(sthist.tl, "fit", quick_fit)
     monkeypatch.setattr(sthist.tl, "cross_validate", quick_cross_validate)
@@ -126,7 +136,7 @@ CLI_LINES = [(page, line) for page in PAGES for line in _cli_lines(page)]
 @pytest.mark.parametrize("page, line", CLI_LINES, ids=[line for _, line in CLI_LINES])
 def test_shell_snippets_parse(page, line):
     """Each ``sthist ...`` line of a page is accepted by the command-line parser (commands, flags, values)."""
-    from sthist.__main__ import build_parser
+    from sthist.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(line)[1:])
     assert callable(args.run)

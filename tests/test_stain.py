@@ -39,17 +39,18 @@ def test_stain_stats_refuse_sections_without_tissue():
 def test_stain_normalisation_through_fit_save_load_and_predict(tmp_path):
     sthist.settings.progress = False
     sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=2)
-    options = {"backbone": "tiny", "max_epochs": 1, "batch_size": 16, "k": 5, "views": 1, "context_um": None}
-    model = sthist.tl.fit({"toy0": sections["toy0"]}, stain_normalization=True, **options)
-    record = model.config["stain"]
+    options = {"backbone": "tiny", "max_epochs": 1, "batch_size": 16, "k": 5, "training": {"views": 1},
+               "architecture": {"context_um": None}}  # fmt: skip
+    model = sthist.tl.fit({"toy0": sections["toy0"]}, data={"stain_normalization": True}, **options)
+    record = model.config.stain
     assert record["method"] == "reinhard" and set(record["sections"]) == {"toy0"}
     # One training section: the reference is that section's own statistics.
     assert record["reference"] == record["sections"]["toy0"]
-    assert model.setup_options()["stain_normalization"] is True
+    assert model.setup_options()["data"].stain_normalization is True
     loaded = sthist.models.load(model.save(tmp_path / "m"))
     assert loaded.stain_reference == model.stain_reference
     plain = sthist.tl.fit({"toy0": sections["toy0"]}, **options)
-    assert plain.stain_reference is None and plain.config["stain"] is None
+    assert plain.stain_reference is None and plain.config.stain is None
     first, _ = sthist.tl.predict(sections["toy1"], model, inplace=False)
     again, _ = sthist.tl.predict(sections["toy1"], loaded, inplace=False)
     np.testing.assert_allclose(first.to_numpy(), again.to_numpy(), rtol=1e-5)
@@ -145,11 +146,17 @@ def test_jittered_views_are_cached_apart_and_stable_across_datasets():
 def test_hed_jitter_through_fit_and_fine_tuning():
     sthist.settings.progress = False
     sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=2)
-    options = {"backbone": "tiny", "max_epochs": 1, "batch_size": 16, "k": 5, "context_um": None}
-    model = sthist.tl.fit(sections, hed_jitter=0.05, views=2, random_state=0, **options)
-    assert model.config["training"]["hed_jitter"] == 0.05
-    plain = sthist.tl.fit(sections, views=2, random_state=0, **options)
-    assert plain.config["training"]["hed_jitter"] == 0.0
+    options = {
+        "backbone": "tiny",
+        "max_epochs": 1,
+        "batch_size": 16,
+        "k": 5,
+        "architecture": {"context_um": None},
+    }
+    model = sthist.tl.fit(sections, training={"hed_jitter": 0.05, "views": 2}, random_state=0, **options)
+    assert model.config.training.hed_jitter == 0.05
+    plain = sthist.tl.fit(sections, training={"views": 2}, random_state=0, **options)
+    assert plain.config.training.hed_jitter == 0.0
     assert not np.allclose(model.tensors["bank.embeddings"].numpy(), plain.tensors["bank.embeddings"].numpy())
     # Fine-tuning jitters each patch it reads, then leaves the dataset as it was.
     from sthist.data import SpotPatchDataset
@@ -160,6 +167,8 @@ def test_hed_jitter_through_fit_and_fine_tuning():
     torch.manual_seed(0)
     draws = [dataset[0]["image"] for _ in range(4)]
     assert len({tuple(d.float().mean(dim=(1, 2)).round(decimals=3).tolist()) for d in draws}) == 4
-    tuned = sthist.tl.fit(sections, hed_jitter=0.05, fine_tune=True, views=1, accelerator="cpu", **options)
-    assert tuned.config["training"]["hed_jitter"] == 0.05
+    tuned = sthist.tl.fit(
+        sections, training={"hed_jitter": 0.05, "fine_tune": True, "views": 1}, accelerator="cpu", **options
+    )
+    assert tuned.config.training.hed_jitter == 0.05
     assert tuned._dataset.hed_jitter == 0.0 and tuned._dataset.augment is False

@@ -38,7 +38,7 @@ def _slide(image_scale: float = 1.0):
 def model():
     sthist.settings.progress = False
     toy = sthist.datasets.toy(1, grid=8, n_genes=6, random_state=0)
-    return sthist.tl.fit(toy, backbone="tiny", max_epochs=2, batch_size=16, k=5, views=1)
+    return sthist.tl.fit(toy, backbone="tiny", max_epochs=2, batch_size=16, k=5, training={"views": 1})
 
 
 @pytest.mark.parametrize("image_scale", [1.0, 2.0])
@@ -142,7 +142,7 @@ def test_store_writes_are_atomic(model, tmp_path, monkeypatch):
 def test_gene_reliability_flags_genes_in_outputs(tmp_path):
     sthist.settings.progress = False
     sections = sthist.datasets.toy(3, grid=6, n_genes=8, random_state=4)
-    options = {"backbone": "tiny", "max_epochs": 2, "batch_size": 16, "k": 5, "views": 1}
+    options = {"backbone": "tiny", "max_epochs": 2, "batch_size": 16, "k": 5, "training": {"views": 1}}
     model = sthist.tl.fit(sections, **options)
     reliability = sthist.tl.gene_reliability(sections, model, groups="section", threshold=0.3)
     assert list(reliability.index) == model.genes
@@ -228,8 +228,8 @@ def test_sections_with_tile_predictions_still_fit_predict_and_evaluate(model):
     sthist.tl.predict(sdata, model)
     sthist.pp.normalize(sdata.tables["table"])
     sthist.tl.evaluate(sdata)
-    refit = sthist.tl.fit(sections, backbone="tiny", max_epochs=1, batch_size=16, k=5, views=1)
-    assert refit.config["training_sections"] == {"toy0": 36, "toy1": 36}
+    refit = sthist.tl.fit(sections, backbone="tiny", max_epochs=1, batch_size=16, k=5, training={"views": 1})
+    assert refit.config.training_sections == {"toy0": 36, "toy1": 36}
 
 
 def test_square_bins_are_spots_too(model):

@@ -62,7 +62,7 @@ def test_a_store_written_by_spatialdata_io_predicts_as_it_is(visium, tmp_path, c
     import spatialdata as sd
     from spatialdata_io import visium as read_visium
 
-    from sthist.__main__ import main
+    from sthist.cli import main
 
     folder = visium.attrs["sthist"]["path"]
     raw = read_visium(folder, dataset_id="seurat")
@@ -71,7 +71,7 @@ def test_a_store_written_by_spatialdata_io_predicts_as_it_is(visium, tmp_path, c
     assert "global" not in store.coordinate_systems and "sthist" not in store.attrs
     sthist.settings.progress = False
     model = sthist.tl.fit(
-        visium, backbone="tiny", patch_size_um=200, max_epochs=1, batch_size=32, k=5, views=1
+        visium, backbone="tiny", patch_size_um=200, max_epochs=1, batch_size=32, k=5, training={"views": 1}
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the lowres image is upsampled: out of domain

@@ -94,8 +94,8 @@ def test_a_model_trains_on_bins_and_predicts_at_bin_centres(tmp_path):
     _write_outs(tmp_path / "outs", bin_sizes=(16,))
     sdata = sthist.datasets.visium_hd(tmp_path / "outs", bin_size=16)
     model = sthist.tl.fit(
-        sdata, method="ridge", backbone="tiny", pretrained=False, patch_size_um=48, n_top_genes=None,
-        views=1, context_um=None, random_state=0,
+        sdata, method="ridge", backbone="tiny", pretrained=False, patch_size_um=48, random_state=0,
+        data={"n_top_genes": None}, training={"views": 1}, architecture={"context_um": None},
     )  # fmt: skip
     sthist.tl.predict(sdata, model, tta_views=1)
     table = sdata.tables["table"]

@@ -83,8 +83,8 @@ def test_a_model_trains_on_cells_and_predicts_at_cell_centres(tmp_path):
     he, alignment = tmp_path / "outs" / "s1_he_image.ome.tif", tmp_path / "outs" / "s1_he_imagealignment.csv"
     sdata = sthist.datasets.xenium(tmp_path / "outs", he_image=he, alignment_file=alignment)
     model = sthist.tl.fit(
-        sdata, method="ridge", backbone="tiny", pretrained=False, patch_size_um=24, n_top_genes=None,
-        views=1, context_um=None, random_state=0,
+        sdata, method="ridge", backbone="tiny", pretrained=False, patch_size_um=24, random_state=0,
+        data={"n_top_genes": None}, training={"views": 1}, architecture={"context_um": None},
     )  # fmt: skip
     sthist.tl.predict(sdata, model, tta_views=1)
     predicted = sdata.tables["table"].obsm["sthist_pred"]

@@ -257,7 +257,7 @@ def cross_validation(
     >>> import sthist
     >>> results = sthist.tl.cross_validate(
     ...     sthist.datasets.toy(3), groups="section", methods=["bleep", "ridge"], n_top=5,
-    ...     fit_options={"backbone": "tiny", "patch_size_um": 64, "max_epochs": 1, "batch_size": 32, "views": 1, "k": 5},
+    ...     fit_options={"backbone": "tiny", "patch_size_um": 64, "k": 5, "max_epochs": 1, "training": {"views": 1}},
     ... )
     >>> figure = sthist.pl.cross_validation(results)
     >>> [ax.get_title() for ax in figure.axes]

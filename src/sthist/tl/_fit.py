@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Literal
 
-from sthist._core._checks import check_accelerator
+from sthist._core._checks import check_accelerator, gene_list
 from sthist._core._config import ArchitectureConfig, DataConfig, PatchConfig, TrainingConfig
 from sthist._core._docs import doc_params
 
@@ -100,7 +100,7 @@ def fit(
     model = SthistModel(
         sdata,
         method=method,
-        genes=None if genes is None else list(genes),
+        genes=gene_list(genes),
         backbone=backbone,
         pretrained=pretrained,
         patch_size_um=patch_size_um,
