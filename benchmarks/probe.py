@@ -108,6 +108,8 @@ def main() -> None:
     store = root / "toy1.zarr"
     sections["toy1"].write(store)
     toy1 = sections["toy1"]
+    foreign_results = root / "foreign.csv"
+    pd.DataFrame({"fold": [0], "method": ["ridge"], "run_digest": ["another run"]}).to_csv(foreign_results)
 
     def with_attrs(value):
         s = copy_of(toy1)
@@ -213,6 +215,22 @@ def main() -> None:
         ("predict: scale NaN in attrs", lambda: sthist.tl.predict(with_attrs(float("nan")), model)),
         ("predict: scale recorded as a string", lambda: sthist.tl.predict(with_attrs("abc"), model)),
         ("predict: 8× coarser scale (upsampled patches)", lambda: sthist.tl.predict(with_attrs(8.0), model)),
+        (
+            "predict: batch_size=100_000_000",
+            lambda: sthist.tl.predict(copy_of(toy1), model, batch_size=100_000_000),
+        ),
+        ("fit: accelerator='gpu' without a GPU", lambda: _fit(toy1, accelerator="gpu")),
+        ("fit: a TrainingConfig field passed flat", lambda: _fit(toy1, hed_jitter=0.05)),
+        (
+            "cross_validate: results file of another run",
+            lambda: sthist.tl.cross_validate(
+                {"toy0": toy1, "toy1": copy_of(toy1)},
+                groups="section",
+                methods=["ridge"],
+                fit_options=FAST,
+                results_file=foreign_results,
+            ),
+        ),
         # tiles
         ("tiles: stride_um=0", lambda: sthist.tl.predict_tiles(copy_of(toy1), model, stride_um=0)),
         (
@@ -284,6 +302,11 @@ def main() -> None:
         ("cli predict: plain file", ["predict", str(plain), "--model", str(model_dir)]),
         ("cli predict: missing model", ["predict", str(store), "--model", str(root / "nope")]),
         ("cli predict: bad key", ["predict", str(store), "--model", str(model_dir), "--key", "a/b"]),
+        ("cli predict: empty key", ["predict", str(store), "--model", str(model_dir), "--key", ""]),
+        (
+            "cli fit: --context-um far",
+            ["fit", str(store), "--output", str(root / "m6"), "--context-um", "far"],
+        ),
         (
             "cli predict: µm/px far from recorded",
             ["predict", str(store), "--model", str(model_dir), "--microns-per-pixel", "14"],
