@@ -79,8 +79,9 @@ def tissue_mask(rgb: np.ndarray, *, microns_per_pixel: float = TISSUE_MASK_MICRO
         return np.zeros(rgb.shape[:2], dtype=bool)
     threshold = float(np.clip(_otsu(saturation[lit]), MIN_SATURATION, MAX_SATURATION))
     # Green weakest (within 2 %): eosin's pink and haematoxylin's purple, not the grey-blue of frames and pens.
+    # Judged per component (below), not per pixel: pale bluish pixels at tissue edges stay tissue.
     stain_coloured = rgb[..., 1] <= np.minimum(rgb[..., 0], rgb[..., 2]) + 0.02
-    stained = lit & (saturation > threshold) & stain_coloured
+    stained = lit & (saturation > threshold)
     grey = rgb.mean(axis=-1)
     darkness = np.clip(1 - grey / max(float(np.percentile(grey[lit], 98)), 1e-6), 0, 1)
     unstained = lit & ~stained  # glass and pale tissue: the darkness threshold separates those two
