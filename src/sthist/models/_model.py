@@ -13,6 +13,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sthist._core._checks import gene_list
@@ -36,6 +37,7 @@ from sthist.models._config import (
     ModelConfig,
     NormalisationRecord,
     PanelRecord,
+    ReliabilityRecord,
 )
 from sthist.models._methods import get_method
 from sthist.models._save_load import FORMAT_VERSION, load, save_model, versions
@@ -447,6 +449,17 @@ class SthistModel:
         """Genes whose cross-validated Pearson r is below the recorded threshold (empty if never assessed)."""
         reliability = self.config.reliability
         return [] if reliability is None else reliability.unreliable(self.genes)
+
+    def record_reliability(self, reliability, *, threshold: float, groups: str | None = None) -> None:
+        """Keep a cross-validated Pearson r per gene (NaN: undefined) and the threshold below which genes are flagged.
+
+        :func:`sthist.tl.gene_reliability` computes it; predictions then report the genes below ``threshold``.
+        """
+        genes = {str(g): (None if np.isnan(r) else float(r)) for g, r in dict(reliability).items()}
+        unknown = sorted(set(genes) - set(self.genes))
+        if unknown:
+            raise ValueError(f"Reliability names genes the model does not predict: {unknown[:10]}.")
+        self.config.reliability = ReliabilityRecord(genes=genes, threshold=float(threshold), groups=groups)
 
     def setup_options(self) -> dict:
         """Keyword arguments that set up a model like this one on other sections (cross-validation folds)."""

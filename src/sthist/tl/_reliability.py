@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import cast
 
-import numpy as np
 import pandas as pd
 
 from sthist._constants import RELIABILITY_THRESHOLD
@@ -63,7 +62,7 @@ def gene_reliability(
     True
     """
     from sthist.data import TokenCache
-    from sthist.models import ReliabilityRecord, SthistModel
+    from sthist.models import SthistModel
     from sthist.tl._predict import predict
 
     membership = {name: section_group(name, sdata, groups) for name, sdata in sections.items()}
@@ -94,11 +93,7 @@ def gene_reliability(
             )
             per_section.append(gene_pearson(observed, predicted).rename(name))
     reliability = pd.concat(per_section, axis=1).mean(axis=1).rename("reliability")
-    model.config.reliability = ReliabilityRecord(
-        genes={g: (None if np.isnan(r) else float(r)) for g, r in reliability.items()},
-        threshold=float(threshold),
-        groups=groups,
-    )
+    model.record_reliability(reliability, threshold=threshold, groups=groups)
     logger.info(
         "gene reliability: %d of %d genes below r = %.2f",
         int((~(reliability >= threshold)).sum()),
