@@ -1,5 +1,8 @@
 """GPU check and speed figures of the model code (encoders, fine-tuning, fast path, retrieval), in one run.
 
+Encoders: sthist's own (EfficientNet-Lite0, the CMRCNet ViT-B/32) and the pathology encoders' architectures
+(ViT-L/16 as UNI, ViT-g/14 as H-optimus-0), with random weights.
+
 Needs only torch, timm and lightning (what a bare GPU machine has), so the images are synthetic: each patch is
 noise tinted by a latent tissue state that also drives the expression of 250 genes. That makes the
 fine-tuning run a learnability check as well as a timing: after a few bf16 epochs on the GPU, retrieval
@@ -162,6 +165,36 @@ def patch_encoding_rows(scale: int) -> list[tuple[str, str]]:
     return rows
 
 
+def foundation_encoder_rows(smoke: bool) -> list[tuple[str, str]]:
+    """Encoding throughput of a ViT-L/16 (UNI's architecture) and a ViT-g/14 (H-optimus-0's), fp32 and bf16.
+
+    What encoding a section once costs with the pathology encoders before its features are kept
+    (``docs/encoders.md``): random weights (the published ones are not reachable from these machines, and the
+    speed does not depend on them), uint8 batches of 224 px patches already on the device. A smoke run builds
+    them two blocks deep on batches of 2.
+    """
+    rows = []
+    for name, label in (
+        ("uni", "ViT-L/16 as UNI, 303 M parameters"),
+        ("h_optimus_0", "ViT-g/14 as H-optimus-0, 1.13 B parameters"),
+    ):
+        encoder = create_encoder(name, pretrained=False, **({"depth": 2} if smoke else {})).to(DEVICE).eval()
+        batch = torch.randint(0, 256, (2 if smoke else 64, 3, 224, 224), dtype=torch.uint8, device=DEVICE)
+        for precision in ("fp32", "bf16"):
+            with torch.inference_mode(), torch.autocast(DEVICE, torch.bfloat16, enabled=precision == "bf16"):
+                seconds = timed(lambda encoder=encoder, batch=batch: encoder(batch), 1 if smoke else 5)
+            rows.append(
+                (
+                    f"encode {name} ({'cut to 2 blocks' if smoke else label}) {precision}, batch {len(batch)}",
+                    f"{len(batch) / seconds:,.0f} patches/s",
+                )
+            )
+        del encoder
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=None)
@@ -188,6 +221,7 @@ def main() -> None:
             with torch.inference_mode(), torch.autocast(DEVICE, torch.bfloat16, enabled=precision == "bf16"):
                 seconds = timed(lambda encoder=encoder, batch=batch: encoder(batch), 10)
             rows.append((f"encode {name} {precision}, batch 256", f"{len(batch) / seconds:,.0f} patches/s"))
+    rows += foundation_encoder_rows(args.smoke)
 
     # 2. Fine-tuning (encoder + CMRCNet, bf16-mixed) on learnable synthetic spots; then retrieval on held-out.
     train, test = (

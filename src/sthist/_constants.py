@@ -77,6 +77,8 @@ class Key:
     class uns:
         #: Normalisation settings, keyed by layer.
         NORMALIZATION = "sthist_normalization"
+        #: Encoder of each per-spot feature matrix in ``obsm`` computed by another tool (``{obsm_key: encoder}``).
+        FEATURES = "sthist_features"
         #: Settings of :func:`sthist.pp.qc_spots`.
         QC = "sthist_qc"
         #: Inside a prediction's provenance: the sthist version that wrote it.

@@ -63,7 +63,9 @@ class FeatureStore:
         name = entry_name(parts)
         candidates = [self.path(name, grid)]
         if grid == 1 and self.folder.is_dir():
-            candidates += sorted(p for p in self.folder.glob(f"{name}.grid*.safetensors") if p != candidates[0])
+            candidates += sorted(
+                p for p in self.folder.glob(f"{name}.grid*.safetensors") if p != candidates[0]
+            )
         for path in candidates:
             held = self._load(path, parts, spots)
             if held is None or held[0].shape[1] < views:
@@ -119,14 +121,23 @@ class FeatureStore:
             save_file({TENSOR: tokens.contiguous()}, temporary, metadata=metadata)
             mask = os.umask(0)
             os.umask(mask)
-            os.chmod(temporary, 0o666 & ~mask)  # shared caches: readable as the umask allows, like other files
+            os.chmod(
+                temporary, 0o666 & ~mask
+            )  # shared caches: readable as the umask allows, like other files
             os.replace(temporary, path)
             temporary = None
         except OSError as error:
-            logger.warning("token cache: could not write %s (%s); the tokens are used without being kept", path, error)
+            logger.warning(
+                "token cache: could not write %s (%s); the tokens are used without being kept", path, error
+            )
             return None
         finally:
             if temporary is not None and os.path.exists(temporary):
                 os.unlink(temporary)
-        logger.info("token cache: kept %s (%s, %.1f MiB)", path.name, section, tokens.numel() * tokens.element_size() / 2**20)
+        logger.info(
+            "token cache: kept %s (%s, %.1f MiB)",
+            path.name,
+            section,
+            tokens.numel() * tokens.element_size() / 2**20,
+        )
         return path

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import math
 import os
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, cast
@@ -264,7 +263,7 @@ class TokenCache:
     def __init__(self, folder: str | os.PathLike | Literal[False] | None = None):
         if folder is None and settings.cache_dir is not None:
             folder = Path(settings.cache_dir) / "tokens"
-        self.store = FeatureStore(folder) if folder not in (None, False) else None
+        self.store = None if folder is None or folder is False else FeatureStore(folder)
         self._entries: dict[tuple, dict[int | None, torch.Tensor]] = {}
         self.encoded = 0
         self.read = 0
@@ -299,8 +298,11 @@ class TokenCache:
     ) -> torch.Tensor:
         """Tokens of all items of ``dataset`` (items, views, tokens, channels), encoding only missing sections.
 
-        Views 1 and up depend on the stain ``jitter``, so it is part of the key.
+        Views 1 and up depend on the stain ``jitter``, so it is part of the key. Precomputed features are read
+        from the tables, not cached.
         """
+        if isinstance(encoder, PrecomputedFeatures):
+            return encoder.tokens(dataset, views=views, identity=identity)
         parts = []
         for position, name in enumerate(dataset.sections):
             start, stop = int(dataset._offsets[position]), int(dataset._offsets[position + 1])
@@ -316,7 +318,9 @@ class TokenCache:
             cached = _served(entries, views, grid)
             stored = None
             if cached is None and self.store is not None and grid is not None:
-                stored = stored_key(dataset, position, encoder, identity=identity, jitter=jitter if views > 1 else 0.0)
+                stored = stored_key(
+                    dataset, position, encoder, identity=identity, jitter=jitter if views > 1 else 0.0
+                )
                 cached = self.store.read(stored, grid=grid, views=views, spots=stop - start)
                 if cached is not None:
                     logger.info("token cache: read %s from %s", name, self.store.folder)
@@ -379,28 +383,15 @@ def section_digest(dataset: SpotPatchDataset, position: int) -> str:
     return digest.hexdigest()
 
 
-#: Content digests already computed in this process, by the section's cheap digest (:func:`section_digest`).
-_CONTENT_DIGESTS: OrderedDict[str, str] = OrderedDict()
-_CONTENT_DIGESTS_KEPT = 256
-
-
 def content_digest(dataset: SpotPatchDataset, position: int) -> str:
     """SHA-256 of what one section of ``dataset`` shows the encoder, wherever and however its image is stored.
 
     The pixels of every spot's crop (:meth:`SpotPatchDataset.crop`) with the patch's box in it, the patch size
     in pixels, the table rows (the stain jitter of views 1 and up is seeded by them) and the stain normalisation
-    (the section's statistics and the reference). Reading the crops costs what reading them for encoding costs;
-    a level materialised only for the digest is let go again, and a digest is computed once per process.
+    (the section's statistics and the reference). Reading the crops costs what reading them for encoding costs,
+    and they are read each time: an image rewritten in place is never mistaken for the one it replaced.
     """
-    from sthist.data._readers import InMemoryLevel
-
-    cheap = section_digest(dataset, position)
-    if cheap in _CONTENT_DIGESTS:
-        _CONTENT_DIGESTS.move_to_end(cheap)
-        return _CONTENT_DIGESTS[cheap]
     section = dataset._sections[position]
-    reader = section.reader
-    loaded = not isinstance(reader, InMemoryLevel) or reader._pixels is not None
     digest = hashlib.sha256()
     digest.update(repr((dataset.patch_size_px, section.stain, dataset.stain_reference)).encode())
     digest.update(np.ascontiguousarray(section.rows, dtype=np.int64).tobytes())
@@ -410,12 +401,24 @@ def content_digest(dataset: SpotPatchDataset, position: int) -> str:
         digest.update(np.asarray(crop.shape, dtype=np.int64).tobytes())
         digest.update(np.asarray(box, dtype=np.float64).tobytes())
         digest.update(np.ascontiguousarray(crop).tobytes())
-    if not loaded:
-        reader._pixels = None  # materialised for the digest only: tokens from disk need no pixels
-    _CONTENT_DIGESTS[cheap] = value = digest.hexdigest()
-    if len(_CONTENT_DIGESTS) > _CONTENT_DIGESTS_KEPT:
-        _CONTENT_DIGESTS.popitem(last=False)
-    return value
+    return digest.hexdigest()
+
+
+def _materialised(dataset: SpotPatchDataset, position: int) -> bool:
+    """Whether a section's level is held in memory (read lazily by chunks, it never is as a whole)."""
+    from sthist.data._readers import InMemoryLevel
+
+    reader = dataset._sections[position].reader
+    return isinstance(reader, InMemoryLevel) and reader._pixels is not None
+
+
+def _release(dataset: SpotPatchDataset, position: int) -> None:
+    """Let go of a level materialised only to digest it (its tokens came from disk: no patch will be cut)."""
+    from sthist.data._readers import InMemoryLevel
+
+    reader = dataset._sections[position].reader
+    if isinstance(reader, InMemoryLevel):
+        reader._pixels = None
 
 
 #: Weights identities that do not pin the weights across processes and versions (they name a seed).

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from sthist._constants import Key
+
 #: ``table.uns`` entry mapping an ``obsm`` key of precomputed features to the encoder that computed them.
-FEATURES_UNS_KEY = "sthist_features"
+FEATURES_UNS_KEY = Key.uns.FEATURES
 #: Identity recorded for features whose encoder no section declares.
 UNDECLARED = "undeclared"
 
@@ -28,7 +31,9 @@ def declared_encoder(table, key: str) -> str | None:
         return None
     value = record[key]
     if not isinstance(value, str) or not value:
-        raise ValueError(f"table.uns[{FEATURES_UNS_KEY!r}][{key!r}] must name the encoder (a string), got {value!r}.")
+        raise ValueError(
+            f"table.uns[{FEATURES_UNS_KEY!r}][{key!r}] must name the encoder (a string), got {value!r}."
+        )
     return value
 
 
@@ -47,10 +52,10 @@ class PrecomputedFeatures(torch.nn.Module):
         The backbone entry it stands for (``sthist.models.get_backbone_config('obsm:<key>')``).
     """
 
-    def __init__(self, key: str, *, config=None):
+    def __init__(self, key: str, *, config: Any = None):
         super().__init__()
         self.key = key
-        self.config = config
+        self.config: Any = config
         self.model = torch.nn.Module()  # nothing to save
         self.declared: str | None = None
         self._width: int | None = None if config is None else config.embed_dim
@@ -59,15 +64,18 @@ class PrecomputedFeatures(torch.nn.Module):
     def embed_dim(self) -> int:
         """Channels of the features (known once bound to sections or read)."""
         if self._width is None:
-            raise ValueError(f"The width of table.obsm[{self.key!r}] is known once features are read (bind()).")
+            raise ValueError(
+                f"The width of table.obsm[{self.key!r}] is known once features are read (bind())."
+            )
         return self._width
 
     def features(self, table, section) -> np.ndarray:
         """The features of every row of ``table`` (rows × channels, float32), checked for shape."""
         if self.key not in table.obsm:
             raise KeyError(
-                f"Section {section!r} has no table.obsm[{self.key!r}] (it has {sorted(table.obsm)}); compute the "
-                "features for its spots with the same encoder as the training sections."
+                f"Section {section!r} has no table.obsm[{self.key!r}] (it has {sorted(table.obsm)}): compute the "
+                "features of its spots with the encoder of the training sections (tile predictions need an "
+                "image-encoder backbone: features computed elsewhere exist per spot only)."
             )
         values = table.obsm[self.key]
         values = values.to_numpy() if hasattr(values, "to_numpy") else values
@@ -109,7 +117,13 @@ class PrecomputedFeatures(torch.nn.Module):
         self.declared = encoders.pop() if encoders else None
 
     def tokens(
-        self, dataset, *, indices=None, views: int = 1, dtype: torch.dtype = torch.float16, identity: str | None = None
+        self,
+        dataset,
+        *,
+        indices=None,
+        views: int = 1,
+        dtype: torch.dtype = torch.float16,
+        identity: str | None = None,
     ) -> torch.Tensor:
         """The features of the spots of ``dataset`` as tokens: (spots, views, 1, channels).
 

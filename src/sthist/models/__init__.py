@@ -13,6 +13,7 @@ from sthist.models._backbones import (
     create_encoder,
     get_backbone_config,
     register_backbone,
+    timm_backbone,
 )
 from sthist.models._config import ModelConfig, ReliabilityRecord
 from sthist.models._methods import METHODS, Method, get_method, retrieve
@@ -43,4 +44,5 @@ __all__ = [
     "load",
     "register_backbone",
     "retrieve",
+    "timm_backbone",
 ]

@@ -18,15 +18,17 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from sthist._logging import logger
 from sthist._settings import settings
-from sthist.data import PrecomputedFeatures
 from sthist.models._weights import cached_hub_file, hub_file, load_weights, weights_sha256
+
+if TYPE_CHECKING:
+    from sthist.data import PrecomputedFeatures
 
 #: ImageNet normalisation (most pathology encoders keep it).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -312,6 +314,7 @@ class TimmBuilder:
         kwargs = {"num_classes": 0, **resolve_layers(self.model_kwargs)}
         if self.native:
             return self._native(pretrained, kwargs)
+        path: str | Path | None
         if pretrained and not isinstance(pretrained, str):
             if self.hub_id is None:
                 raise ValueError(
@@ -319,12 +322,15 @@ class TimmBuilder:
                 )
             path = hub_file(self.hub_id, label=self.label, gated=self.gated, filenames=self._filenames())
         else:
-            path = pretrained or None
-        if path is not None and "weight_init" not in kwargs and self.architecture.startswith("vit_"):
-            kwargs["weight_init"] = (
-                "skip"  # every tensor comes from the file: skip timm's initialisation pass
-            )
-        model = timm.create_model(self.architecture, pretrained=False, **kwargs)
+            path = pretrained if isinstance(pretrained, str) and pretrained else None
+        model = None
+        if path is not None and "weight_init" not in kwargs:
+            try:  # every tensor comes from the file: skip the initialisation pass of timm's ViTs
+                model = timm.create_model(self.architecture, pretrained=False, weight_init="skip", **kwargs)
+            except TypeError:  # an architecture without that argument
+                model = None
+        if model is None:
+            model = timm.create_model(self.architecture, pretrained=False, **kwargs)
         if path is not None:
             load_weights(model, path, label=f"{self.label} ({self.architecture})")
             logger.info("loaded the weights of %s from %s", self.label, path)
@@ -549,6 +555,8 @@ def create_encoder(
     """
     config = get_backbone_config(name)
     if name.startswith(FEATURES_PREFIX) and name not in _REGISTRY:
+        from sthist.data import PrecomputedFeatures  # the torch data layer, only where features are read
+
         return PrecomputedFeatures(name[len(FEATURES_PREFIX) :], config=config)
     if model_kwargs:
         if not isinstance(config.build, TimmBuilder):
@@ -570,14 +578,18 @@ def create_encoder(
 
 
 def _checked_config(config: BackboneConfig, model: nn.Module) -> BackboneConfig:
-    """``config`` with what the built model says (embedding size, prefix tokens), refused if it contradicts it."""
+    """``config`` with what the built model says (embedding size, prefix tokens).
+
+    A timm entry that contradicts its model is refused: its ``model_kwargs`` do not build the published
+    architecture.
+    """
     width = getattr(model, "num_features", None)
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     for what, declared, built in (
         ("embedding size", config.embed_dim, width),
         ("prefix tokens", config.prefix_tokens, prefix),
     ):
-        if declared is not None and built is not None and int(declared) != int(built):
+        if config.architecture and declared is not None and built is not None and int(declared) != int(built):
             raise ValueError(
                 f"{config.label} is declared with {what} {declared}, but its architecture builds {built}; the "
                 "registry entry's model_kwargs do not describe the model."
@@ -598,12 +610,14 @@ def encoder_for_sections(
     Precomputed features (``obsm:<key>``) are checked in every section and take their identity from them;
     an encoder trained at a known resolution warns when ``patch_size_um`` shows it another tissue scale.
     """
+    from sthist.data import PrecomputedFeatures
+
     encoder = create_encoder(name, pretrained=pretrained)
     if isinstance(encoder, PrecomputedFeatures):
         encoder.bind(sections)
         encoder.config = dataclasses.replace(
             encoder.config, embed_dim=encoder.embed_dim, identity=encoder.declared or "undeclared"
-        )
+        )  # "undeclared": what PrecomputedFeatures.tokens reads as no declared encoder
         return encoder
     resolution = encoder.config.microns_per_pixel
     if resolution is not None:
