@@ -19,6 +19,16 @@ from sthist.models._backbones import register_backbone, timm_backbone
 
 #: H-optimus-0 and -1: mean and std of their training tiles.
 H_OPTIMUS_MEAN, H_OPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
+#: H-optimus-0 and -1 share their architecture (ViT-g/14 with 4 registers), normalisation and size.
+_H_OPTIMUS = {
+    "architecture": "vit_giant_patch14_reg4_dinov2",
+    "model_kwargs": {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
+    "mean": H_OPTIMUS_MEAN,
+    "std": H_OPTIMUS_STD,
+    "embed_dim": 1536,
+    "prefix_tokens": 5,
+    "parameters": 1_134_774_272,
+}
 #: Resolution (µm/px) every entry was trained at: 20× magnification.
 MICRONS_PER_PIXEL = 0.5
 
@@ -66,13 +76,7 @@ PRESETS = [
         "h_optimus_0",
         display_name="H-optimus-0",
         hub_id="bioptimus/H-optimus-0",
-        architecture="vit_giant_patch14_reg4_dinov2",
-        model_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
-        mean=H_OPTIMUS_MEAN,
-        std=H_OPTIMUS_STD,
-        embed_dim=1536,
-        prefix_tokens=5,
-        parameters=1_134_774_272,
+        **_H_OPTIMUS,
         licence="Apache-2.0",
         gated=False,
     ),
@@ -80,13 +84,7 @@ PRESETS = [
         "h_optimus_1",
         display_name="H-optimus-1",
         hub_id="bioptimus/H-optimus-1",
-        architecture="vit_giant_patch14_reg4_dinov2",
-        model_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
-        mean=H_OPTIMUS_MEAN,
-        std=H_OPTIMUS_STD,
-        embed_dim=1536,
-        prefix_tokens=5,
-        parameters=1_134_774_272,
+        **_H_OPTIMUS,
         licence="Bioptimus terms (see its model card)",
         gated=True,
     ),
