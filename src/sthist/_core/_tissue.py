@@ -17,7 +17,7 @@ MIN_COMPONENT_PIXELS = 40  # at 16 µm/px; scaled to the resolution of the image
 MIN_THICKNESS_PX = 2.0  # at 16 µm/px, scaled likewise
 #: Share of a component's pixels that must be H&E-coloured (green the weakest channel: eosin pink and
 #: haematoxylin purple), against the bluish-grey of scanner frames and the blue, green or black of pens.
-MIN_STAIN_FRACTION = 0.5
+MIN_STAIN_FRACTION = 0.3
 #: A component touching the image border with nearly all of its pixels within this fraction of the image's
 #: side from the border is a frame (the blurred margin of legacy ST images, a slide label's edge).
 FRAME_BAND = 0.12
