@@ -14,13 +14,14 @@ own ``conch`` package (open_clip), not a timm model's patch tokens.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from sthist.models._backbones import register_backbone, timm_backbone
 
 #: H-optimus-0 and -1: mean and std of their training tiles.
 H_OPTIMUS_MEAN, H_OPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 #: H-optimus-0 and -1 share their architecture (ViT-g/14 with 4 registers), normalisation and size.
-_H_OPTIMUS = {
+_H_OPTIMUS: dict[str, Any] = {
     "architecture": "vit_giant_patch14_reg4_dinov2",
     "model_kwargs": {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
     "mean": H_OPTIMUS_MEAN,
