@@ -50,7 +50,7 @@ benchmark: setup  ## patch extraction, speed and whole-slide memory (about 15 mi
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/tiles.py
 
-benchmark-accuracy: setup  ## HER2ST cross-validation of all methods (about 35 minutes)
+benchmark-accuracy: setup  ## HER2ST cross-validation of all methods over 3 seeds (about 50 minutes)
 	$(PY) benchmarks/accuracy.py
 
 clean:

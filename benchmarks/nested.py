@@ -9,7 +9,7 @@ optimism, and each baseline gets the same search as CMRCNet.
 Finally the same search runs over all patients: its choice per method is the default of `tl.fit` and the
 setting `benchmarks/accuracy.py` measures (the outer figures judge this procedure, not that choice).
 
-    python benchmarks/nested.py [--round 3] [--epochs 30] [--more] [--output benchmarks/results]
+    python benchmarks/nested.py [--round 4] [--seeds 0 1 2] [--epochs 30] [--more] [--output benchmarks/results]
 """
 
 from __future__ import annotations
@@ -94,6 +94,15 @@ ROUND_3 = {
     "regression": _ROUND_3_SHARED,
     "ridge": _ROUND_3_SHARED,
 }
+#: Round 4 (``--round 4``, results in ``nested_round4.md``): CMRCNet's share of retrieval in its prediction, the rest
+#: being its expression decoder's, at every other default (k 20, TTA over 4 views, context 300 µm). The
+#: candidates differ in prediction alone and share their fits.
+ROUND_4 = {
+    "cmrcnet": {
+        f"retrieval {weight:g}": {"predict": {"tta_views": 4, "k": 20, "retrieval_weight": weight}}
+        for weight in (0.0, 0.25, 0.5, 0.75, 1.0)
+    }
+}
 #: Earlier options, added with --more (centring of expression and tokens, token layers).
 MORE = {
     "centred": {"data": {"center_expression": True, "center_tokens": True}},
@@ -106,6 +115,33 @@ def _as_asked(options: dict) -> dict:
     the fit's k unless it says otherwise, so that candidates stay what they were whatever the current defaults
     (TTA over 4 views since round 2; per-method k and smoothing since round 3)."""
     return {**options, "predict": {"tta_views": 1, "smooth_um": 0.0, **options.get("predict", {})}}
+
+
+def _evaluate(
+    model, test: dict, held_out, method: str, chosen: str, seed: int, predict_options: dict
+) -> list[dict]:
+    """Records (section, gene set, mean Pearson r) of ``model`` on the held-out ``test`` sections."""
+    import sthist
+    from sthist.tl._cross_validate import aligned_frames
+    from sthist.tl._evaluate import evaluation_frames
+
+    rows = []
+    for section, sdata in test.items():
+        predicted, _ = sthist.tl.predict(
+            sdata, model, inplace=False, token_cache=_CACHE[0], qc_column="sthist_pass_qc", **predict_options
+        )
+        observed, predicted = aligned_frames(sdata, predicted, 1e4)
+        summary = evaluation_frames(
+            observed, predicted, n_top=50, marker_genes=sthist.datasets.her2st_marker_genes
+        )["summary"]
+        rows += [{"held_out": held_out, "section": section, "method": method, "chosen": chosen, "seed": seed,
+                  "gene_set": gene_set, "pearson_mean": row["pearson_mean"]}
+                 for gene_set, row in summary.iterrows()]  # fmt: skip
+    return rows
+
+
+#: The token cache of the run (set in main), shared by every fit and prediction.
+_CACHE: list = []
 
 
 def main() -> None:
@@ -128,16 +164,21 @@ def main() -> None:
         help="only the outer folds (the estimate), not the search over all patients (see --defaults-only)",
     )
     parser.add_argument("--methods", nargs="+", default=None, help="methods to search (default: all four)")
-    parser.add_argument("--round", type=int, choices=(1, 2, 3), default=3, help="candidate set (default: 3)")
+    parser.add_argument(
+        "--round", type=int, choices=(1, 2, 3, 4), default=3, help="candidate set (default: 3)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds; choices are made on the mean over them"
+    )
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
-    rounds = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3}
+    rounds = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4}
     candidates_of = {
         m: {name: _as_asked(options) for name, options in {**c, **(MORE if args.more else {})}.items()}
         for m, c in rounds[args.round].items()
         if args.methods is None or m in args.methods
     }
-    name = {1: "nested_round1", 2: "nested", 3: "nested_round3"}[args.round] + (
+    name = {1: "nested_round1", 2: "nested", 3: "nested_round3", 4: "nested_round4"}[args.round] + (
         "_defaults" if args.defaults_only else ""
     )
     if args.methods:
@@ -146,8 +187,7 @@ def main() -> None:
     import sthist
     from sthist._core._report import markdown_table
     from sthist.data import TokenCache
-    from sthist.tl._cross_validate import aligned_frames, section_group
-    from sthist.tl._evaluate import evaluation_frames
+    from sthist.tl._cross_validate import section_group
     from sthist.tl._fit import merge_fit_options
 
     sthist.settings.progress = False
@@ -156,37 +196,37 @@ def main() -> None:
     base = {"max_epochs": args.epochs, "batch_size": 64, "k": 50, "qc_column": "sthist_pass_qc", "random_state": 0,
             "training": {"views": args.views, "learning_rate": 1e-3}}  # fmt: skip
     cache = TokenCache()
-    markers = sthist.datasets.her2st_marker_genes
+    _CACHE[:] = [cache]
     patient = {name: section_group(name, sdata, "patient") for name, sdata in sections.items()}
     choices, rows = [], []
+
+    def ranked(fold: dict, named: dict) -> pd.DataFrame:
+        """select_settings over ``fold`` for each seed, the scores averaged over seeds (best first)."""
+        rankings = [
+            sthist.tl.select_settings(
+                fold, named, groups="patient", fit_options={**base, "random_state": seed}, token_cache=cache
+            )
+            for seed in args.seeds
+        ]
+        ranking = sum(r.loc[rankings[0].index] for r in rankings) / len(rankings)
+        ranking = ranking.sort_values("score", ascending=False)
+        ranking.attrs["best"] = ranking.index[0]
+        return ranking
+
     for held_out in [] if args.defaults_only else sorted(set(patient.values())):
         train = {n: s for n, s in sections.items() if patient[n] != held_out}
         test = {n: s for n, s in sections.items() if patient[n] == held_out}
         for method, candidates in candidates_of.items():
             named = {name: {"method": method, **options} for name, options in candidates.items()}
-            ranking = sthist.tl.select_settings(
-                train, named, groups="patient", fit_options=base, token_cache=cache
-            )
+            ranking = ranked(train, named)
             best = ranking.attrs["best"]
             choices.append({"held_out": held_out, "method": method, "chosen": best,
                             **{f"inner {c}": ranking.loc[c, "score"] for c in ranking.index}})  # fmt: skip
-            options = merge_fit_options(base, candidates[best])
-            predict_options = options.pop("predict", {})
-            model = sthist.tl.fit(train, method=method, token_cache=cache, **options)
-            for section, sdata in test.items():
-                predicted, _ = sthist.tl.predict(
-                    sdata,
-                    model,
-                    inplace=False,
-                    token_cache=cache,
-                    qc_column=base["qc_column"],
-                    **predict_options,
-                )
-                observed, predicted = aligned_frames(sdata, predicted, 1e4)
-                summary = evaluation_frames(observed, predicted, n_top=50, marker_genes=markers)["summary"]
-                rows += [{"held_out": held_out, "section": section, "method": method, "chosen": best,
-                          "gene_set": gene_set, "pearson_mean": row["pearson_mean"]}
-                         for gene_set, row in summary.iterrows()]  # fmt: skip
+            for seed in args.seeds:
+                options = merge_fit_options({**base, "random_state": seed}, candidates[best])
+                predict_options = options.pop("predict", {})
+                model = sthist.tl.fit(train, method=method, token_cache=cache, **options)
+                rows += _evaluate(model, test, held_out, method, best, seed, predict_options)
             print(
                 f"{held_out} held out, {method}: chose {best!r} ({ranking['score'].round(3).to_dict()})",
                 flush=True,
@@ -196,9 +236,7 @@ def main() -> None:
     defaults = []
     for method, candidates in {} if args.outer_only else candidates_of.items():
         named = {name: {"method": method, **options} for name, options in candidates.items()}
-        ranking = sthist.tl.select_settings(
-            sections, named, groups="patient", fit_options=base, token_cache=cache
-        )
+        ranking = ranked(sections, named)
         defaults.append({"method": method, "chosen": ranking.attrs["best"],
                          **{f"score {c}": ranking.loc[c, "score"] for c in ranking.index}})  # fmt: skip
         print(f"all patients, {method}: chose {ranking.attrs['best']!r}", flush=True)
@@ -206,6 +244,7 @@ def main() -> None:
     total = time.perf_counter() - start
     outer: list[str] = []
     if rows:
+        # Mean over seeds of each section's score, then over sections.
         wide = table.pivot_table(index=["method", "section"], columns="gene_set", values="pearson_mean")
         wide = wide[["HEG@50", "HVG@50", "MG", "panel"]]
         mean = wide.groupby(level="method").mean().loc[list(candidates_of)]
@@ -222,6 +261,7 @@ def main() -> None:
                  "estimate from this run.", ""]  # fmt: skip
     flags = f"{' --defaults-only' if args.defaults_only else ''}{' --outer-only' if args.outer_only else ''}"
     flags += " --more" if args.more else ""
+    flags += "" if args.seeds == [0] else " --seeds " + " ".join(map(str, args.seeds))
     if args.methods:
         flags += " --methods " + " ".join(args.methods)
     text = "\n".join([
@@ -247,7 +287,7 @@ def main() -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{name}.md").write_text(text)
-    payload = {"options": base, "candidates": candidates_of, "choices": choices, "defaults": defaults,
+    payload = {"options": base, "seeds": args.seeds, "candidates": candidates_of, "choices": choices, "defaults": defaults,
                "total_s": total,
                "patient": table.to_dict(orient="records")}  # fmt: skip
     (output / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))

@@ -37,3 +37,19 @@ def copy_section(sdata):
         tables={k: v.copy() for k, v in sdata.tables.items()},
         attrs=copy.deepcopy(sdata.attrs),
     )
+
+
+def resigned(folder, tensors: dict, config: dict) -> None:
+    """Write weights and config with matching checksum and digest (as a tool that edits both would)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sthist.models._backbones import file_sha256
+    from sthist.models._save_load import CONFIG_DIGEST, config_digest
+
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, folder / "model.safetensors", metadata={CONFIG_DIGEST: config_digest(config)})
+    (folder / "config.json").write_text(
+        json.dumps(dict(config, weights_sha256=file_sha256(folder / "model.safetensors")))
+    )

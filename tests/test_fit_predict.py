@@ -38,7 +38,7 @@ def test_training_lowers_the_loss_and_beats_the_mean(sections, fitted):
     losses = [record["loss"] for record in fitted.history]
     assert len(losses) == FAST["max_epochs"]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
-    assert {"contrastive", "reconstruction"} <= set(fitted.history[0])
+    assert {"contrastive", "reconstruction", "decoder"} <= set(fitted.history[0])
     prediction, uncertainty = sthist.tl.predict(sections["toy2"], fitted, inplace=False)
     observed = _observed(sections["toy2"], fitted.genes)
     train_mean = np.concatenate(
@@ -62,6 +62,8 @@ def test_baselines_run_through_the_same_path(sections, method):
     assert np.nanmean([np.corrcoef(prediction[g], observed[g])[0, 1] for g in model.genes]) > 0.2
     if method == "bleep":
         assert "reconstruction" not in model.history[0]
+        with pytest.raises(ValueError, match="this bleep model has no decoder"):
+            sthist.tl.predict(sections["toy2"], model, retrieval_weight=0.5, inplace=False)
     else:
         assert np.isnan(uncertainty.to_numpy()).all()
 
@@ -157,6 +159,27 @@ def test_resume_after_interruption(sections, tmp_path):
     assert resumed.history[-1]["loss"] < resumed.history[0]["loss"]
 
 
+def test_retrieval_weight_blends_retrieval_with_the_decoder(sections, fitted):
+    """The default prediction is the recorded blend of retrieval and decoder, each end on its own."""
+    sdata = sections["toy2"]
+    weight = fitted.retrieval_weight
+    assert weight == fitted.architecture.retrieval_weight and 0 < weight < 1
+    ends = {w: sthist.tl.predict(sdata, fitted, retrieval_weight=w, inplace=False) for w in (0.0, 1.0)}
+    default, spread = sthist.tl.predict(sdata, fitted, inplace=False)
+    np.testing.assert_allclose(
+        default, weight * ends[1.0][0] + (1 - weight) * ends[0.0][0], rtol=1e-5, atol=1e-5
+    )
+    assert not ends[1.0][0].equals(ends[0.0][0])
+    assert np.isnan(ends[0.0][1].to_numpy()).all()  # the decoder alone retrieves no spots: no spread
+    np.testing.assert_allclose(spread, ends[1.0][1], rtol=1e-5)
+    sthist.tl.predict(sdata, fitted, retrieval_weight=0.0, key_added="decoded")
+    try:
+        assert sdata.tables["table"].uns["decoded"]["retrieval_weight"] == 0.0
+    finally:
+        table = sdata.tables["table"]
+        del table.obsm["decoded"], table.obsm["decoded_uncertainty"], table.uns["decoded"]
+
+
 def test_fit_input_errors(sections):
     train = {"toy0": sections["toy0"]}
     with pytest.raises(ValueError, match="Only 100 training spots for batch_size=128"):
@@ -179,6 +202,9 @@ def test_predict_input_errors(sections, fitted):
         sthist.tl.predict(sdata, fitted, k=1000)
     with pytest.raises(TypeError, match="fitted SthistModel"):
         sthist.tl.predict(sdata, "model")
+    for weight in (1.5, -0.2, "half"):
+        with pytest.raises(ValueError, match="retrieval_weight must be a number in"):
+            sthist.tl.predict(sdata, fitted, retrieval_weight=weight, inplace=False)
     table = sdata.tables["table"]
     table.uns["sthist_normalization"] = {"sthist_log1p": {"target_sum": 1e6}}
     try:

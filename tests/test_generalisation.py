@@ -33,7 +33,7 @@ def sections():
 def test_token_layers_are_trained_and_ignore_the_order_of_tokens():
     torch.manual_seed(0)
     architecture = ArchitectureConfig(embedding_dim=16, heads=2, token_layers=2, context_um=None)
-    model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, reconstruction=True).eval()
+    model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, branches=True).eval()
     assert model.token_encoder is not None and len(model.token_encoder.layers) == 2
     tokens = torch.randn(4, 9, 8)
     rotated = tokens.view(4, 3, 3, 8).rot90(1, dims=(1, 2)).reshape(4, 9, 8)  # a quarter turn of the grid
@@ -57,7 +57,7 @@ def test_detached_target_keeps_reconstruction_out_of_the_image_head(detach, monk
     architecture = ArchitectureConfig(
         embedding_dim=16, heads=2, token_layers=1, detach_target=detach, dropout=0
     )
-    model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, reconstruction=True)
+    model = ContrastiveModel(token_dim=8, n_genes=5, architecture=architecture, branches=True)
     model.losses(torch.randn(6, 9, 8), torch.rand(6, 5))["loss"].backward()
     head = torch.cat([p.grad.abs().flatten() for p in model.image_head.parameters()])
     encoder = torch.cat([p.grad.abs().flatten() for p in model.token_encoder.parameters()])

@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 import torch
-from _shared import TINY_FIT
+from _shared import TINY_FIT, resigned
+from safetensors.torch import load_file
 
 import sthist
 from sthist._core._config import METHOD_NAMES
@@ -117,6 +118,27 @@ def test_save_and_load_classmethod_and_older_format(sections, tmp_path):
         and upgraded.training == model.training
     )
     torch.testing.assert_close(upgraded.predict_tokens(tokens)[0], model.predict_tokens(tokens)[0])
+
+
+def test_cmrcnet_saved_before_the_decoder_loads_as_retrieval_alone(sections, tmp_path):
+    model = sthist.tl.fit(
+        sections, max_epochs=1, batch_size=16, training={"views": 1}, architecture={"decoder_weight": 0.0},
+        **FAST,
+    )  # fmt: skip
+    assert model.module.decoder is None and model.retrieval_weight == 1.0
+    model.save(tmp_path / "model")
+    path = tmp_path / "model" / "config.json"
+    config = json.loads(path.read_text())
+    for name in ("decoder_weight", "retrieval_weight", "reconstruction_weight"):
+        del config["architecture"][name]  # what a model saved before these settings holds
+    resigned(tmp_path / "model", load_file(tmp_path / "model" / "model.safetensors"), config)
+    loaded = sthist.models.load(tmp_path / "model")
+    assert loaded.architecture.decoder_weight == 0 and loaded.architecture.retrieval_weight == 1
+    assert loaded.architecture.reconstruction_weight == 1 and loaded.module.reconstruction is not None
+    tokens = torch.randn(3, 4, 32)
+    torch.testing.assert_close(loaded.predict_tokens(tokens)[0], model.predict_tokens(tokens)[0])
+    with pytest.raises(ValueError, match="no decoder"):
+        sthist.tl.predict(sections["toy0"], loaded, retrieval_weight=0.5, inplace=False)
 
 
 def test_one_strategy_per_method():

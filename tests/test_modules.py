@@ -54,7 +54,7 @@ def test_pool_token_grid_averages_regions():
 def test_reconstruction_grid_sets_the_branch_tokens():
     seen = []
     architecture = ArchitectureConfig(embedding_dim=8, heads=2, reconstruction_grid=2)
-    model = ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, reconstruction=True)
+    model = ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, branches=True)
     model.reconstruction.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     losses = model.losses(torch.randn(4, 49, 6), torch.rand(4, 5))
     assert seen == [(4, 4, 8)] and torch.isfinite(losses["loss"])
@@ -67,7 +67,7 @@ def test_reconstruction_grid_sets_the_branch_tokens():
 def _model(seed: int) -> ContrastiveModel:
     torch.manual_seed(seed)
     architecture = ArchitectureConfig(embedding_dim=8, dropout=0.0)
-    return ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, reconstruction=False)
+    return ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, branches=False)
 
 
 def _batch():
@@ -171,9 +171,9 @@ def test_models_score_summaries_as_every_token(reconstruction):
     from sthist.data import add_context, summarise_tokens
 
     torch.manual_seed(0)
-    architecture = ArchitectureConfig(embedding_dim=16, heads=2)
+    architecture = ArchitectureConfig(embedding_dim=16, heads=2, reconstruction_grid=3)
     model = ContrastiveModel(
-        token_dim=6, n_genes=5, architecture=architecture, reconstruction=reconstruction
+        token_dim=6, n_genes=5, architecture=architecture, branches=reconstruction
     ).eval()
     raw = torch.randn(8, 1, 49, 6)
     centres = np.c_[np.arange(8) * 100.0, np.zeros(8)]
@@ -197,7 +197,7 @@ def test_models_score_summaries_as_every_token(reconstruction):
         torch.testing.assert_close(seen[0], seen[1])
     layered = ContrastiveModel(
         token_dim=6, n_genes=5, architecture=ArchitectureConfig(embedding_dim=16, heads=2, token_layers=1),
-        reconstruction=reconstruction,
+        branches=reconstruction,
     )  # fmt: skip
     assert layered.token_grid is None  # token layers read every token
 
@@ -225,3 +225,75 @@ def test_attend_is_multihead_attention(self_attention):
         torch.testing.assert_close(grad, expected_grad)
     torch.manual_seed(1)
     assert not torch.allclose(attend(attention, query, memory), attention.eval()(query, memory, memory)[0])
+
+
+def test_cmrcnet_decoder_is_trained_on_standardised_expression_and_blended_with_retrieval():
+    from sthist.models import get_method
+
+    torch.manual_seed(0)
+    cmrcnet = get_method("cmrcnet")
+    architecture = ArchitectureConfig(embedding_dim=16, heads=2, dropout=0.0)
+    module = cmrcnet.build(token_dim=6, n_genes=4, architecture=architecture)
+    expression = torch.rand(12, 4) * torch.tensor([1.0, 3.0, 0.5, 0.0]) + 2
+    cmrcnet.prepare(module, expression)
+    assert torch.allclose(module.target_mean, expression.mean(0)) and module.target_scale[3] == 1
+    tokens = torch.randn(12, 10, 6)
+    torch.manual_seed(1)
+    losses = module.losses(tokens, expression)
+    assert set(losses) == {"loss", "contrastive", "reconstruction", "decoder"}
+    expected = sum(torch.log1p(losses[name]) for name in ("contrastive", "reconstruction", "decoder"))
+    torch.testing.assert_close(losses["loss"], expected)
+    pooled = module.encode(tokens)[1]  # the decoder reads the pooled image representation
+    target = (expression - module.target_mean) / module.target_scale
+    torch.testing.assert_close(losses["decoder"], ((module.decoder(pooled) - target) ** 2).mean())
+    module.eval()
+    state = cmrcnet.reference(module, expression)
+    retrieved, spread = cmrcnet.predict(module, state, tokens, 3, retrieval_weight=1.0)
+    decoded, none = cmrcnet.predict(module, state, tokens, 3, retrieval_weight=0.0)
+    torch.testing.assert_close(decoded, module.decode(module.encode(tokens)[1]))
+    assert torch.isnan(none).all() and not torch.isnan(spread).any()
+    blended, blended_spread = cmrcnet.predict(module, state, tokens, 3, retrieval_weight=0.25)
+    torch.testing.assert_close(blended, 0.25 * retrieved + 0.75 * decoded)
+    torch.testing.assert_close(blended_spread, spread)  # the spread stays that of the retrieved spots
+
+
+@pytest.mark.parametrize(
+    ("method", "weights", "parts"),
+    [
+        ("cmrcnet", {"decoder_weight": 0.0}, {"contrastive", "reconstruction"}),
+        ("cmrcnet", {"reconstruction_weight": 0.0}, {"contrastive", "decoder"}),
+        ("cmrcnet", {"reconstruction_weight": 0.0, "decoder_weight": 0.0}, {"contrastive"}),
+        ("bleep", {"decoder_weight": 2.0}, {"contrastive"}),  # BLEEP has no branches, whatever the weights
+    ],
+)
+def test_branch_weights_switch_cmrcnets_branches_off(method, weights, parts):
+    from sthist.models import get_method
+
+    torch.manual_seed(0)
+    architecture = ArchitectureConfig(embedding_dim=16, heads=2, **weights)
+    module = get_method(method).build(token_dim=6, n_genes=4, architecture=architecture)
+    assert (module.decoder is None) == ("decoder" not in parts)
+    assert (module.reconstruction is None) == ("reconstruction" not in parts)
+    expression = torch.rand(8, 4)
+    get_method(method).prepare(module, expression)
+    losses = module.losses(torch.randn(8, 10, 6), expression)
+    assert set(losses) == {"loss", *parts}
+    if parts == {"contrastive"}:
+        torch.testing.assert_close(losses["loss"], losses["contrastive"])  # BLEEP's loss, not log1p of it
+    if module.decoder is None:  # retrieval alone, whatever share it is asked for
+        module.eval()
+        state = get_method(method).reference(module, expression)
+        tokens = torch.randn(5, 10, 6)
+        alone = get_method(method).predict(module, state, tokens, 2, retrieval_weight=1.0)
+        torch.testing.assert_close(
+            alone, get_method(method).predict(module, state, tokens, 2, retrieval_weight=0.0)
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("retrieval_weight", 1.5), ("retrieval_weight", -0.1), ("decoder_weight", -1.0),
+                         ("reconstruction_weight", "high"), ("retrieval_weight", True)],
+)  # fmt: skip
+def test_branch_weights_are_checked(field, value):
+    with pytest.raises(ValueError, match=field):
+        ArchitectureConfig(**{field: value})

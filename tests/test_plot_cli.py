@@ -220,7 +220,7 @@ def test_cross_validation_plot(tmp_path):
 def test_training_curves_plot(predicted, tmp_path):
     _, model = predicted
     figure = sthist.pl.training_curves(model, save=tmp_path / "t.png")
-    assert [ax.get_title() for ax in figure.axes] == ["loss", "contrastive", "reconstruction"]
+    assert [ax.get_title() for ax in figure.axes] == ["loss", "contrastive", "reconstruction", "decoder"]
     line = figure.axes[0].lines[0]
     np.testing.assert_allclose(line.get_xdata(), [r["epoch"] + 1 for r in model.history])
     np.testing.assert_allclose(line.get_ydata(), [r["loss"] for r in model.history])

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sthist.cli import main
 
 import sthist
+from sthist.cli import main
 
 
 def test_cli_mistakes_print_one_line_naming_the_flag(store, model_dir, tmp_path, capsys):
@@ -23,6 +23,14 @@ def test_cli_mistakes_print_one_line_naming_the_flag(store, model_dir, tmp_path,
         (["predict", str(store), "--model", str(tmp_path)], "not a complete sthist model"),
         (["predict", str(store), "--model", str(model_dir), "--key", "a/b"], "--key='a/b' cannot be stored"),
         (["predict", str(store), "--model", str(model_dir), "--qc-column", "nope"], "no obs column 'nope'"),
+        (
+            ["predict", str(store), "--model", str(model_dir), "--retrieval-weight", "2"],
+            "retrieval_weight must be",
+        ),
+        (
+            ["predict", str(store), "--model", str(model_dir), "--tiles", "--retrieval-weight", "0.5"],
+            "--retrieval-weight applies to spots",
+        ),
         (["fit", str(store), "--output", str(taken)], "--output .* is a file"),
         (["fit", str(store), "--output", str(tmp_path / "m"), "--devices", "100000"], "--devices 100000"),
         (["fit", str(store), "--output", str(tmp_path / "m"), "--batch-size", "0"], "--batch-size must be"),

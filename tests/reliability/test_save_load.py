@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _shared import resigned
 
 import sthist
 
@@ -64,36 +65,22 @@ def test_an_edited_config_is_refused(model, tmp_path):
     assert sthist.models.load(folder).genes == model.genes
 
 
-def _resigned(folder: Path, tensors: dict, config: dict) -> None:
-    """Write weights and config with matching checksum and digest (as a tool that edits both would)."""
-    from safetensors.torch import save_file
-
-    from sthist.models._backbones import file_sha256
-    from sthist.models._save_load import CONFIG_DIGEST, config_digest
-
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, folder / "model.safetensors", metadata={CONFIG_DIGEST: config_digest(config)})
-    (folder / "config.json").write_text(
-        json.dumps(dict(config, weights_sha256=file_sha256(folder / "model.safetensors")))
-    )
-
-
 def test_weights_that_do_not_fit_the_config_are_refused_at_load(model, tmp_path):
     from safetensors.torch import load_file
 
     folder = model.save(tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     tensors = load_file(folder / "model.safetensors")
-    _resigned(folder, {k: v for k, v in tensors.items() if k != "bank.expression"}, config)
+    resigned(folder, {k: v for k, v in tensors.items() if k != "bank.expression"}, config)
     with pytest.raises(ValueError, match=r"lacks the tensors \['bank.expression'\]"):
         sthist.models.load(folder)
-    _resigned(folder, {**tensors, "bank.expression": tensors["bank.expression"][:, :3]}, config)
+    resigned(folder, {**tensors, "bank.expression": tensors["bank.expression"][:, :3]}, config)
     with pytest.raises(ValueError, match="tensor 'bank.expression' has shape"):
         sthist.models.load(folder)
     first = next(k for k in tensors if k.startswith("model."))
-    _resigned(folder, {**tensors, first: tensors[first][..., :1]}, config)
+    resigned(folder, {**tensors, first: tensors[first][..., :1]}, config)
     with pytest.raises(ValueError, match="does not fit the model its config describes"):
         sthist.models.load(folder)
-    _resigned(folder, tensors, dict(config, format_version="3"))
+    resigned(folder, tensors, dict(config, format_version="3"))
     with pytest.raises(ValueError, match="format_version must be a positive integer"):
         sthist.models.load(folder)

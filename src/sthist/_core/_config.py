@@ -237,6 +237,24 @@ class ArchitectureConfig(_Record):
         help="Reconstruct a detached copy of the global image embedding: the reconstruction loss then trains the "
         "branch and the token layers through the masked tokens only.",
     )
+    reconstruction_weight: float = setting(
+        default=1.0,
+        help="CMRCNet: weight of the mask-reconstruction loss, ``log(1 + reconstruction)``, beside the contrastive "
+        "loss (0: no reconstruction branch).",
+    )
+    decoder_weight: float = setting(
+        default=3.0,
+        help="CMRCNet: weight of the expression decoder's loss, ``log(1 + MSE)``. The decoder (an MLP) regresses "
+        "each spot's standardised expression from its pooled image representation (the input of the contrastive "
+        "image head) and is trained with the "
+        "contrastive and reconstruction losses (0: no decoder; predictions by retrieval alone).",
+    )
+    retrieval_weight: float = setting(
+        default=0.75,
+        help="CMRCNet with a decoder: share of retrieval in the prediction, ``w · retrieval + (1 − w) · decoder`` "
+        "(1: retrieval alone, 0: the decoder alone). Retrieval averages the expression of measured spots, the "
+        "decoder is sharper where morphology sets expression; they err differently.",
+    )
 
     def __post_init__(self):
         _positive_integers(self, ("embedding_dim", "gene_tokens", "heads", "fusion_blocks"))
@@ -268,6 +286,9 @@ class ArchitectureConfig(_Record):
         grid = self.reconstruction_grid
         if isinstance(grid, bool) or int(grid) != grid or grid < 0:
             raise ValueError(f"reconstruction_grid must be a non-negative integer, got {grid!r}.")
+        _non_negative_numbers(self, ("reconstruction_weight", "decoder_weight", "retrieval_weight"))
+        if self.retrieval_weight > 1:
+            raise ValueError(f"retrieval_weight must lie in [0, 1], got {self.retrieval_weight!r}.")
         if self.embedding_dim % self.heads:
             raise ValueError(
                 f"embedding_dim ({self.embedding_dim}) must be divisible by heads ({self.heads})."

@@ -13,8 +13,9 @@ SHARED_PARAMETERS = {
     "fit_sections": """Training sections: a SpatialData object, a list or a dict of them (image, spots, table with
         raw counts; physical scale recorded). Nothing is written into them.""",
     "fit_method": """method
-        ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction, retrieval), ``'bleep'`` (contrastive
-        only, retrieval), ``'regression'`` (MLP head, MSE) or ``'ridge'`` (HEST protocol on frozen features).""",
+        ``'cmrcnet'`` (contrastive + cross-modal mask reconstruction + expression decoder; retrieval blended
+        with the decoder), ``'bleep'`` (contrastive only, retrieval), ``'regression'`` (MLP head, MSE) or
+        ``'ridge'`` (HEST protocol on frozen features).""",
     "fit_genes": """genes
         Gene panel. By default the union of the top ``data.n_top_genes`` genes by mean (HEG) and by variance
         (HVG) over the training sections, among genes detected in ≥ 10 % of the spots of every section

@@ -72,6 +72,13 @@ def add_parser(commands) -> None:
         help="average predictions over spots within this many µm (0: none; default: the model's setting)",
     )
     predict.add_argument(
+        "--retrieval-weight",
+        type=float,
+        default=None,
+        help="CMRCNet: share of retrieval in the prediction, the rest its decoder's (1: retrieval alone, "
+        "0: the decoder alone; default: the model's setting)",
+    )
+    predict.add_argument(
         "--microns-per-pixel", type=float, default=None, help="µm per unit of 'global' if not recorded"
     )
     predict.add_argument(
@@ -112,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     sdata = read_store(args.store, args.microns_per_pixel)
     check_writable(args.store)
     model = sthist.models.load(args.model)
+    if args.tiles and args.retrieval_weight is not None:
+        raise UserError("--retrieval-weight applies to spots; tiles are predicted with the model's own blend")
     if args.tiles:
         sthist.tl.predict_tiles(
             sdata,
@@ -142,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         qc_column=args.qc_column,
         tta_views=args.tta_views,
         smooth_um=args.smooth_um,
+        retrieval_weight=args.retrieval_weight,
         device=args.device,
     )
     # Under the store's lock, the table is read again and gains the predictions; other processes' results
@@ -174,7 +184,7 @@ def predict_stores(args: argparse.Namespace) -> int:
         args.store, args.model, key_added=args.key, overwrite=args.overwrite, accelerator=accelerator,
         devices=devices, num_nodes=args.num_nodes, strategy=args.strategy, qc_column=args.qc_column,
         tta_views=args.tta_views, smooth_um=args.smooth_um, image_key=args.image_key, table_key=args.table,
-        coordinate_system=args.coordinate_system,
+        coordinate_system=args.coordinate_system, retrieval_weight=args.retrieval_weight,
     )  # fmt: skip
     if is_rank_zero():
         print(markdown(summary.round(2).to_dict(orient="records")))

@@ -97,25 +97,40 @@ class Method:
 
     @torch.inference_mode()
     def predict(
-        self, module: nn.Module | None, state: dict[str, torch.Tensor], tokens: torch.Tensor, k: int
+        self,
+        module: nn.Module | None,
+        state: dict[str, torch.Tensor],
+        tokens: torch.Tensor,
+        k: int,
+        retrieval_weight: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expression (spots × genes) and its spread (NaN where the method has none) from encoder tokens."""
+        """Expression (spots × genes) and its spread (NaN where the method has none) from encoder tokens.
+
+        ``retrieval_weight`` is the share of retrieval in a prediction that blends it with a decoder.
+        """
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class Retrieval(Method):
-    """Contrastive image–expression embeddings; prediction averages the ``k`` nearest reference spots."""
+    """Contrastive image–expression embeddings; prediction averages the ``k`` nearest reference spots.
 
-    reconstruction: bool = False
+    With ``branches`` (CMRCNet) the module also trains the reconstruction branch and the expression
+    decoder its architecture asks for, and predictions blend retrieval with the decoder
+    (``retrieval_weight``).
+    """
+
+    branches: bool = False
 
     def build(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig) -> nn.Module:
         return ContrastiveModel(
-            token_dim=token_dim,
-            n_genes=n_genes,
-            architecture=architecture,
-            reconstruction=self.reconstruction,
+            token_dim=token_dim, n_genes=n_genes, architecture=architecture, branches=self.branches
         )
+
+    def prepare(self, module: nn.Module, expression: torch.Tensor) -> None:
+        if not isinstance(module, ContrastiveModel):
+            raise TypeError(f"Retrieval needs a ContrastiveModel, got {type(module).__name__}.")
+        module.set_target_scale(expression)
 
     @torch.inference_mode()
     def reference(self, module: nn.Module, expression: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -131,11 +146,19 @@ class Retrieval(Method):
         return {"bank.embeddings": (None, architecture.embedding_dim), "bank.expression": (None, n_genes)}
 
     @torch.inference_mode()
-    def predict(self, module, state, tokens, k):
-        query = torch.nn.functional.normalize(module.image_embedding(tokens), dim=1)
-        neighbours = retrieve(query, state["bank.embeddings"], k)
+    def predict(self, module, state, tokens, k, retrieval_weight=1.0):
+        pooled = module.encode(tokens)[1]
+        image = module.image_head(pooled)
+        weight = 1.0 if module.decoder is None else float(retrieval_weight)
+        if weight == 0:  # the decoder alone: no neighbours, no spread
+            decoded = module.decode(pooled)
+            return decoded, torch.full_like(decoded, float("nan"))
+        neighbours = retrieve(torch.nn.functional.normalize(image, dim=1), state["bank.embeddings"], k)
         expression = state["bank.expression"][neighbours]  # (spots, k, genes)
-        return expression.mean(dim=1), expression.std(dim=1, unbiased=False)
+        mean, spread = expression.mean(dim=1), expression.std(dim=1, unbiased=False)
+        if weight < 1:
+            mean = weight * mean + (1 - weight) * module.decode(pooled)
+        return mean, spread
 
 
 @dataclass(frozen=True)
@@ -151,7 +174,7 @@ class Regression(Method):
         module.set_target_scale(expression)
 
     @torch.inference_mode()
-    def predict(self, module, state, tokens, k):
+    def predict(self, module, state, tokens, k, retrieval_weight=1.0):
         prediction = module.regress(tokens)
         return prediction, torch.full_like(prediction, float("nan"))
 
@@ -178,7 +201,7 @@ class Ridge(Method):
         }
 
     @torch.inference_mode()
-    def predict(self, module, state, tokens, k):
+    def predict(self, module, state, tokens, k, retrieval_weight=1.0):
         # The features' size tells whether the model was fitted with a context token (twice the channels).
         context = state["ridge.mean"].shape[0] == 2 * tokens.shape[-1]
         prediction = predict_ridge(state, ridge_features(tokens, context=context))
@@ -199,8 +222,8 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in (
         Retrieval(
-            "cmrcnet", retrieval=True, trainable=True, reconstruction=True,
-            description="contrastive + cross-modal mask reconstruction, retrieval",
+            "cmrcnet", retrieval=True, trainable=True, branches=True,
+            description="contrastive + cross-modal mask reconstruction + expression decoder; retrieval blended with the decoder",
         ),
         Retrieval("bleep", retrieval=True, trainable=True, description="contrastive only, retrieval"),
         Regression("regression", retrieval=False, trainable=True, description="MLP head, MSE"),

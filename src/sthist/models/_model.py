@@ -428,6 +428,18 @@ class SthistModel:
         return int(self.config.k)
 
     @property
+    def retrieval_weight(self) -> float | None:
+        """Share of retrieval in the predictions (1: retrieval alone; the rest is the expression decoder's).
+
+        ``None`` for methods that do not retrieve (regression, ridge).
+        """
+        if not self.retrieval:
+            return None
+        if getattr(self.module, "decoder", None) is None:
+            return 1.0
+        return float(self.architecture.retrieval_weight)
+
+    @property
     def smooth_um(self) -> float:
         """Radius (µm) over which :func:`sthist.tl.predict` smooths this model's predictions by default (0: none)."""
         return float(self.config.smooth_um)
@@ -493,21 +505,38 @@ class SthistModel:
 
     @torch.inference_mode()
     def predict_tokens(
-        self, tokens: torch.Tensor, *, k: int | None = None, section_mean: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        *,
+        k: int | None = None,
+        retrieval_weight: float | None = None,
+        section_mean: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Expression (spots × genes, log1p units) and its spread over the retrieved neighbours from tokens.
 
         Retrieval methods average the expression of the ``k`` reference spots whose expression embeddings
         are most similar (cosine) to the patch's image embedding; the spread is their standard deviation.
-        Regression and ridge give no spread (NaN). ``section_mean`` is the mean channel vector of the
-        section's tokens, needed when the model centres tokens per section.
+        Regression and ridge give no spread (NaN). CMRCNet blends retrieval with its expression decoder,
+        ``retrieval_weight`` (the architecture's by default) being the share of retrieval. ``section_mean``
+        is the mean channel vector of the section's tokens, needed when the model centres tokens per section.
         """
         if not self.is_trained:
             raise ValueError("The model is not trained yet; call model.train() first.")
         shift = self.section_token_shift(section_mean)
         if shift is not None:
             tokens = tokens.float() + shift
-        return self._method.predict(self.module, self.tensors, tokens, self.k if k is None else int(k))
+        return self._method.predict(
+            self.module,
+            self.tensors,
+            tokens,
+            self.k if k is None else int(k),
+            retrieval_weight=self._blend(retrieval_weight),
+        )
+
+    def _blend(self, weight: float | None) -> float:
+        """The share of retrieval to predict with: the model's own, or ``weight`` checked against the model."""
+        checked = self.retrieval_weight if weight is None else check_retrieval_weight(self, weight)
+        return 1.0 if checked is None else checked
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``folder`` (refuses to replace them unless asked).
@@ -525,3 +554,18 @@ class SthistModel:
     def load(cls, folder: str | Path) -> SthistModel:
         """Read a model saved by :meth:`save`, validating format, files, checksum and contents."""
         return load(folder)
+
+
+def check_retrieval_weight(model, weight) -> float | None:
+    """Refuse a ``retrieval_weight`` outside [0, 1] or one given for a model that has no decoder to blend with."""
+    if weight is None:
+        return None
+    number = isinstance(weight, (int, float, np.number)) and not isinstance(weight, bool)
+    if not number or not 0 <= weight <= 1:
+        raise ValueError(f"retrieval_weight must be a number in [0, 1], got {weight!r}.")
+    if getattr(model.module, "decoder", None) is None:
+        raise ValueError(
+            f"retrieval_weight blends retrieval with CMRCNet's expression decoder; this {model.method} model has "
+            "no decoder (fit method='cmrcnet' with decoder_weight > 0)."
+        )
+    return float(weight)

@@ -258,18 +258,20 @@ class _TokenModel(nn.Module):
 
 
 class ContrastiveModel(_TokenModel):
-    """Image and spot embeddings aligned by BLEEP's contrastive loss; CMRCNet adds mask reconstruction.
+    """Image and spot embeddings aligned by BLEEP's contrastive loss; CMRCNet adds its training branches.
 
-    With ``reconstruction=True`` (CMRCNet) a training-only branch makes gene tokens from the expression,
-    masks the projected image tokens (pooled to ``reconstruction_grid`` × ``reconstruction_grid`` regions)
-    and reconstructs the global image embedding from them
-    (:class:`MaskReconstruction`); the loss is ``log(1 + contrastive) + log(1 + reconstruction)``. With
-    ``reconstruction=False`` it is BLEEP.
+    With ``branches=True`` (CMRCNet) and ``architecture.reconstruction_weight > 0`` a training-only branch
+    makes gene tokens from the expression, masks the projected image tokens (pooled to
+    ``reconstruction_grid`` × ``reconstruction_grid`` regions) and reconstructs the global image embedding
+    from them (:class:`MaskReconstruction`). With ``architecture.decoder_weight > 0`` an expression decoder
+    regresses the standardised expression from the pooled image representation (the image head's input). The loss is ``log(1 + contrastive) +
+    w_r · log(1 + reconstruction) + w_d · log(1 + decoder MSE)``. With ``branches=False`` it is BLEEP.
     """
 
-    def __init__(
-        self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig, reconstruction: bool
-    ):
+    target_mean: torch.Tensor
+    target_scale: torch.Tensor
+
+    def __init__(self, *, token_dim: int, n_genes: int, architecture: ArchitectureConfig, branches: bool):
         super().__init__(token_dim, architecture)
         dim, dropout = architecture.embedding_dim, architecture.dropout
         self.temperature = architecture.temperature
@@ -277,11 +279,20 @@ class ContrastiveModel(_TokenModel):
         self.spot_head = ProjectionHead(n_genes, dim, dropout)
         self.gene_tokenizer = None
         self.reconstruction = None
-        if reconstruction:
+        self.decoder: nn.Module | None = None
+        self.reconstruction_weight = architecture.reconstruction_weight if branches else 0.0
+        self.decoder_weight = architecture.decoder_weight if branches else 0.0
+        if self.reconstruction_weight:
             self.gene_tokenizer = GeneTokenizer(n_genes, architecture.gene_tokens, dim, dropout)
             self.reconstruction = MaskReconstruction(
                 dim, architecture.heads, architecture.fusion_blocks, architecture.mask_ratio, dropout
             )
+        if self.decoder_weight:
+            self.decoder = nn.Sequential(
+                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, n_genes)
+            )
+            self.register_buffer("target_mean", torch.zeros(n_genes))
+            self.register_buffer("target_scale", torch.ones(n_genes))
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedding of patches from their encoder tokens (B, N, C) → (B, dim)."""
@@ -290,20 +301,48 @@ class ContrastiveModel(_TokenModel):
     def spot_embedding(self, expression: torch.Tensor) -> torch.Tensor:
         return self.spot_head(expression)
 
+    @torch.no_grad()
+    def set_target_scale(self, expression: torch.Tensor) -> None:
+        """Standardise the decoder's targets with the per-gene mean and deviation of the training expression."""
+        if self.decoder is not None:
+            self.target_mean.copy_(expression.float().mean(dim=0))
+            self.target_scale.copy_(standard_deviation(expression))
+
+    def decode(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Expression (training units) the decoder reads from pooled image representations (B, dim)."""
+        if self.decoder is None:
+            raise ValueError("This model has no expression decoder (decoder_weight=0).")
+        return self.decoder(pooled) * self.target_scale + self.target_mean
+
     def losses(self, tokens: torch.Tensor, expression: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training losses of a batch; under DDP the contrastive loss sees the global batch."""
         projected, pooled = self.encode(tokens)
         image = self.image_head(pooled)
         spot = self.spot_head(expression)
         contrastive = bleep_loss(gather_with_grad(image), gather_with_grad(spot), self.temperature)
-        if self.reconstruction is None or self.gene_tokenizer is None:
-            return {"loss": contrastive, "contrastive": contrastive.detach()}
-        regions = self.regions(projected)
-        reconstructed = self.reconstruction(regions, self.gene_tokenizer(expression))
-        target = image.detach() if self.architecture.detach_target else image
-        reconstruction = F.mse_loss(reconstructed, target)
-        loss = torch.log1p(contrastive) + torch.log1p(reconstruction)
-        return {"loss": loss, "contrastive": contrastive.detach(), "reconstruction": reconstruction.detach()}
+        loss = torch.log1p(contrastive)
+        parts = {"contrastive": contrastive.detach()}
+        if self.reconstruction is not None and self.gene_tokenizer is not None:
+            regions = self.regions(projected)
+            reconstructed = self.reconstruction(regions, self.gene_tokenizer(expression))
+            target = image.detach() if self.architecture.detach_target else image
+            reconstruction = F.mse_loss(reconstructed, target)
+            loss = loss + self.reconstruction_weight * torch.log1p(reconstruction)
+            parts["reconstruction"] = reconstruction.detach()
+        if self.decoder is not None:
+            target = (expression.float() - self.target_mean) / self.target_scale
+            decoder = F.mse_loss(self.decoder(pooled), target)
+            loss = loss + self.decoder_weight * torch.log1p(decoder)
+            parts["decoder"] = decoder.detach()
+        if len(parts) == 1:  # BLEEP: the contrastive loss itself
+            loss = contrastive
+        return {"loss": loss, **parts}
+
+
+def standard_deviation(expression: torch.Tensor) -> torch.Tensor:
+    """Per-gene deviation of training expression, 1 where a gene does not vary (its targets stay finite)."""
+    scale = expression.float().std(dim=0, unbiased=False)
+    return torch.where(scale > 1e-6, scale, torch.ones_like(scale))
 
 
 class RegressionModel(_TokenModel):
@@ -331,10 +370,8 @@ class RegressionModel(_TokenModel):
     @torch.no_grad()
     def set_target_scale(self, expression: torch.Tensor) -> None:
         """Standardise targets with the per-gene mean and deviation of the training expression."""
-        expression = expression.float()
-        scale = expression.std(dim=0, unbiased=False)
-        self.target_mean.copy_(expression.mean(dim=0))
-        self.target_scale.copy_(torch.where(scale > 1e-6, scale, torch.ones_like(scale)))
+        self.target_mean.copy_(expression.float().mean(dim=0))
+        self.target_scale.copy_(standard_deviation(expression))
 
     def standardised(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.regression_head(self.encode(tokens)[1])

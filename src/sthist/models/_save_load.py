@@ -196,11 +196,14 @@ def upgrade_config(config: dict) -> dict:
     """Convert the config of an older saved model to the current layout (formats 1 and 2 → 3).
 
     Settings added since a model was saved get the value it was trained with (a reconstruction branch over
-    every token).
+    every token, no expression decoder).
     """
     config = dict(config)
     if "architecture" in config:
-        added = {"reconstruction_grid": 0, "ridge_alpha": "hest"}
+        added = {
+            "reconstruction_grid": 0, "ridge_alpha": "hest", "reconstruction_weight": 1.0,
+            "decoder_weight": 0.0, "retrieval_weight": 1.0,
+        }  # fmt: skip
         config["architecture"] = {**added, **config["architecture"]}
     if config.get("format_version", FORMAT_VERSION) >= 2:
         return {**config, "format_version": FORMAT_VERSION}

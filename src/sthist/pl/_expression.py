@@ -214,7 +214,8 @@ def uncertainty(
         method = provenance(table, key).get("method", "this model")
         raise ValueError(
             f"The predictions under {key!r} ({method}) carry no uncertainty: only the retrieval methods "
-            "(cmrcnet, bleep) estimate it from the spread of the retrieved spots."
+            "(cmrcnet, bleep) estimate it from the spread of the retrieved spots (not CMRCNet's decoder alone, "
+            "retrieval_weight=0)."
         )
     unreliable = set(provenance(table, key).get("unreliable_genes", []))
     units = provenance(table, key).get("units", "log1p normalised")

@@ -321,7 +321,7 @@ def training_curves(
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure | None:
-    """Training losses per epoch, one panel per loss component (total, contrastive, reconstruction, mse).
+    """Training losses per epoch, one panel per loss component (total, contrastive, reconstruction, decoder, mse).
 
     Parameters
     ----------
@@ -349,7 +349,7 @@ def training_curves(
     >>> import sthist
     >>> figure = sthist.pl.training_curves(model)
     >>> [ax.get_title() for ax in figure.axes]
-    ['loss', 'contrastive', 'reconstruction']
+    ['loss', 'contrastive', 'reconstruction', 'decoder']
     """
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 

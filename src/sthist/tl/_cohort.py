@@ -14,7 +14,7 @@ from sthist._logging import logger
 
 #: Options of :func:`sthist.tl.predict` that :func:`predict_stores` passes on.
 PREDICT_OPTIONS = frozenset(
-    {"genes", "k", "qc_column", "batch_size", "tta_views", "smooth_um", "image_key", "table_key",
+    {"genes", "k", "retrieval_weight", "qc_column", "batch_size", "tta_views", "smooth_um", "image_key", "table_key",
      "coordinate_system"}
 )  # fmt: skip
 
@@ -60,7 +60,7 @@ def predict_stores(
         it stopped; each store's prediction is written as soon as it is made, so nothing finished is lost.
     **predict_options
         Further options of :func:`sthist.tl.predict`: ``genes``, ``k``, ``qc_column``, ``batch_size``,
-        ``tta_views``, ``smooth_um``, ``image_key``, ``table_key``, ``coordinate_system``.
+        ``retrieval_weight``, ``tta_views``, ``smooth_um``, ``image_key``, ``table_key``, ``coordinate_system``.
 
     Returns
     -------

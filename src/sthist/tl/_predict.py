@@ -26,7 +26,12 @@ from sthist._core._section import Section
 from sthist._core._timing import stage
 from sthist._logging import logger
 from sthist._settings import apply_runtime_settings
-from sthist.tl._prediction import check_trained_model, domain_check, predict_patches
+from sthist.tl._prediction import (
+    check_retrieval_weight,
+    check_trained_model,
+    domain_check,
+    predict_patches,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -40,6 +45,7 @@ def predict(
     key_added: str = Key.obsm.PREDICTION,
     genes: Sequence[str] | None = None,
     k: int | None = None,
+    retrieval_weight: float | None = None,
     patch_size_um: float | None = None,
     qc_column: str | None = None,
     batch_size: int = 32,
@@ -67,12 +73,16 @@ def predict(
     key_added
         Predictions go to ``table.obsm[key_added]`` (DataFrame, spots × genes, log1p of counts per
         ``target_sum`` as in training), the retrieval spread to ``table.obsm[key_added + '_uncertainty']``
-        (standard deviation over the ``k`` neighbours, same units; NaN for regression/ridge) and provenance to
+        (standard deviation over the ``k`` neighbours, same units; NaN for regression/ridge and for CMRCNet's
+        decoder alone, ``retrieval_weight=0``) and provenance to
         ``table.uns[key_added]``.
     genes
         Subset of the model's genes to write; all by default.
     k
         Neighbours averaged at retrieval (model's ``k`` by default).
+    retrieval_weight
+        CMRCNet: share of retrieval in the prediction, the rest being its expression decoder's (the model's
+        ``architecture.retrieval_weight`` by default; 1: retrieval alone, 0: the decoder alone).
     patch_size_um
         Must equal the model's patch size if given (a check, not a setting).
     qc_column
@@ -105,10 +115,10 @@ def predict(
 
     - ``obsm[key_added]``: predicted expression (DataFrame, spots × genes, log1p units; NaN for spots left
       out by ``qc_column``);
-    - ``obsm[key_added + '_uncertainty']``: spread of the retrieved spots (same shape; NaN for regression
-      and ridge);
+    - ``obsm[key_added + '_uncertainty']``: spread of the retrieved spots (same shape; NaN for regression,
+      ridge and the decoder alone);
     - ``uns[key_added]``: provenance (``method``, ``backbone``, ``weights_identity``, ``units``, ``genes``,
-      ``k``, ``patch_size_um``, ``training_sections``, ``spots_predicted``, ``unreliable_genes``,
+      ``k``, ``retrieval_weight``, ``patch_size_um``, ``training_sections``, ``spots_predicted``, ``unreliable_genes``,
       ``model_sha256``, ``sthist_version``).
 
     With ``inplace=False``, ``(prediction, uncertainty)`` DataFrames and ``sdata`` untouched.
@@ -126,6 +136,7 @@ def predict(
     check_trained_model(model)
     device = check_device(device)
     chosen = _check_prediction_options(model, genes, k, batch_size, tta_views, patch_size_um, key_added)
+    retrieval_weight = check_retrieval_weight(model, retrieval_weight)
     check_batch_memory(batch_size, model.patch.size_px, device)
     smooth_um = model.smooth_um if smooth_um is None else check_smoothing(smooth_um)
     apply_runtime_settings()
@@ -146,7 +157,7 @@ def predict(
     centres_um = section.centres[dataset.spots["row"].to_numpy()] * section.scale
     mean_values, spread_values = predict_patches(
         model, dataset, centres_um, views=tta_views, batch_size=batch_size, device=device, k=k,
-        token_cache=token_cache,
+        retrieval_weight=retrieval_weight, token_cache=token_cache,
     )  # fmt: skip
     columns = [model.genes.index(g) for g in chosen]
     mean_values, spread_values = mean_values[:, columns], spread_values[:, columns]
@@ -162,7 +173,14 @@ def predict(
     table.obsm[key_added] = prediction
     table.obsm[uncertainty_key] = uncertainty
     table.uns[key_added] = _provenance(
-        model, chosen, k=k, spots=len(dataset), tta_views=tta_views, smooth_um=smooth_um, domain=domain
+        model,
+        chosen,
+        k=k,
+        spots=len(dataset),
+        tta_views=tta_views,
+        smooth_um=smooth_um,
+        domain=domain,
+        retrieval_weight=retrieval_weight,
     )
     logger.info(
         "added table.obsm[%r], table.obsm[%r] and table.uns[%r]", key_added, uncertainty_key, key_added
@@ -243,7 +261,15 @@ def _flag_constant(values: np.ndarray, section_name: str, domain: dict) -> None:
 
 
 def _provenance(
-    model, genes: list[str], *, k, spots: int, tta_views: int, smooth_um: float, domain: dict
+    model,
+    genes: list[str],
+    *,
+    k,
+    spots: int,
+    tta_views: int,
+    smooth_um: float,
+    domain: dict,
+    retrieval_weight: float | None = None,
 ) -> dict:
     """``uns[key_added]``: what predicted, with which settings, on how many spots."""
     config = model.config
@@ -255,6 +281,7 @@ def _provenance(
         "units": config.normalization.unit_label,
         "genes": genes,
         "k": int(k if k is not None else model.k) if model.retrieval else None,
+        "retrieval_weight": model.retrieval_weight if retrieval_weight is None else retrieval_weight,
         "patch_size_um": config.patch.size_um,
         "training_sections": list(config.training_sections),
         "spots_predicted": int(spots),

@@ -26,6 +26,13 @@ MAX_UPSAMPLING = 2.0
 MIN_GENE_OVERLAP = 0.5
 
 
+def check_retrieval_weight(model, weight) -> float | None:
+    """``weight`` checked against ``model`` (:func:`sthist.models._model.check_retrieval_weight`); None stays None."""
+    from sthist.models._model import check_retrieval_weight as check
+
+    return check(model, weight)
+
+
 def check_trained_model(model) -> None:
     """Refuse anything but a trained :class:`sthist.models.SthistModel`."""
     from sthist.models import SthistModel
@@ -47,6 +54,7 @@ def predict_patches(
     batch_size: int,
     device: str,
     k: int | None = None,
+    retrieval_weight: float | None = None,
     token_cache=None,
     chunk: int | None = None,
     progress=None,
@@ -57,7 +65,7 @@ def predict_patches(
     many at a time, so that memory is bounded by the chunk: without spatial context each chunk is predicted
     as soon as it is encoded, with it the tokens the model reads are kept until every neighbourhood is known.
     ``centres_um`` are the patches' centres in µm (the context's neighbourhoods); ``progress`` a tqdm bar
-    advanced per chunk.
+    advanced per chunk. ``k`` and ``retrieval_weight`` replace the model's own for this prediction.
     """
     # Encoding and retrieval allocate and free the same large blocks batch after batch: the allocator keeps
     # what they free until both are done, then hands it back once.
@@ -68,7 +76,13 @@ def predict_patches(
             section_mean = tokens[:, 0].float().mean(dim=(0, 1))  # the section's mean channel vector
             with stage("retrieval"):
                 return _predict_tokens(
-                    model, tokens, centres_um, k=k, section_mean=section_mean, chunk=PREDICT_CHUNK
+                    model,
+                    tokens,
+                    centres_um,
+                    k=k,
+                    retrieval_weight=retrieval_weight,
+                    section_mean=section_mean,
+                    chunk=PREDICT_CHUNK,
                 )
         section_mean = _sampled_section_mean(model, dataset, batch_size, device)
         starts = range(0, len(dataset), chunk)
@@ -81,7 +95,13 @@ def predict_patches(
                 kept.append(tokens)
             else:
                 mean, spread = _predict_tokens(
-                    model, tokens, None, k=k, section_mean=section_mean, chunk=chunk
+                    model,
+                    tokens,
+                    None,
+                    k=k,
+                    retrieval_weight=retrieval_weight,
+                    section_mean=section_mean,
+                    chunk=chunk,
                 )
                 means.append(mean)
                 spreads.append(spread)
@@ -93,7 +113,15 @@ def predict_patches(
 
             tokens = torch.cat(kept)
             del kept
-            return _predict_tokens(model, tokens, centres_um, k=k, section_mean=section_mean, chunk=chunk)
+            return _predict_tokens(
+                model,
+                tokens,
+                centres_um,
+                k=k,
+                retrieval_weight=retrieval_weight,
+                section_mean=section_mean,
+                chunk=chunk,
+            )
     return np.concatenate(means), np.concatenate(spreads)
 
 
@@ -134,7 +162,7 @@ def _sampled_section_mean(model, dataset, batch_size: int, device: str):
 
 
 def _predict_tokens(
-    model, tokens, centres_um, *, k, section_mean, chunk: int
+    model, tokens, centres_um, *, k, retrieval_weight, section_mean, chunk: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Context token added (when the model uses one), each view predicted ``chunk`` patches at a time, averaged."""
     import torch
@@ -150,7 +178,9 @@ def _predict_tokens(
     for view in range(n_views):
         means, spreads = [], []
         for part in tokens[:, view].split(chunk):
-            mean, spread = model.predict_tokens(part, k=k, section_mean=section_mean)
+            mean, spread = model.predict_tokens(
+                part, k=k, retrieval_weight=retrieval_weight, section_mean=section_mean
+            )
             means.append(mean)
             spreads.append(spread)
         if n_views == 1:

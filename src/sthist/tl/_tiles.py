@@ -286,6 +286,7 @@ def predict_tiles(
     table = _tiles_table(model, grid, placeholder.obs, prediction, deviation, key_added)
     table.uns[key_added] = {
         "method": model.method,
+        "retrieval_weight": model.retrieval_weight,
         "tile_size_um": tile_size_um,
         "stride_um": stride_um,
         "min_tissue_fraction": float(min_tissue_fraction),
