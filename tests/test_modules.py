@@ -241,7 +241,9 @@ def test_cmrcnet_decoder_is_trained_on_standardised_expression_and_blended_with_
     torch.manual_seed(1)
     losses = module.losses(tokens, expression)
     assert set(losses) == {"loss", "contrastive", "reconstruction", "decoder"}
-    expected = sum(torch.log1p(losses[name]) for name in ("contrastive", "reconstruction", "decoder"))
+    weights = {"contrastive": 1.0, "reconstruction": architecture.reconstruction_weight,
+               "decoder": architecture.decoder_weight}  # fmt: skip
+    expected = sum(weight * torch.log1p(losses[name]) for name, weight in weights.items())
     torch.testing.assert_close(losses["loss"], expected)
     pooled = module.encode(tokens)[1]  # the decoder reads the pooled image representation
     target = (expression - module.target_mean) / module.target_scale

@@ -25,7 +25,7 @@ def test_cli_mistakes_print_one_line_naming_the_flag(store, model_dir, tmp_path,
         (["predict", str(store), "--model", str(model_dir), "--qc-column", "nope"], "no obs column 'nope'"),
         (
             ["predict", str(store), "--model", str(model_dir), "--retrieval-weight", "2"],
-            "retrieval_weight must be",
+            "--retrieval-weight must be a number",
         ),
         (
             ["predict", str(store), "--model", str(model_dir), "--tiles", "--retrieval-weight", "0.5"],
