@@ -530,11 +530,14 @@ class SthistModel:
             self.tensors,
             tokens,
             self.k if k is None else int(k),
-            retrieval_weight=self._blend(retrieval_weight),
+            retrieval_weight=self.blend_weight(retrieval_weight),
         )
 
-    def _blend(self, weight: float | None) -> float:
-        """The share of retrieval to predict with: the model's own, or ``weight`` checked against the model."""
+    def blend_weight(self, weight: float | None = None) -> float:
+        """The share of retrieval to predict with: the model's own, or ``weight`` checked against the model.
+
+        Raises ``ValueError`` for a weight outside [0, 1] or one given to a model without a decoder.
+        """
         checked = self.retrieval_weight if weight is None else check_retrieval_weight(self, weight)
         return 1.0 if checked is None else checked
 

@@ -27,10 +27,8 @@ MIN_GENE_OVERLAP = 0.5
 
 
 def check_retrieval_weight(model, weight) -> float | None:
-    """``weight`` checked against ``model`` (:func:`sthist.models._model.check_retrieval_weight`); None stays None."""
-    from sthist.models._model import check_retrieval_weight as check
-
-    return check(model, weight)
+    """``weight`` checked against ``model`` (:meth:`sthist.models.SthistModel.blend_weight`); None stays None."""
+    return None if weight is None else model.blend_weight(weight)
 
 
 def check_trained_model(model) -> None:
