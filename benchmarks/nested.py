@@ -9,7 +9,7 @@ optimism, and each baseline gets the same search as CMRCNet.
 Finally the same search runs over all patients: its choice per method is the default of `tl.fit` and the
 setting `benchmarks/accuracy.py` measures (the outer figures judge this procedure, not that choice).
 
-    python benchmarks/nested.py [--round 4] [--seeds 0 1 2] [--epochs 30] [--more] [--output benchmarks/results]
+    python benchmarks/nested.py [--round 6] [--seeds 0 1 2] [--epochs 30] [--more] [--output benchmarks/results]
 """
 
 from __future__ import annotations
@@ -103,6 +103,37 @@ ROUND_4 = {
         for weight in (0.0, 0.25, 0.5, 0.75, 1.0)
     }
 }
+#: Round 5 (``--round 5``, results in ``nested_round5.md``): CMRCNet's reconstruction branch over 3 × 3 regional
+#: tokens (the default), over 2 × 2, or left out (the contrastive loss and the decoder alone), each predicted with
+#: retrieval's share at 0.5, 0.75 or 1 (the rest the decoder's), at every other default (k 20, TTA over 4
+#: views, context 300 µm). Candidates that differ in prediction alone share their fits: three fits per fold.
+_BRANCHES = {
+    "reconstruction 3x3": {},
+    "reconstruction 2x2": {"architecture": {"reconstruction_grid": 2}},
+    "no reconstruction": {"architecture": {"reconstruction_weight": 0.0}},
+}
+ROUND_5 = {
+    "cmrcnet": {
+        f"{branch}, retrieval {weight:g}": {
+            **options,
+            "predict": {"tta_views": 4, "k": 20, "retrieval_weight": weight},
+        }
+        for branch, options in _BRANCHES.items()
+        for weight in (0.5, 0.75, 1.0)
+    }
+}
+#: Round 6 (``--round 6``, results in ``nested_round6.md``): the share of each batch's spots that CMRCNet's
+#: reconstruction branch reconstructs (``reconstruction_share``: all, half or a quarter, drawn at random at every
+#: step; the branch's cost falls with it), at every other default.
+ROUND_6 = {
+    "cmrcnet": {
+        f"reconstruction share {share:g}": {
+            "architecture": {"reconstruction_share": share},
+            "predict": {"tta_views": 4, "k": 20},
+        }
+        for share in (1.0, 0.5, 0.25)
+    }
+}
 #: Earlier options, added with --more (centring of expression and tokens, token layers).
 MORE = {
     "centred": {"data": {"center_expression": True, "center_tokens": True}},
@@ -165,22 +196,27 @@ def main() -> None:
     )
     parser.add_argument("--methods", nargs="+", default=None, help="methods to search (default: all four)")
     parser.add_argument(
-        "--round", type=int, choices=(1, 2, 3, 4), default=3, help="candidate set (default: 3)"
+        "--round", type=int, choices=(1, 2, 3, 4, 5, 6), default=3, help="candidate set (default: 3)"
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="seeds; choices are made on the mean over them"
     )
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
-    rounds = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4}
+    rounds = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6}
     candidates_of = {
         m: {name: _as_asked(options) for name, options in {**c, **(MORE if args.more else {})}.items()}
         for m, c in rounds[args.round].items()
         if args.methods is None or m in args.methods
     }
-    name = {1: "nested_round1", 2: "nested", 3: "nested_round3", 4: "nested_round4"}[args.round] + (
-        "_defaults" if args.defaults_only else ""
-    )
+    name = {
+        1: "nested_round1",
+        2: "nested",
+        3: "nested_round3",
+        4: "nested_round4",
+        5: "nested_round5",
+        6: "nested_round6",
+    }[args.round] + ("_defaults" if args.defaults_only else "")
     if args.methods:
         name += "_" + "_".join(args.methods)
 

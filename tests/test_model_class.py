@@ -129,12 +129,13 @@ def test_cmrcnet_saved_before_the_decoder_loads_as_retrieval_alone(sections, tmp
     model.save(tmp_path / "model")
     path = tmp_path / "model" / "config.json"
     config = json.loads(path.read_text())
-    for name in ("decoder_weight", "retrieval_weight", "reconstruction_weight"):
+    for name in ("decoder_weight", "retrieval_weight", "reconstruction_weight", "reconstruction_share"):
         del config["architecture"][name]  # what a model saved before these settings holds
     resigned(tmp_path / "model", load_file(tmp_path / "model" / "model.safetensors"), config)
     loaded = sthist.models.load(tmp_path / "model")
     assert loaded.architecture.decoder_weight == 0 and loaded.architecture.retrieval_weight == 1
     assert loaded.architecture.reconstruction_weight == 1 and loaded.module.reconstruction is not None
+    assert loaded.architecture.reconstruction_share == 1  # it reconstructed every spot
     tokens = torch.randn(3, 4, 32)
     torch.testing.assert_close(loaded.predict_tokens(tokens)[0], model.predict_tokens(tokens)[0])
     with pytest.raises(ValueError, match="no decoder"):

@@ -64,6 +64,46 @@ def test_reconstruction_grid_sets_the_branch_tokens():
         ArchitectureConfig(reconstruction_grid=1.5)
 
 
+def test_reconstruction_share_reconstructs_a_random_share_of_the_batch_in_training_only():
+    seen = []
+    architecture = ArchitectureConfig(
+        embedding_dim=8, heads=2, reconstruction_grid=2, reconstruction_share=0.25
+    )
+    model = ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, branches=True)
+    model.reconstruction.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    tokens, expression = torch.randn(8, 49, 6), torch.rand(8, 5)
+    model.set_target_scale(expression)
+    torch.manual_seed(0)
+    first = model.losses(tokens, expression)
+    assert seen[0].shape == (2, 4, 8) and torch.isfinite(first["loss"])
+    first["loss"].backward()  # the chosen spots carry the gradient
+    assert all(p.grad is not None for p in model.reconstruction.parameters())
+    torch.manual_seed(1)
+    model.losses(tokens, expression)
+    torch.manual_seed(0)
+    model.losses(tokens, expression)
+    assert seen[1].shape == (2, 4, 8)
+    assert not torch.equal(seen[0], seen[1])  # another draw of spots (or mask) at another step
+    assert torch.allclose(seen[0].abs().sum(), seen[2].abs().sum())  # the same seed draws the same spots
+    model.eval()
+    model.losses(tokens, expression)
+    assert seen[-1].shape == (8, 4, 8)  # evaluation scores the whole batch
+    # A share too small for one spot still reconstructs one.
+    tiny = ContrastiveModel(
+        token_dim=6, n_genes=5, branches=True,
+        architecture=ArchitectureConfig(embedding_dim=8, heads=2, reconstruction_share=0.01),
+    )  # fmt: skip
+    tiny.reconstruction.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    tiny.losses(tokens, expression)
+    assert seen[-1][0] == 1
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -0.5, 1.5, float("nan"), True, "half"])
+def test_reconstruction_share_is_checked(value):
+    with pytest.raises(ValueError, match="reconstruction_share"):
+        ArchitectureConfig(reconstruction_share=value)
+
+
 def _model(seed: int) -> ContrastiveModel:
     torch.manual_seed(seed)
     architecture = ArchitectureConfig(embedding_dim=8, dropout=0.0)

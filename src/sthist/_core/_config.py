@@ -242,6 +242,12 @@ class ArchitectureConfig(_Record):
         help="CMRCNet: weight of the mask-reconstruction loss, ``log(1 + reconstruction)``, beside the contrastive "
         "loss (0: no reconstruction branch).",
     )
+    reconstruction_share: float = setting(
+        default=1.0,
+        help="CMRCNet: share (0-1] of each training batch's spots, drawn at random at every step, that the "
+        "reconstruction branch reconstructs; the contrastive loss and the decoder see every spot. The branch "
+        "costs about four times the rest of a step on cached tokens, in proportion to the spots it reads.",
+    )
     decoder_weight: float = setting(
         default=3.0,
         help="CMRCNet: weight of the expression decoder's loss, ``log(1 + MSE)``. The decoder (an MLP) regresses "
@@ -289,6 +295,9 @@ class ArchitectureConfig(_Record):
         _non_negative_numbers(self, ("reconstruction_weight", "decoder_weight", "retrieval_weight"))
         if self.retrieval_weight > 1:
             raise ValueError(f"retrieval_weight must lie in [0, 1], got {self.retrieval_weight!r}.")
+        _non_negative_numbers(self, ("reconstruction_share",), positive=("reconstruction_share",))
+        if self.reconstruction_share > 1:
+            raise ValueError(f"reconstruction_share must lie in (0, 1], got {self.reconstruction_share!r}.")
         if self.embedding_dim % self.heads:
             raise ValueError(
                 f"embedding_dim ({self.embedding_dim}) must be divisible by heads ({self.heads})."

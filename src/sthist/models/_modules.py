@@ -323,9 +323,16 @@ class ContrastiveModel(_TokenModel):
         loss = torch.log1p(contrastive)
         parts = {"contrastive": contrastive.detach()}
         if self.reconstruction is not None and self.gene_tokenizer is not None:
-            regions = self.regions(projected)
-            reconstructed = self.reconstruction(regions, self.gene_tokenizer(expression))
-            target = image.detach() if self.architecture.detach_target else image
+            regions, genes, target = self.regions(projected), expression, image
+            share = self.architecture.reconstruction_share
+            if self.training and share < 1:  # a random share of the batch's spots
+                chosen = torch.randperm(len(regions), device=regions.device)[
+                    : max(1, round(share * len(regions)))
+                ]
+                regions, genes, target = regions[chosen], genes[chosen], target[chosen]
+            reconstructed = self.reconstruction(regions, self.gene_tokenizer(genes))
+            if self.architecture.detach_target:
+                target = target.detach()
             reconstruction = F.mse_loss(reconstructed, target)
             loss = loss + self.reconstruction_weight * torch.log1p(reconstruction)
             parts["reconstruction"] = reconstruction.detach()

@@ -202,7 +202,7 @@ def upgrade_config(config: dict) -> dict:
     if "architecture" in config:
         added = {
             "reconstruction_grid": 0, "ridge_alpha": "hest", "reconstruction_weight": 1.0,
-            "decoder_weight": 0.0, "retrieval_weight": 1.0,
+            "decoder_weight": 0.0, "retrieval_weight": 1.0, "reconstruction_share": 1.0,
         }  # fmt: skip
         config["architecture"] = {**added, **config["architecture"]}
     if config.get("format_version", FORMAT_VERSION) >= 2:
