@@ -98,13 +98,55 @@ def cli(argv: list[str]) -> tuple[str, str]:
 
 
 def main() -> None:
-    import spatialdata as sd
-
     sthist.settings.progress = False
+    temp_before = set(Path(tempfile.gettempdir()).iterdir())
     sections = sthist.datasets.toy(2, grid=6, n_genes=8, random_state=5)
     model = _fit({"toy0": sections["toy0"]})
-    root = Path(tempfile.mkdtemp(prefix="sthist-probe-"))
+    with tempfile.TemporaryDirectory(prefix="sthist-probe-") as folder:
+        rows = _cases(Path(folder), sections, model)
+    left = sorted(p.name for p in set(Path(tempfile.gettempdir()).iterdir()) - temp_before)
+    counts = pd.Series([r["class"] for r in rows]).value_counts()
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    print(f"\n{len(rows)} cases — {summary}; left in the temp directory: {left or 'nothing'}")
+    out = Path(__file__).parent / "results" / "probe.md"
+    out.write_text(
+        "# Bad-input and fault probe (`python benchmarks/probe.py`)\n\n"
+        f"{len(rows)} cases — {summary}. ``warned`` cases are those where a warning is the answer "
+        "(out-of-domain input); the data-loss and concurrency faults are tested in `tests/reliability/`. "
+        f"Left in the system temp directory after the probe: {len(left)} entries.\n\n"
+        + markdown_table(rows)
+        + "\n"
+    )
+    print(f"wrote {out}")
+
+
+def _without_locks(store: Path) -> None:
+    """Take the store's writer lock where ``flock`` answers as on a network file system without locks."""
+    import errno
+    import fcntl
+
+    real = fcntl.flock
+
+    def no_locks(fd, operation):
+        if operation & fcntl.LOCK_UN:
+            return None
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    fcntl.flock = no_locks
+    try:
+        with sthist.io.store_lock(store):
+            pass
+    finally:
+        fcntl.flock = real
+
+
+def _cases(root: Path, sections, model) -> list[dict]:
+    """Every probe case run in ``root``: one row per case with its class and what the user sees."""
+    import spatialdata as sd
+
     model_dir = model.save(root / "model")
+    empty_model = root / "empty-model"
+    empty_model.mkdir()
     store = root / "toy1.zarr"
     sections["toy1"].write(store)
     toy1 = sections["toy1"]
@@ -220,6 +262,11 @@ def main() -> None:
             lambda: sthist.tl.predict(copy_of(toy1), model, batch_size=100_000_000),
         ),
         ("fit: accelerator='gpu' without a GPU", lambda: _fit(toy1, accelerator="gpu")),
+        (
+            "predict_stores: accelerator='gpu' without a GPU",
+            lambda: sthist.tl.predict_stores([store], model_dir, accelerator="gpu"),
+        ),
+        ("io.store_lock: a file system without locks", lambda: _without_locks(store)),
         ("fit: a TrainingConfig field passed flat", lambda: _fit(toy1, hed_jitter=0.05)),
         (
             "cross_validate: results file of another run",
@@ -262,7 +309,7 @@ def main() -> None:
         # models
         ("load: missing folder", lambda: sthist.models.load(root / "missing")),
         ("load: a file", lambda: sthist.models.load(store / "zarr.json")),
-        ("load: empty folder", lambda: sthist.models.load(Path(tempfile.mkdtemp()))),
+        ("load: empty folder", lambda: sthist.models.load(empty_model)),
         ("save: onto a file", lambda: model.save(store / "zarr.json", overwrite=True)),
         ("save: untrained", lambda: untrained().save(root / "u")),
         # pp / pl / io
@@ -351,18 +398,7 @@ def main() -> None:
         rows.append({"case": name, "class": kind, "what the user sees": message.replace("|", "/")})
         print(f"{kind:8s} {name}: {message}", flush=True)
 
-    counts = pd.Series([r["class"] for r in rows]).value_counts()
-    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    print(f"\n{len(rows)} cases — {summary}")
-    out = Path(__file__).parent / "results" / "probe.md"
-    out.write_text(
-        "# Bad-input and fault probe (`python benchmarks/probe.py`)\n\n"
-        f"{len(rows)} cases — {summary}. ``warned`` cases are those where a warning is the answer "
-        "(out-of-domain input); the data-loss and concurrency faults are tested in `tests/reliability/`.\n\n"
-        + markdown_table(rows)
-        + "\n"
-    )
-    print(f"wrote {out}")
+    return rows
 
 
 if __name__ == "__main__":

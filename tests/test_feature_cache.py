@@ -202,6 +202,38 @@ def test_writes_are_atomic_and_failures_do_not_stop_the_work(sections, tmp_path,
     assert len(list(folder.glob("*.safetensors"))) == 1
 
 
+def test_whole_slide_tiles_are_encoded_once_a_chunk_at_a_time(sections, tmp_path, count_encoding):
+    model = sthist.tl.fit({"toy0": sections["toy0"]}, method="ridge", **tiny_fit())
+    count_encoding.clear()  # the fit's
+    folder = tmp_path / "cache"
+
+    def tiles(cache, stride_um=100):
+        sdata = copy_section(sections["toy1"])
+        sthist.tl.predict_tiles(sdata, model, stride_um=stride_um, chunk_tiles=8, token_cache=cache)
+        return sdata.tables["sthist_tiles_table"]
+
+    without = tiles(None)
+    chunks = len(count_encoding)
+    assert chunks >= 2 and not folder.exists()
+    cache = TokenCache(folder)
+    first = tiles(cache)
+    # Every chunk encoded, or read where an earlier chunk showed the same pixels.
+    assert cache.encoded + cache.read == chunks and cache.encoded == len(list(folder.glob("*.safetensors")))
+    encoded = len(count_encoding)
+    again = TokenCache(folder)  # another process's view of the folder: every chunk read, none encoded
+    second = tiles(again)
+    assert len(count_encoding) == encoded and (again.encoded, again.read) == (0, chunks)
+    np.testing.assert_array_equal(second.X, first.X)
+    np.testing.assert_allclose(first.X, without.X, rtol=1e-2, atol=1e-2)  # float16 summaries
+    tiles(TokenCache(folder), stride_um=90)  # other tiles: other pixels, encoded
+    assert len(count_encoding) > encoded
+    encoded = len(count_encoding)
+    tiles(TokenCache(False))  # a cache without a folder keeps no chunk: encoded again
+    assert len(count_encoding) == encoded + chunks
+    with pytest.raises(TypeError, match="token_cache must be a sthist.data.TokenCache"):
+        tiles(str(folder))
+
+
 def test_cache_dir_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("STHIST_CACHE_DIR", str(tmp_path / "from-env"))
     assert sthist._settings.Settings().cache_dir == tmp_path / "from-env"

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, cast
@@ -383,21 +384,24 @@ def section_digest(dataset: SpotPatchDataset, position: int) -> str:
     return digest.hexdigest()
 
 
-def content_digest(dataset: SpotPatchDataset, position: int) -> str:
+def content_digest(dataset: SpotPatchDataset, position: int, indices: Sequence[int] | None = None) -> str:
     """SHA-256 of what one section of ``dataset`` shows the encoder, wherever and however its image is stored.
 
     The pixels of every spot's crop (:meth:`SpotPatchDataset.crop`) with the patch's box in it, the patch size
     in pixels, the table rows (the stain jitter of views 1 and up is seeded by them) and the stain normalisation
     (the section's statistics and the reference). Reading the crops costs what reading them for encoding costs,
     and they are read each time: an image rewritten in place is never mistaken for the one it replaced.
+    ``indices`` (items of ``dataset`` inside this section) digests those patches only, e.g. one chunk of tiles.
     """
     section = dataset._sections[position]
     digest = hashlib.sha256()
     digest.update(repr((dataset.patch_size_px, section.stain, dataset.stain_reference)).encode())
-    digest.update(np.ascontiguousarray(section.rows, dtype=np.int64).tobytes())
     start = int(dataset._offsets[position])
-    for spot in range(len(section.rows)):
-        crop, box = dataset.crop(start + spot)
+    items = range(start, start + len(section.rows)) if indices is None else [int(i) for i in indices]
+    rows = np.asarray(section.rows)[np.asarray(items, dtype=np.int64) - start]
+    digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    for item in items:
+        crop, box = dataset.crop(item)
         digest.update(np.asarray(crop.shape, dtype=np.int64).tobytes())
         digest.update(np.asarray(box, dtype=np.float64).tobytes())
         digest.update(np.ascontiguousarray(crop).tobytes())
@@ -434,19 +438,75 @@ def encoder_digest(encoder: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def stored_key(dataset: SpotPatchDataset, position: int, encoder, *, identity: str, jitter: float) -> dict:
-    """What determines a section's tokens on disk (:class:`~sthist.data._feature_store.FeatureStore`'s key)."""
+def stored_key(
+    dataset: SpotPatchDataset,
+    position: int,
+    encoder,
+    *,
+    identity: str,
+    jitter: float,
+    indices: Sequence[int] | None = None,
+) -> dict:
+    """What determines a section's tokens on disk (:class:`~sthist.data._feature_store.FeatureStore`'s key).
+
+    ``indices``: the tokens of those items of the section only (:func:`content_digest`).
+    """
     weights = identity
     if _SEEDED in identity:  # the same seed builds other weights under another torch or timm
         weights = f"{identity}|sha256:{encoder_digest(encoder)}"
     return {
-        "content": content_digest(dataset, position),
+        "content": content_digest(dataset, position, indices),
         "encoder": weights,
         "patch_size_um": float(dataset.patch_size_um),
         "patch_size_px": int(dataset.patch_size_px),
         "jitter": float(jitter),
         "dtype": "float16",
     }
+
+
+def chunk_tokens(
+    dataset: SpotPatchDataset,
+    encoder: torch.nn.Module,
+    indices: Sequence[int],
+    *,
+    identity: str,
+    views: int = 1,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    token_cache: TokenCache | None = None,
+    grid: int | None = None,
+) -> torch.Tensor:
+    """Tokens of the items ``indices`` of ``dataset`` (one section's chunk), from ``token_cache``'s folder when kept.
+
+    What :func:`sthist.tl.predict_tiles` encodes a chunk of tiles at a time: with a cache that keeps summaries
+    on disk (``grid`` ≥ 1, :class:`TokenCache` with a folder), each chunk is keyed by the pixels of its tiles'
+    crops (:func:`content_digest`) with the encoder, patch geometry and grid, read when another process
+    encoded it and written when encoded here. Without a folder the chunk is encoded (chunks are never held in
+    memory: bounding memory is what they are for).
+    """
+    if token_cache is not None and not isinstance(token_cache, TokenCache):
+        raise TypeError(f"token_cache must be a sthist.data.TokenCache, got {type(token_cache)}.")
+    store = None if token_cache is None or grid is None else token_cache.store
+    if token_cache is None or store is None or grid is None or isinstance(encoder, PrecomputedFeatures):
+        return encode_patches(
+            dataset, encoder, views=views, batch_size=batch_size, device=device, indices=indices, grid=grid
+        )
+    first, last = int(indices[0]), int(indices[-1])
+    position = int(np.searchsorted(dataset._offsets, first, side="right")) - 1
+    if last >= int(dataset._offsets[position + 1]):
+        raise ValueError("chunk_tokens reads one section's items at a time.")
+    parts = stored_key(dataset, position, encoder, identity=identity, jitter=0.0, indices=indices)
+    cached = store.read(parts, grid=grid, views=views, spots=len(indices))
+    if cached is not None:
+        token_cache.read += 1
+        return cached[:, :views]
+    tokens = encode_patches(
+        dataset, encoder, views=views, batch_size=batch_size, device=device, indices=indices, grid=grid
+    )
+    token_cache.encoded += 1
+    name = dataset.sections[position]
+    store.write(parts, tokens, grid=grid, section=f"{name} items {first}-{last}")
+    return tokens
 
 
 def tokens_of(

@@ -60,7 +60,8 @@ def predict_patches(
     """Predicted expression and its spread (patches × model genes) for every patch of ``dataset``.
 
     ``chunk=None`` encodes every patch at once (through ``token_cache`` when given); a number encodes that
-    many at a time, so that memory is bounded by the chunk: without spatial context each chunk is predicted
+    many at a time (each chunk read from ``token_cache``'s folder when it keeps one), so that memory is
+    bounded by the chunk: without spatial context each chunk is predicted
     as soon as it is encoded, with it the tokens the model reads are kept until every neighbourhood is known.
     ``centres_um`` are the patches' centres in µm (the context's neighbourhoods); ``progress`` a tqdm bar
     advanced per chunk. ``k`` and ``retrieval_weight`` replace the model's own for this prediction.
@@ -88,7 +89,7 @@ def predict_patches(
         kept, means, spreads = [], [], []
         for start in starts:
             indices = range(start, min(start + chunk, len(dataset)))
-            tokens = _encode(model, dataset, views, batch_size, device, indices=indices)
+            tokens = _encode(model, dataset, views, batch_size, device, token_cache=token_cache, indices=indices)
             if context:
                 kept.append(tokens)
             else:
@@ -125,24 +126,17 @@ def predict_patches(
 
 def _encode(model, dataset, views: int, batch_size: int, device: str, *, token_cache=None, indices=None):
     """Tokens of the patches (patches × views × tokens × channels), summarised as the model reads them."""
-    from sthist.data import encode_patches, tokens_of
+    from sthist.data import chunk_tokens, tokens_of
 
     grid = model.token_grid(training=False)
-    if indices is not None:
-        return encode_patches(
-            dataset,
-            model.encoder,
-            views=views,
-            batch_size=batch_size,
-            device=device,
-            indices=indices,
-            grid=grid,
-        )
     backbone = model.config.backbone
-    return tokens_of(
-        dataset, model.encoder, identity=backbone.identity, views=views, batch_size=batch_size, device=device,
-        token_cache=None if backbone.fine_tuned else token_cache, grid=grid,
-    )  # fmt: skip
+    options = {
+        "identity": backbone.identity, "views": views, "batch_size": batch_size, "device": device,
+        "token_cache": None if backbone.fine_tuned else token_cache, "grid": grid,
+    }  # fmt: skip
+    if indices is not None:
+        return chunk_tokens(dataset, model.encoder, indices, **options)
+    return tokens_of(dataset, model.encoder, **options)
 
 
 def _sampled_section_mean(model, dataset, batch_size: int, device: str):

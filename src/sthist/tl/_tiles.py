@@ -170,6 +170,7 @@ def predict_tiles(
     microns_per_pixel: float | None = None,
     bounds: tuple[float, float, float, float] | None = None,
     max_tiles: int | None = MAX_TILES,
+    token_cache=None,
     overwrite: bool = False,
 ) -> None:
     """Predict expression on a grid of tiles over the tissue of a section (no measured spots needed).
@@ -208,6 +209,11 @@ def predict_tiles(
     max_tiles
         Refuse, before any encoding, a grid of more tiles on tissue than this (about 250,000 by default:
         a stride of a few µm would otherwise ask for millions of encoder passes); ``None`` lifts the limit.
+    token_cache
+        A :class:`sthist.data.TokenCache` with a folder: each chunk of tiles is read from it when any process
+        encoded the same pixels with the same encoder before, and written to it when encoded here (predict
+        other genes, another model on the same encoder, or the same slide again without encoding). Chunks are
+        never held in memory; a cache without a folder changes nothing.
     {overwrite}
 
     Returns
@@ -278,6 +284,7 @@ def predict_tiles(
             batch_size=batch_size,
             device=device,
             chunk=chunk_tiles,
+            token_cache=token_cache,
             progress=progress,
         )
     prediction = np.full((n_tiles, len(model.genes)), np.nan, dtype=np.float32)
