@@ -45,6 +45,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "cmrcnet −retrieval (decoder alone)": ("cmrcnet", {"predict": {"retrieval_weight": 0.0}}),
     "cmrcnet, blend at 1 (decoder trained, unused)": ("cmrcnet", {"predict": {"retrieval_weight": 1.0}}),
     "cmrcnet −reconstruction": ("cmrcnet", {"architecture": {"reconstruction_weight": 0.0}}),
+    "cmrcnet, every spot reconstructed": ("cmrcnet", {"architecture": {"reconstruction_share": 1.0}}),
     "cmrcnet −TTA (patch as scanned only)": ("cmrcnet", {"predict": {"tta_views": 1}}),
     "cmrcnet, k 50": ("cmrcnet", {"predict": {"k": 50}}),
     "ridge, HEST strength": ("ridge", {"architecture": {"ridge_alpha": "hest"}}),

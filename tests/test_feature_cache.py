@@ -326,3 +326,72 @@ def test_features_computed_elsewhere_are_checked(sections):
         sthist.tl.predict_tiles(featured["toy2"], model)
     with pytest.raises(ValueError, match="reads precomputed features .* not pixels"):
         model.encoder(torch.zeros((1, 3, 32, 32), dtype=torch.uint8))
+
+
+def _with_tile_features(section, *, side=170.0, skip=()):
+    """``section`` with LazySlide-style tile features: squares drawn in full-resolution pixels (2 per unit)."""
+    import anndata as ad
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import box
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    section = copy_section(section)
+    squares, features = [], []
+    for iy in range(7):
+        for ix in range(7):
+            if (ix, iy) in skip:
+                continue
+            x0, y0 = 2 * ix * side, 2 * iy * side  # full-resolution pixels: twice the section's units
+            squares.append(box(x0, y0, x0 + 2 * side, y0 + 2 * side))
+            features.append([ix, iy, ix * iy, 1.0])
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=squares, index=pd.RangeIndex(len(squares))),
+        transformations={"global": Scale([0.5, 0.5], axes=("x", "y"))},
+    )
+    table = ad.AnnData(
+        X=np.asarray(features, dtype=np.float32),
+        obs=pd.DataFrame({"tile_id": np.arange(len(squares)), "library_id": pd.Categorical(["tiles"] * len(squares))},
+                         index=[str(i) for i in range(len(squares))]),
+    )  # fmt: skip
+    section.shapes["tiles"] = shapes
+    section.tables["uni_tiles"] = TableModel.parse(
+        table, region="tiles", region_key="library_id", instance_key="tile_id"
+    )
+    return section
+
+
+def test_spot_features_from_a_tile_feature_table(sections):
+    section = _with_tile_features(sections["toy0"])
+    assert sthist.pp.spot_features_from_tiles(section, "uni_tiles", table_key="table") == 0
+    table = section.tables["table"]
+    centres = sthist._core._section.Section.resolve(section, table_key="table").centres
+    tile = centres // 170  # no spot lies on a border between tiles
+    expected = np.c_[tile, tile[:, 0] * tile[:, 1], np.ones(len(centres))]
+    np.testing.assert_array_equal(table.obsm["uni_tiles"], expected.astype(np.float32))
+    assert table.uns["sthist_features"] == {"uni_tiles": "uni_tiles"}
+    with pytest.raises(ValueError, match="exists already; pass overwrite=True"):
+        sthist.pp.spot_features_from_tiles(section, "uni_tiles", table_key="table")
+    sthist.pp.spot_features_from_tiles(
+        section, "uni_tiles", table_key="table", key_added="uni", encoder="UNI (MahmoodLab/uni)"
+    )
+    assert table.uns["sthist_features"]["uni"] == "UNI (MahmoodLab/uni)"
+    model = sthist.tl.fit(section, method="ridge", **tiny_fit(backbone="obsm:uni"))
+    assert model.config.backbone.name == "obsm:uni"
+    predicted, _ = sthist.tl.predict(section, model, table_key="table", inplace=False)
+    assert np.isfinite(predicted.to_numpy()).all()
+
+
+def test_spots_in_no_tile_get_nan_features_and_a_warning(sections):
+    section = _with_tile_features(sections["toy0"], skip={(1, 1), (2, 1)})
+    with pytest.warns(UserWarning, match="2 of 36 spots lie in no tile of 'uni_tiles'"):
+        assert sthist.pp.spot_features_from_tiles(section, "uni_tiles", table_key="table") == 2
+    features = section.tables["table"].obsm["uni_tiles"]
+    assert np.isnan(features).all(axis=1).sum() == 2
+    with pytest.raises(ValueError, match="NaN or infinite features for 2 spots"):
+        sthist.tl.fit(section, method="ridge", **tiny_fit(backbone="obsm:uni_tiles"))
+    with pytest.raises(KeyError, match="No table 'nope'"):
+        sthist.pp.spot_features_from_tiles(section, "nope", table_key="table")
+    with pytest.raises(ValueError, match="is the table of the tiles"):
+        sthist.pp.spot_features_from_tiles(section, "uni_tiles", table_key="uni_tiles", shapes_key="tiles")

@@ -79,6 +79,9 @@ class Key:
         NORMALIZATION = "sthist_normalization"
         #: Encoder of each per-spot feature matrix in ``obsm`` computed by another tool (``{obsm_key: encoder}``).
         FEATURES = "sthist_features"
+        #: Tile-level feature table each ``obsm`` feature matrix was read from (``{obsm_key: table name}``,
+        #: :func:`sthist.pp.spot_features_from_tiles`); such tables are not a section's spots.
+        FEATURE_SOURCES = "sthist_feature_sources"
         #: Settings of :func:`sthist.pp.qc_spots`.
         QC = "sthist_qc"
         #: Inside a prediction's provenance: the sthist version that wrote it.

@@ -243,10 +243,11 @@ class ArchitectureConfig(_Record):
         "loss (0: no reconstruction branch).",
     )
     reconstruction_share: float = setting(
-        default=1.0,
+        default=0.5,
         help="CMRCNet: share (0-1] of each training batch's spots, drawn at random at every step, that the "
         "reconstruction branch reconstructs; the contrastive loss and the decoder see every spot. The branch "
-        "costs about four times the rest of a step on cached tokens, in proportion to the spots it reads.",
+        "costs most of a step on cached tokens, and its cost falls with the spots it reads "
+        "(``benchmarks/results/speed.md``; 0.5 chosen by ``benchmarks/nested.py --round 6``).",
     )
     decoder_weight: float = setting(
         default=3.0,

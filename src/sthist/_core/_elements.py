@@ -89,8 +89,16 @@ def resolve_elements(
     from spatialdata.transformations import get_transformation
 
     if table_key is None:
-        # Tables of sthist's own tile predictions are results, not sections' spots: left out of the choice.
-        spots_tables = [name for name, table in sdata.tables.items() if not is_tiles_table(table)]
+        # Tables of sthist's own tile predictions are results, and tile-level feature tables that spots read
+        # features from are inputs, not sections' spots: both are left out of the choice.
+        sources = {
+            str(source)
+            for table in sdata.tables.values()
+            for source in dict(table.uns.get(Key.uns.FEATURE_SOURCES, {})).values()
+        }
+        spots_tables = [
+            name for name, table in sdata.tables.items() if not is_tiles_table(table) and name not in sources
+        ]
         if len(spots_tables) == 1:
             table_key = spots_tables[0]
     table_key = _one_of("table", list(sdata.tables.keys()), table_key, "table_key")

@@ -89,7 +89,9 @@ def predict_patches(
         kept, means, spreads = [], [], []
         for start in starts:
             indices = range(start, min(start + chunk, len(dataset)))
-            tokens = _encode(model, dataset, views, batch_size, device, token_cache=token_cache, indices=indices)
+            tokens = _encode(
+                model, dataset, views, batch_size, device, token_cache=token_cache, indices=indices
+            )
             if context:
                 kept.append(tokens)
             else:
