@@ -53,7 +53,9 @@ def test_pool_token_grid_averages_regions():
 
 def test_reconstruction_grid_sets_the_branch_tokens():
     seen = []
-    architecture = ArchitectureConfig(embedding_dim=8, heads=2, reconstruction_grid=2, reconstruction_share=1.0)
+    architecture = ArchitectureConfig(
+        embedding_dim=8, heads=2, reconstruction_grid=2, reconstruction_share=1.0
+    )
     model = ContrastiveModel(token_dim=6, n_genes=5, architecture=architecture, branches=True)
     model.reconstruction.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     losses = model.losses(torch.randn(4, 49, 6), torch.rand(4, 5))
