@@ -54,3 +54,24 @@ def test_token_cache_is_keyed_by_content_not_by_name(sections, model):
     assert len(cache) == 2
     for a, b in zip(cached, fresh, strict=True):
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_the_command_line_keeps_encoder_summaries_in_the_cache_folder(
+    store, model_dir, tmp_path, monkeypatch
+):
+    import sthist.data._features as features
+    from sthist.cli import main
+
+    monkeypatch.setattr(sthist.settings, "cache_dir", tmp_path / "cache")
+    encoded = []
+    original = features.encode_patches
+    monkeypatch.setattr(features, "encode_patches", lambda *a, **k: encoded.append(1) or original(*a, **k))
+    tiles = ["predict", str(store), "--model", str(model_dir), "--tiles", "--stride-um", "224"]
+    assert main(tiles) == 0
+    first = len(encoded)
+    kept = sorted((tmp_path / "cache" / "tokens").glob("*.safetensors"))
+    assert first >= 1 and len(kept) >= 1
+    assert main([*tiles, "--overwrite"]) == 0
+    assert len(encoded) == first  # every chunk read back, none encoded
+    assert main(["predict", str(store), "--model", str(model_dir), "--tta-views", "1"]) == 0
+    assert len(sorted((tmp_path / "cache" / "tokens").glob("*.safetensors"))) > len(kept)  # the spots' entry

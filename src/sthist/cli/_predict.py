@@ -121,10 +121,15 @@ def run(args: argparse.Namespace) -> int:
     model = sthist.models.load(args.model)
     if args.tiles and args.retrieval_weight is not None:
         raise UserError("--retrieval-weight applies to spots; tiles are predicted with the model's own blend")
+    # With a cache folder (STHIST_CACHE_DIR) the encoder's summaries are kept and reused across runs.
+    from sthist.data import TokenCache
+
+    cache = TokenCache() if sthist.settings.cache_dir is not None else None
     if args.tiles:
         sthist.tl.predict_tiles(
             sdata,
             model,
+            token_cache=cache,
             stride_um=args.stride_um,
             key_added=args.key,
             overwrite=args.overwrite,
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         smooth_um=args.smooth_um,
         retrieval_weight=args.retrieval_weight,
         device=args.device,
+        token_cache=cache,
     )
     # Under the store's lock, the table is read again and gains the predictions; other processes' results
     # written meanwhile are kept, and the table is replaced atomically.
