@@ -459,3 +459,48 @@ def test_loader_workers_live_for_the_whole_fit(sections, monkeypatch):
     assert model.is_trained and len(model.history) == 2
     assert seen and seen[-1]["num_workers"] == 1 and seen[-1]["persistent_workers"] is True
     assert seen[-1]["pin_memory"] is False  # the CPU
+
+
+def test_ridge_holds_new_features_to_the_training_range():
+    # Channels almost silent on the training spots (one spot carries a trace) but firing on a new section get a
+    # tiny training deviation; standardised, they reach thousands of deviations there and swamp the ridge's
+    # predictions. Held to the training range they cannot, and channels constant in training count for nothing.
+    from sthist.models._ridge import fit_ridge, predict_ridge
+
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.randn(3, 6, generator=generator)
+
+    def section(n: int, silent: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        signal = torch.randn(n, 3, generator=generator)
+        noise = torch.randn(n, 10, generator=generator)
+        if silent:
+            sparse = torch.zeros(n, 4)
+            sparse[0] = 1e-3  # a trace on one training spot
+        else:
+            sparse = torch.rand(n, 4, generator=generator)  # the same channels fire on the new section
+        dead = torch.zeros(n, 2) if silent else torch.rand(n, 2, generator=generator)  # constant in training
+        features = torch.cat([signal, noise, sparse, dead], dim=1).double()
+        expression = signal @ weights + 0.5 * torch.randn(n, 6, generator=generator)
+        return features, expression.double()
+
+    def mean_r(predicted: torch.Tensor, observed: torch.Tensor) -> float:
+        return float(
+            np.mean([np.corrcoef(predicted[:, g], observed[:, g])[0, 1] for g in range(observed.shape[1])])
+        )
+
+    train_x, train_y = section(300, silent=True)
+    test_x, test_y = section(200, silent=False)
+    state = fit_ridge(train_x, train_y, n_components=19, alpha=1.0)
+    assert torch.equal(state["ridge.low"], train_x.min(0).values.float())
+    assert torch.equal(state["ridge.high"], train_x.max(0).values.float())
+    held = mean_r(predict_ridge(state, test_x), test_y)
+    as_given = {
+        k: v for k, v in state.items() if k not in ("ridge.low", "ridge.high")
+    }  # a model saved before
+    unheld = mean_r(predict_ridge(as_given, test_x), test_y)
+    assert held > 0.8 and unheld < 0.5, (held, unheld)
+    # The constant channels change nothing; the training spots themselves are predicted as before.
+    quiet = test_x.clone()
+    quiet[:, -2:] = 0
+    torch.testing.assert_close(predict_ridge(state, test_x), predict_ridge(state, quiet))
+    torch.testing.assert_close(predict_ridge(state, train_x), predict_ridge(as_given, train_x))

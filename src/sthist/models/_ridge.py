@@ -5,7 +5,13 @@ thousandths for a panel of hundreds of genes, so the fit is ordinary least squar
 about a thousand training spots it fits the training sections' noise: on HER2ST, leave one patient out, it
 scores below every trained method and moves with the sister section it is tested on. ``alpha="cv"`` (the
 default) keeps the protocol and chooses the strength by cross-validation over the training sections;
-``alpha="hest"`` reproduces the protocol exactly.
+``alpha="hest"`` reproduces the protocol's strength.
+
+Features of a new section are held to the range each channel spans over the training spots before they are
+standardised (:func:`_clipped`). The protocol's StandardScaler divides by each channel's training deviation;
+frozen-encoder channels that are (nearly) silent on the training sections but fire on another section then
+reach thousands to millions of deviations, and the ridge's predictions on that section collapse while its
+sister sections score normally.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ def ridge_features(tokens: torch.Tensor, context: bool = False) -> torch.Tensor:
     if context:
         return torch.cat([tokens[:, :-1].mean(dim=1), tokens[:, -1]], dim=1)
     return tokens.mean(dim=1)
+
+
+def _clipped(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Features held to the range each channel spans over the training spots.
+
+    A channel that barely varies over the training spots (an encoder channel that stays at zero there) gets a
+    tiny standard deviation; where it does vary, on another section, standardising it gives values of
+    thousands to millions of standard deviations, and a linear model extrapolates them into predictions that
+    no longer follow the tissue. Held to the training range, such a channel contributes at most what it did
+    in training (a channel constant in training contributes nothing).
+    """
+    return torch.minimum(torch.maximum(x, low.to(x.dtype)), high.to(x.dtype))
 
 
 def _pca(x: torch.Tensor, n_components: int):
@@ -70,7 +88,8 @@ def choose_alpha(
         if int(test.sum()) < 2 or int((~test).sum()) < 2:
             continue
         mean, std, components, train_scores = _pca(x[~test], n_components)
-        test_scores = ((x[test] - mean) / std) @ components.T
+        held_out = _clipped(x[test], x[~test].min(0).values, x[~test].max(0).values)
+        test_scores = ((held_out - mean) / std) @ components.T
         centred = y[~test] - y[~test].mean(0)
         for alpha in ALPHAS:
             predicted = test_scores @ _coefficients(train_scores, centred, alpha)
@@ -117,9 +136,18 @@ def fit_ridge(
         "ridge.coefficients": coefficients.float(),
         "ridge.offset": y_mean.float(),
         "ridge.alpha": torch.tensor([strength], dtype=torch.float32),
+        "ridge.low": x.min(0).values.float(),
+        "ridge.high": x.max(0).values.float(),
     }
 
 
 def predict_ridge(state: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-    scaled = (features.float() - state["ridge.mean"]) / state["ridge.std"]
+    """Predicted expression from pooled features; features outside the training range are held to it.
+
+    Models saved without the training range (``ridge.low``/``ridge.high``) predict from the features as given.
+    """
+    features = features.float()
+    if "ridge.low" in state and "ridge.high" in state:
+        features = _clipped(features, state["ridge.low"], state["ridge.high"])
+    scaled = (features - state["ridge.mean"]) / state["ridge.std"]
     return scaled @ state["ridge.components"].T @ state["ridge.coefficients"] + state["ridge.offset"]
