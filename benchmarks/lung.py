@@ -22,6 +22,21 @@ SECTIONS = ["V10F24-110_C1", "V10F24-110_D1"]
 METHODS = ["cmrcnet", "bleep", "regression", "ridge"]
 
 
+def load_sections() -> dict:
+    """The two lung sections read with ``datasets.visium``, spots QC'd (``obs['sthist_pass_qc']``)."""
+    import sthist
+
+    root = Path(os.environ.get("STHIST_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
+    sections = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for name in SECTIONS:
+            sdata = sthist.datasets.visium(root / "ffpe-lung" / "data" / "lung_SARS-CoV-2" / name)
+            sthist.pp.qc_spots(sdata)
+            sections[name] = sdata
+    return sections
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -36,14 +51,7 @@ def main() -> None:
 
     sthist.settings.progress = False
     start = time.perf_counter()
-    root = Path(os.environ.get("STHIST_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
-    sections = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for name in SECTIONS:
-            sdata = sthist.datasets.visium(root / "ffpe-lung" / "data" / "lung_SARS-CoV-2" / name)
-            sthist.pp.qc_spots(sdata)
-            sections[name] = sdata
+    sections = load_sections()
     cache = TokenCache()
     frames = []
     for seed in args.seeds:

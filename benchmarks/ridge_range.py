@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -28,22 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import load_sections
-
-LUNG = ["V10F24-110_C1", "V10F24-110_D1"]
-
-
-def lung_sections() -> dict:
-    import sthist
-
-    root = Path(os.environ.get("STHIST_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
-    sections = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for name in LUNG:
-            sdata = sthist.datasets.visium(root / "ffpe-lung" / "data" / "lung_SARS-CoV-2" / name)
-            sthist.pp.qc_spots(sdata)
-            sections[name] = sdata
-    return sections
+from lung import load_sections as lung_sections
 
 
 def run(dataset: str, sections: dict, cache) -> tuple[list[dict], list[dict]]:
