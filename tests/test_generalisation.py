@@ -504,3 +504,16 @@ def test_ridge_holds_new_features_to_the_training_range():
     quiet[:, -2:] = 0
     torch.testing.assert_close(predict_ridge(state, test_x), predict_ridge(state, quiet))
     torch.testing.assert_close(predict_ridge(state, train_x), predict_ridge(as_given, train_x))
+
+
+def test_ridge_training_range_is_saved_with_the_model(sections, tmp_path):
+    model = sthist.tl.fit({k: sections[k] for k in ("toy0", "toy1")}, method="ridge", **fast())
+    assert {"ridge.low", "ridge.high"} <= set(model.tensors)
+    assert bool((model.tensors["ridge.low"] <= model.tensors["ridge.high"]).all())
+    model.save(tmp_path / "ridge")
+    loaded = sthist.models.load(tmp_path / "ridge")
+    for name in ("ridge.low", "ridge.high"):
+        torch.testing.assert_close(loaded.tensors[name], model.tensors[name], rtol=0, atol=0)
+    first, _ = sthist.tl.predict(sections["toy2"], model, inplace=False)
+    second, _ = sthist.tl.predict(sections["toy2"], loaded, inplace=False)
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
