@@ -57,20 +57,20 @@ def main() -> None:
     start = time.perf_counter()
     sections = load_sections()
     cache = TokenCache()
-    frames = []
+    frames, blends = [], []
     for seed in args.seeds:
+        fit_options = {"qc_column": "sthist_pass_qc", "random_state": seed}
         table = sthist.tl.cross_validate(
-            sections, groups="section", methods=METHODS, token_cache=cache,
-            fit_options={"qc_column": "sthist_pass_qc", "random_state": seed},
-        )  # fmt: skip
-        frames.append(table.assign(seed=seed))
-    blends = []
-    for seed in args.seeds:
-        table = sthist.tl.cross_validate(
-            sections, groups="section", methods=["cmrcnet"], token_cache=cache, predict_variants=BLENDS,
-            fit_options={"qc_column": "sthist_pass_qc", "random_state": seed},
-        )  # fmt: skip
-        blends.append(table.assign(seed=seed))
+            sections, groups="section", methods=METHODS[1:], token_cache=cache, fit_options=fit_options
+        )
+        # CMRCNet once per fold: its own blend (the default) and the other shares, from the same fits.
+        variants = sthist.tl.cross_validate(
+            sections, groups="section", methods=["cmrcnet"], token_cache=cache, fit_options=fit_options,
+            predict_variants={"default": {}, **BLENDS},
+        ).assign(seed=seed)  # fmt: skip
+        default = variants[variants["variant"] == "default"].drop(columns="variant")
+        frames.append(pd.concat([default, table.assign(seed=seed)]))
+        blends.append(variants[variants["variant"] != "default"])
     blend = pd.concat(blends)
     blend = blend[blend["gene_set"].isin(["HEG@50", "HVG@50"])]
     blend_means = (

@@ -42,7 +42,7 @@ def _clipped(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Te
     no longer follow the tissue. Held to the training range, such a channel contributes at most what it did
     in training (a channel constant in training contributes nothing).
     """
-    return torch.minimum(torch.maximum(x, low.to(x.dtype)), high.to(x.dtype))
+    return x.clamp(low.to(x.dtype), high.to(x.dtype))
 
 
 def _pca(x: torch.Tensor, n_components: int):
